@@ -1,0 +1,64 @@
+// Command build is kiln's build step: it builds a Dockerfile into an image
+// without a daemon and accepts kaniko's executor flags.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/pflag"
+
+	"github.com/kilnbuild/kiln/internal/build"
+	"github.com/kilnbuild/kiln/internal/logging"
+	"github.com/kilnbuild/kiln/internal/options"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:])
+	stop()
+	os.Exit(code)
+}
+
+func run(ctx context.Context, args []string) int {
+	fs := pflag.NewFlagSet("build", pflag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(os.Stderr, "Usage: build [flags]\n\nBuilds a Dockerfile into an OCI image without a daemon.\n\nFlags:\n%s", fs.FlagUsages())
+	}
+	var o options.Build
+	o.AddFlags(fs, os.Getenv)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintf(os.Stderr, "build: %v\n", err)
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "build: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	log, err := logging.New(os.Stderr, logging.Options{Verbosity: o.Log.Verbosity, Format: o.Log.Format, Timestamp: o.Log.Timestamp})
+	if err == nil {
+		err = o.Validate(fs)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build: %v\n", err)
+		return 2
+	}
+	job, err := o.Job(fs, os.Getenv, os.LookupEnv, log)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build: %v\n", err)
+		return 2
+	}
+	if _, err := build.Execute(ctx, job); err != nil {
+		log.Error("build failed", "error", err.Error())
+		fmt.Fprintf(os.Stderr, "build: error: %v\n", err)
+		return 1
+	}
+	return 0
+}

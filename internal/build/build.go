@@ -1,0 +1,330 @@
+// Package build turns a Dockerfile and a context into an image: it plans the
+// stages, runs each stage's instructions over a private root directory, and
+// writes one layer per file-changing instruction.
+package build
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+
+	"github.com/kilnbuild/kiln/internal/buildcontext"
+	"github.com/kilnbuild/kiln/internal/dockerfile"
+	"github.com/kilnbuild/kiln/internal/layer"
+	"github.com/kilnbuild/kiln/internal/registry"
+)
+
+// Options says what to build. Paths are host paths.
+type Options struct {
+	// Dockerfile is the Dockerfile's path (absolute, relative to the working
+	// directory, or relative to the context) or an http(s) URL.
+	Dockerfile string
+	// Context is the build context directory (or dir:// URI).
+	Context string
+	// BuildArgs are --build-arg values (KEY=VALUE or KEY).
+	BuildArgs []string
+	// Target is the stage to build; empty means the last.
+	Target string
+	// SkipUnusedStages builds only the stages the target needs.
+	SkipUnusedStages bool
+	// Labels are extra KEY=VALUE labels set on the final image.
+	Labels []string
+	// Platform is the target platform (os/arch[/variant]); empty means the host's.
+	Platform string
+	// Reproducible fixes every timestamp (SOURCE_DATE_EPOCH or the epoch).
+	Reproducible bool
+	// SingleSnapshot writes one layer per stage, at its end.
+	SingleSnapshot bool
+	// Compression and CompressionLevel configure new layers.
+	Compression      layer.Compression
+	CompressionLevel int
+	// WorkDir holds stage roots and layer files; it is emptied by the build.
+	WorkDir string
+	// ImageFSExtractRetry retries unpacking a base image.
+	ImageFSExtractRetry int
+	// Registry pulls base images and --from images.
+	Registry *registry.Client
+	// HTTPClient downloads ADD URLs and remote Dockerfiles; nil means a default.
+	HTTPClient *http.Client
+	// LookupEnv reads the environment (--build-arg KEY, SOURCE_DATE_EPOCH).
+	LookupEnv func(string) (string, bool)
+	// Logger receives progress.
+	Logger *slog.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Result is a finished build.
+type Result struct {
+	// Image is the target stage's image.
+	Image v1.Image
+	// Digest is the image's manifest digest.
+	Digest v1.Hash
+
+	cleanup func()
+}
+
+// Close removes the build's work files, which back the image's new layers:
+// call it once the image has been delivered.
+func (r *Result) Close() {
+	if r != nil && r.cleanup != nil {
+		r.cleanup()
+		r.cleanup = nil
+	}
+}
+
+// Build runs the build o describes and returns the target stage's image.
+// Nothing is written outside o.WorkDir. The caller must Close the result.
+func Build(ctx context.Context, o Options) (*Result, error) {
+	b, err := newBuilder(o)
+	if err != nil {
+		return nil, err
+	}
+	res, err := b.run(ctx)
+	if err != nil {
+		b.cleanup()
+		return nil, err
+	}
+	res.cleanup = b.cleanup
+	return res, nil
+}
+
+type builder struct {
+	o        Options
+	log      *slog.Logger
+	ctxDir   *buildcontext.Context
+	df       *dockerfile.Dockerfile
+	plan     *dockerfile.Plan
+	args     *dockerfile.BuildArgs
+	platform v1.Platform
+	now      time.Time
+	epoch    *time.Time // fixed time for --reproducible
+	work     string
+	stages   map[int]*stage
+	images   map[string]string // --from image ref -> unpacked root
+	http     *http.Client
+}
+
+func newBuilder(o Options) (*builder, error) {
+	b := &builder{o: o, log: o.Logger, stages: map[int]*stage{}, images: map[string]string{}, http: o.HTTPClient}
+	if b.log == nil {
+		b.log = slog.New(slog.DiscardHandler)
+	}
+	if b.http == nil {
+		b.http = &http.Client{Timeout: 30 * time.Minute}
+	}
+	if o.LookupEnv == nil {
+		b.o.LookupEnv = func(string) (string, bool) { return "", false }
+	}
+	now := time.Now
+	if o.Now != nil {
+		now = o.Now
+	}
+	b.now = now().UTC()
+	if o.Reproducible {
+		t := time.Unix(0, 0).UTC()
+		if s, ok := b.o.LookupEnv("SOURCE_DATE_EPOCH"); ok && s != "" {
+			n, err := strconv.ParseInt(s, 10, 64)
+			if err != nil {
+				return nil, fmt.Errorf("SOURCE_DATE_EPOCH %q: not a number of seconds", s)
+			}
+			t = time.Unix(n, 0).UTC()
+		}
+		b.epoch = &t
+		b.now = t
+	}
+	var err error
+	if b.platform, err = ParsePlatform(o.Platform); err != nil {
+		return nil, err
+	}
+	if o.WorkDir == "" {
+		return nil, errors.New("build: no work directory")
+	}
+	if err := os.MkdirAll(o.WorkDir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating work directory: %w", err)
+	}
+	if b.work, err = os.MkdirTemp(o.WorkDir, "build-"); err != nil {
+		return nil, fmt.Errorf("creating work directory: %w", err)
+	}
+	return b, nil
+}
+
+func (b *builder) cleanup() {
+	if err := os.RemoveAll(b.work); err != nil {
+		b.log.Warn("removing work directory", "dir", b.work, "error", err)
+	}
+}
+
+// ParsePlatform parses os/arch[/variant]; empty means the host platform.
+func ParsePlatform(s string) (v1.Platform, error) {
+	if s == "" {
+		p := v1.Platform{OS: runtime.GOOS, Architecture: runtime.GOARCH}
+		if p.Architecture == "arm" {
+			p.Variant = "v7"
+		}
+		return p, nil
+	}
+	p, err := v1.ParsePlatform(s)
+	if err != nil || p.OS == "" || p.Architecture == "" {
+		return v1.Platform{}, fmt.Errorf("--custom-platform %q: want os/arch[/variant]", s)
+	}
+	return *p, nil
+}
+
+func (b *builder) run(ctx context.Context) (*Result, error) {
+	dfPath, src, err := b.readDockerfile(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if b.ctxDir, err = buildcontext.Open(b.o.Context, dfPath); err != nil {
+		return nil, err
+	}
+	if b.df, err = dockerfile.Parse(displayName(dfPath), strings.NewReader(string(src))); err != nil {
+		return nil, err
+	}
+	b.args = dockerfile.NewBuildArgs(b.o.BuildArgs, b.o.LookupEnv)
+	hostPlatform, _ := ParsePlatform("")
+	b.plan, err = b.df.Plan(dockerfile.PlanOptions{
+		BuildArgs: b.args, Target: b.o.Target, SkipUnusedStages: b.o.SkipUnusedStages,
+		TargetPlatform: b.platform, BuildPlatform: hostPlatform,
+	})
+	if err != nil {
+		return nil, err
+	}
+	var last *stage
+	for _, ps := range b.plan.Stages {
+		if !ps.Build {
+			b.log.Info("skipping unused stage", "stage", stageLabel(ps))
+			continue
+		}
+		b.log.Info("building stage", "stage", stageLabel(ps), "from", ps.Base)
+		st, err := b.buildStage(ctx, ps)
+		if err != nil {
+			return nil, err
+		}
+		b.stages[ps.Index] = st
+		last = st
+	}
+	if unused := b.args.Unused(); len(unused) > 0 {
+		b.log.Warn("build args were not consumed", "args", strings.Join(unused, ","))
+	}
+	img := last.img
+	if len(b.o.Labels) > 0 {
+		cf, err := img.ConfigFile()
+		if err != nil {
+			return nil, err
+		}
+		cf = cf.DeepCopy()
+		if cf.Config.Labels == nil {
+			cf.Config.Labels = map[string]string{}
+		}
+		for _, l := range b.o.Labels {
+			k, v, _ := strings.Cut(l, "=")
+			cf.Config.Labels[k] = v
+		}
+		if img, err = mutate.ConfigFile(img, cf); err != nil {
+			return nil, err
+		}
+	}
+	d, err := img.Digest()
+	if err != nil {
+		return nil, fmt.Errorf("computing image digest: %w", err)
+	}
+	return &Result{Image: img, Digest: d}, nil
+}
+
+func stageLabel(s *dockerfile.Stage) string {
+	if s.Name != "" {
+		return s.Name
+	}
+	return strconv.Itoa(s.Index)
+}
+
+func displayName(p string) string {
+	if wd, err := os.Getwd(); err == nil {
+		if r, err := filepath.Rel(wd, p); err == nil && !strings.HasPrefix(r, "..") {
+			return r
+		}
+	}
+	return p
+}
+
+// readDockerfile finds the Dockerfile as kaniko does: a URL, an existing
+// path, or a path relative to the context.
+func (b *builder) readDockerfile(ctx context.Context) (string, []byte, error) {
+	df := b.o.Dockerfile
+	if df == "" {
+		df = "Dockerfile"
+	}
+	if strings.HasPrefix(df, "http://") || strings.HasPrefix(df, "https://") {
+		data, err := b.download(ctx, df, 1<<20)
+		if err != nil {
+			return "", nil, fmt.Errorf("--dockerfile %s: %w", df, err)
+		}
+		return df, data, nil
+	}
+	candidates := []string{df}
+	if !filepath.IsAbs(df) {
+		ctxDir := strings.TrimPrefix(b.o.Context, "dir://")
+		candidates = append(candidates, filepath.Join(ctxDir, df))
+	}
+	for _, c := range candidates {
+		if fi, err := os.Stat(c); err == nil && !fi.IsDir() {
+			data, err := os.ReadFile(c)
+			if err != nil {
+				return "", nil, fmt.Errorf("--dockerfile %s: %w", c, err)
+			}
+			abs, _ := filepath.Abs(c)
+			return abs, data, nil
+		}
+	}
+	return "", nil, fmt.Errorf("--dockerfile %s: no such file (looked in the working directory and the context %s)", df, b.o.Context)
+}
+
+// download fetches url, refusing bodies over limit bytes.
+func (b *builder) download(ctx context.Context, url string, limit int64) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := b.http.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s", redactURL(url), resp.Status)
+	}
+	data, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(data)) > limit {
+		return nil, fmt.Errorf("GET %s: larger than %d bytes", redactURL(url), limit)
+	}
+	return data, nil
+}
+
+// pullImage fetches a base or --from image for the target platform.
+func (b *builder) pullImage(ctx context.Context, ref string) (v1.Image, error) {
+	if b.o.Registry == nil {
+		return nil, fmt.Errorf("pulling %s: no registry client", ref)
+	}
+	if _, err := name.ParseReference(ref); err != nil {
+		return nil, fmt.Errorf("invalid image reference %q: %w", ref, err)
+	}
+	return b.o.Registry.Pull(ctx, ref)
+}

@@ -1,0 +1,456 @@
+package build
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+	"github.com/moby/buildkit/frontend/dockerfile/parser"
+
+	"github.com/kilnbuild/kiln/internal/dockerfile"
+	"github.com/kilnbuild/kiln/internal/layer"
+	"github.com/kilnbuild/kiln/internal/rootfs"
+)
+
+// historyComment marks history entries kiln wrote.
+const historyComment = "kiln.dockerfile.v0"
+
+// defaultShell is the shell of shell-form CMD, ENTRYPOINT and RUN.
+var defaultShell = []string{"/bin/sh", "-c"}
+
+// stage is the state of one stage while its instructions run.
+type stage struct {
+	ps       *dockerfile.Stage
+	root     string // the stage's root directory
+	base     v1.Image
+	cfg      *v1.ConfigFile // working config; Env lives in imgEnv
+	imgEnv   *dockerfile.Env
+	env      *dockerfile.Env // what instructions see: image env plus ARGs
+	args     *dockerfile.Env // ARGs declared in the stage with values
+	cmdSet   bool
+	oci      bool
+	history  []v1.History
+	addenda  []mutate.Addendum
+	platform v1.Platform
+	img      v1.Image // the finished image
+	// snap collects entries for --single-snapshot, by image path.
+	snap      []layer.Entry
+	snapIndex map[string]int
+}
+
+func (b *builder) buildStage(ctx context.Context, ps *dockerfile.Stage) (*stage, error) {
+	st := &stage{ps: ps, args: &dockerfile.Env{}, platform: b.platform}
+	if ps.Platform != "" {
+		p, err := ParsePlatform(ps.Platform)
+		if err != nil {
+			return nil, &dockerfile.Error{File: b.df.Name, Line: ps.Line, Err: fmt.Errorf("FROM --platform: %w", err)}
+		}
+		st.platform = p
+	}
+	var err error
+	switch {
+	case ps.BaseStage >= 0:
+		prev, ok := b.stages[ps.BaseStage]
+		if !ok {
+			return nil, &dockerfile.Error{File: b.df.Name, Line: ps.Line, Err: fmt.Errorf("FROM %s: stage was not built", ps.Base)}
+		}
+		st.base = prev.img
+	case strings.EqualFold(ps.Base, "scratch"):
+		st.base = mutate.MediaType(empty.Image, types.OCIManifestSchema1)
+		st.base = mutate.ConfigMediaType(st.base, types.OCIConfigJSON)
+	default:
+		if b.o.Registry == nil {
+			return nil, &dockerfile.Error{File: b.df.Name, Line: ps.Line, Err: fmt.Errorf("FROM %s: no registry client", ps.Base)}
+		}
+		st.base, err = b.o.Registry.PullPlatform(ctx, ps.Base, st.platform)
+		if err != nil {
+			return nil, &dockerfile.Error{File: b.df.Name, Line: ps.Line, Err: fmt.Errorf("FROM %s: %w", ps.Base, err)}
+		}
+	}
+	mt, err := st.base.MediaType()
+	if err != nil {
+		return nil, fmt.Errorf("base image %s: %w", ps.Base, err)
+	}
+	st.oci = mt != types.DockerManifestSchema2
+	if !st.oci && b.o.Compression == layer.Zstd {
+		return nil, &dockerfile.Error{File: b.df.Name, Line: ps.Line,
+			Err: fmt.Errorf("--compression=zstd needs an OCI base image; %s uses Docker media types", ps.Base)}
+	}
+	cf, err := st.base.ConfigFile()
+	if err != nil {
+		return nil, fmt.Errorf("base image %s: reading config: %w", ps.Base, err)
+	}
+	st.cfg = cf.DeepCopy()
+	if strings.EqualFold(ps.Base, "scratch") && ps.BaseStage < 0 {
+		st.cfg.OS, st.cfg.Architecture, st.cfg.Variant = st.platform.OS, st.platform.Architecture, st.platform.Variant
+		st.cfg.RootFS.Type = "layers"
+	}
+	st.imgEnv = dockerfile.NewEnv(st.cfg.Config.Env)
+	st.env = st.imgEnv.Clone()
+	triggers := st.cfg.Config.OnBuild
+	st.cfg.Config.OnBuild = nil
+
+	st.root = filepath.Join(b.work, "stage-"+strconv.Itoa(ps.Index), "root")
+	if err := os.MkdirAll(st.root, 0o755); err != nil {
+		return nil, fmt.Errorf("creating stage root: %w", err)
+	}
+	if err := b.unpack(ctx, st.root, st.base, ps.Base); err != nil {
+		return nil, &dockerfile.Error{File: b.df.Name, Line: ps.Line, Err: err}
+	}
+	for _, t := range triggers {
+		cmd, err := dockerfile.ParseTrigger(t)
+		if err != nil {
+			return nil, &dockerfile.Error{File: b.df.Name, Line: ps.Line, Err: err}
+		}
+		b.log.Info("running ONBUILD trigger", "stage", stageLabel(ps), "trigger", t)
+		if err := b.dispatch(ctx, st, cmd); err != nil {
+			return nil, dockerfile.WrapError(b.df.Name, b.fromLocation(ps), fmt.Errorf("ONBUILD %s: %w", t, err))
+		}
+	}
+	for _, cmd := range ps.Commands {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		b.log.Info(sourceText(cmd), "stage", stageLabel(ps))
+		if err := b.dispatch(ctx, st, cmd); err != nil {
+			return nil, dockerfile.WrapError(b.df.Name, cmd.Location(), err)
+		}
+	}
+	if len(st.snap) > 0 {
+		if err := b.addLayer(ctx, st, "single snapshot of stage "+stageLabel(ps), st.snap); err != nil {
+			return nil, err
+		}
+	}
+	if err := st.finish(b.now); err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+func (b *builder) fromLocation(ps *dockerfile.Stage) []parser.Range {
+	return []parser.Range{{Start: parser.Position{Line: ps.Line}}}
+}
+
+// unpack extracts img over root, retrying as --image-fs-extract-retry says.
+func (b *builder) unpack(ctx context.Context, root string, img v1.Image, what string) error {
+	var err error
+	for i := 0; i <= b.o.ImageFSExtractRetry; i++ {
+		if i > 0 {
+			b.log.Warn("retrying image extraction", "image", what, "attempt", i, "error", err)
+			if err := os.RemoveAll(root); err != nil {
+				return err
+			}
+			if err := os.MkdirAll(root, 0o755); err != nil {
+				return err
+			}
+		}
+		if err = rootfs.Unpack(ctx, root, img, rootfs.UnpackOptions{Logger: b.log}); err == nil {
+			return nil
+		}
+	}
+	return fmt.Errorf("extracting %s: %w", what, err)
+}
+
+// finish assembles the stage's image.
+func (st *stage) finish(now time.Time) error {
+	img, err := mutate.Append(st.base, st.addenda...)
+	if err != nil {
+		return fmt.Errorf("appending layers: %w", err)
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return err
+	}
+	cf = cf.DeepCopy()
+	baseCf, err := st.base.ConfigFile()
+	if err != nil {
+		return err
+	}
+	cf.History = append(append([]v1.History(nil), baseCf.History...), st.history...)
+	cf.Config = st.cfg.Config
+	cf.Config.Env = st.imgEnv.List()
+	cf.Author = st.cfg.Author
+	cf.OS, cf.Architecture, cf.Variant = st.cfg.OS, st.cfg.Architecture, st.cfg.Variant
+	cf.Created = v1.Time{Time: now}
+	cf.Container, cf.DockerVersion = "", ""
+	if st.img, err = mutate.ConfigFile(img, cf); err != nil {
+		return fmt.Errorf("writing config: %w", err)
+	}
+	return nil
+}
+
+// commit records an instruction: a layer of entries, or an empty-layer
+// history entry when there are none.
+func (b *builder) commit(ctx context.Context, st *stage, createdBy string, entries []layer.Entry) error {
+	if len(entries) == 0 || b.o.SingleSnapshot {
+		if st.snapIndex == nil {
+			st.snapIndex = map[string]int{}
+		}
+		for _, e := range entries {
+			if i, ok := st.snapIndex[e.Header.Name]; ok {
+				st.snap[i] = e
+				continue
+			}
+			st.snapIndex[e.Header.Name] = len(st.snap)
+			st.snap = append(st.snap, e)
+		}
+		st.history = append(st.history, v1.History{
+			Created: v1.Time{Time: b.now}, CreatedBy: createdBy, Comment: historyComment, EmptyLayer: true,
+		})
+		return nil
+	}
+	return b.addLayer(ctx, st, createdBy, entries)
+}
+
+// addLayer appends a layer of entries with its history entry.
+func (b *builder) addLayer(ctx context.Context, st *stage, createdBy string, entries []layer.Entry) error {
+	h := v1.History{Created: v1.Time{Time: b.now}, CreatedBy: createdBy, Comment: historyComment}
+	mt := types.DockerLayer
+	if st.oci {
+		mt = types.OCILayer
+		if b.o.Compression == layer.Zstd {
+			mt = types.OCILayerZStd
+		}
+	}
+	l, err := layer.New(ctx, b.work, entries, layer.Options{
+		Compression: b.o.Compression, Level: b.o.CompressionLevel, MediaType: mt, ModTime: b.epoch,
+	})
+	if err != nil {
+		return err
+	}
+	st.history = append(st.history, h)
+	st.addenda = append(st.addenda, mutate.Addendum{Layer: l, MediaType: mt})
+	return nil
+}
+
+// expand expands the instruction's words with the stage's variables.
+func (b *builder) expand(st *stage, cmd instructions.Command) error {
+	exp := st.env.Expander(b.df.Escape)
+	if ex, ok := cmd.(instructions.SupportsSingleWordExpansion); ok {
+		if err := ex.Expand(exp); err != nil {
+			return err
+		}
+	}
+	if ex, ok := cmd.(instructions.SupportsSingleWordExpansionRaw); ok {
+		if err := ex.ExpandRaw(exp); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// dispatch runs one instruction.
+func (b *builder) dispatch(ctx context.Context, st *stage, cmd instructions.Command) error {
+	if err := b.expand(st, cmd); err != nil {
+		return fmt.Errorf("%s: %w", strings.ToUpper(cmd.Name()), err)
+	}
+	created := sourceText(cmd)
+	c := &st.cfg.Config
+	switch cmd := cmd.(type) {
+	case *instructions.EnvCommand:
+		for _, kv := range cmd.Env {
+			st.imgEnv.Set(kv.Key, kv.Value)
+			st.env.Set(kv.Key, kv.Value)
+		}
+	case *instructions.LabelCommand:
+		if c.Labels == nil {
+			c.Labels = map[string]string{}
+		}
+		for _, kv := range cmd.Labels {
+			c.Labels[kv.Key] = kv.Value
+		}
+	case *instructions.MaintainerCommand:
+		st.cfg.Author = cmd.Maintainer
+	case *instructions.UserCommand:
+		c.User = cmd.User
+	case *instructions.ArgCommand:
+		b.declareArgs(st, cmd)
+	case *instructions.ExposeCommand:
+		ports, err := b.exposedPorts(st, cmd.Ports)
+		if err != nil {
+			return err
+		}
+		if c.ExposedPorts == nil {
+			c.ExposedPorts = map[string]struct{}{}
+		}
+		for _, p := range ports {
+			c.ExposedPorts[p] = struct{}{}
+		}
+	case *instructions.VolumeCommand:
+		if c.Volumes == nil {
+			c.Volumes = map[string]struct{}{}
+		}
+		for _, v := range cmd.Volumes {
+			if v == "" {
+				return errors.New("VOLUME specified can not be an empty string")
+			}
+			c.Volumes[v] = struct{}{}
+		}
+	case *instructions.CmdCommand:
+		c.Cmd = st.commandLine(cmd.ShellDependantCmdLine)
+		st.cmdSet = true
+	case *instructions.EntrypointCommand:
+		c.Entrypoint = st.commandLine(cmd.ShellDependantCmdLine)
+		if !st.cmdSet {
+			c.Cmd = nil
+		}
+	case *instructions.ShellCommand:
+		c.Shell = append([]string(nil), cmd.Shell...)
+	case *instructions.StopSignalCommand:
+		c.StopSignal = cmd.Signal
+	case *instructions.HealthCheckCommand:
+		h := cmd.Health
+		c.Healthcheck = &v1.HealthConfig{
+			Test: h.Test, Interval: h.Interval, Timeout: h.Timeout, StartPeriod: h.StartPeriod, Retries: h.Retries,
+		}
+	case *instructions.OnbuildCommand:
+		c.OnBuild = append(c.OnBuild, cmd.Expression)
+	case *instructions.WorkdirCommand:
+		entries, err := b.workdir(st, cmd.Path)
+		if err != nil {
+			return err
+		}
+		return b.commit(ctx, st, created, entries)
+	case *instructions.CopyCommand:
+		entries, err := b.copy(ctx, st, copyRequest{
+			sources: cmd.SourcesAndDest, from: cmd.From, chown: cmd.Chown, chmod: cmd.Chmod,
+			exclude: cmd.ExcludePatterns, parents: cmd.Parents, name: "COPY",
+		})
+		if err != nil {
+			return err
+		}
+		return b.commit(ctx, st, created, entries)
+	case *instructions.AddCommand:
+		unpack := true
+		if cmd.Unpack != nil {
+			unpack = *cmd.Unpack
+		}
+		entries, err := b.copy(ctx, st, copyRequest{
+			sources: cmd.SourcesAndDest, chown: cmd.Chown, chmod: cmd.Chmod, exclude: cmd.ExcludePatterns,
+			checksum: cmd.Checksum, add: true, unpack: unpack, unpackSet: cmd.Unpack != nil,
+			keepGitDir: cmd.KeepGitDir != nil, name: "ADD",
+		})
+		if err != nil {
+			return err
+		}
+		return b.commit(ctx, st, created, entries)
+	case *instructions.RunCommand:
+		return errors.New("RUN is not supported yet: kiln cannot execute commands in this release")
+	default:
+		return fmt.Errorf("%s is not supported", strings.ToUpper(cmd.Name()))
+	}
+	return b.commit(ctx, st, created, nil)
+}
+
+// commandLine turns a CMD or ENTRYPOINT into its exec form.
+func (st *stage) commandLine(c instructions.ShellDependantCmdLine) []string {
+	if !c.PrependShell {
+		return append([]string{}, c.CmdLine...)
+	}
+	sh := st.cfg.Config.Shell
+	if len(sh) == 0 {
+		sh = defaultShell
+	}
+	return append(append([]string{}, sh...), strings.Join(c.CmdLine, " "))
+}
+
+// declareArgs applies an ARG instruction inside a stage.
+func (b *builder) declareArgs(st *stage, cmd *instructions.ArgCommand) {
+	for _, kv := range cmd.Args {
+		var val *string
+		if v, ok := b.args.Lookup(kv.Key); ok {
+			val = &v
+		} else if kv.Value != nil {
+			val = kv.Value
+		} else if v, ok := b.plan.Meta.Get(kv.Key); ok {
+			val = &v
+		}
+		if val != nil {
+			st.env.Set(kv.Key, *val)
+			st.args.Set(kv.Key, *val)
+		}
+	}
+}
+
+// exposedPorts normalises EXPOSE values to "port/proto", expanding ranges.
+func (b *builder) exposedPorts(st *stage, raw []string) ([]string, error) {
+	exp := st.env.Expander(b.df.Escape)
+	var out []string
+	for _, r := range raw {
+		r, err := exp(r)
+		if err != nil {
+			return nil, err
+		}
+		port, proto, _ := strings.Cut(r, "/")
+		if proto == "" {
+			proto = "tcp"
+		}
+		proto = strings.ToLower(proto)
+		if proto != "tcp" && proto != "udp" && proto != "sctp" {
+			return nil, fmt.Errorf("EXPOSE %s: invalid protocol %q", r, proto)
+		}
+		lo, hi, isRange := strings.Cut(port, "-")
+		start, err := strconv.ParseUint(lo, 10, 16)
+		if err != nil {
+			return nil, fmt.Errorf("EXPOSE %s: invalid port %q", r, lo)
+		}
+		end := start
+		if isRange {
+			if end, err = strconv.ParseUint(hi, 10, 16); err != nil || end < start {
+				return nil, fmt.Errorf("EXPOSE %s: invalid port range %q", r, port)
+			}
+		}
+		for p := start; p <= end; p++ {
+			out = append(out, fmt.Sprintf("%d/%s", p, proto))
+		}
+	}
+	return out, nil
+}
+
+// workdir sets WORKDIR and creates the directory, owned by the stage's
+// USER, when it is missing.
+func (b *builder) workdir(st *stage, p string) ([]layer.Entry, error) {
+	c := &st.cfg.Config
+	if !path.IsAbs(p) {
+		wd := c.WorkingDir
+		if wd == "" {
+			wd = "/"
+		}
+		p = path.Join(wd, p)
+	}
+	c.WorkingDir = path.Clean(p)
+	owner := rootfs.IDs{}
+	if c.User != "" {
+		var err error
+		if owner, err = rootfs.LookupUser(st.root, c.User); err != nil {
+			return nil, fmt.Errorf("WORKDIR %s: %w", p, err)
+		}
+	}
+	w := b.newWriter(st, writerOptions{createOwner: owner})
+	if _, err := w.mkdirAll(c.WorkingDir, false); err != nil {
+		return nil, fmt.Errorf("WORKDIR %s: %w", p, err)
+	}
+	if !w.createdAny {
+		return nil, nil
+	}
+	return w.entries(), nil
+}
+
+// sourceText is an instruction's Dockerfile text.
+func sourceText(cmd instructions.Command) string {
+	if s, ok := cmd.(fmt.Stringer); ok {
+		return s.String()
+	}
+	return strings.ToUpper(cmd.Name())
+}

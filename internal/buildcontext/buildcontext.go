@@ -1,0 +1,101 @@
+// Package buildcontext opens build contexts and applies .dockerignore rules
+// to them without deleting anything.
+package buildcontext
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+
+	"github.com/moby/patternmatcher"
+	"github.com/moby/patternmatcher/ignorefile"
+)
+
+// Context is a build context directory with its ignore rules.
+type Context struct {
+	// Dir is the context's directory on disk.
+	Dir string
+	// IgnoreFile is the .dockerignore file read, or "".
+	IgnoreFile string
+	pm         *patternmatcher.PatternMatcher
+}
+
+// Open opens a local context directory. source may be a bare path or a
+// dir:// URI; other kaniko context schemes are not supported yet.
+// dockerfile is the Dockerfile's path: a "<Dockerfile>.dockerignore" beside
+// it wins over the context's ".dockerignore", as in BuildKit.
+func Open(source, dockerfile string) (*Context, error) {
+	dir := source
+	if scheme, rest, ok := strings.Cut(source, "://"); ok {
+		if scheme != "dir" {
+			return nil, fmt.Errorf("--context %q: the %s:// context source is not supported yet (use a local directory or dir://)", source, scheme)
+		}
+		dir = rest
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return nil, fmt.Errorf("--context %q: %w", source, err)
+	}
+	if !fi.IsDir() {
+		return nil, fmt.Errorf("--context %q: not a directory", source)
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("--context %q: %w", source, err)
+	}
+	c := &Context{Dir: abs}
+	candidates := []string{filepath.Join(abs, ".dockerignore")}
+	if dockerfile != "" {
+		candidates = append([]string{dockerfile + ".dockerignore"}, candidates...)
+	}
+	for _, f := range candidates {
+		if err := c.readIgnore(f); err == nil {
+			break
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+func (c *Context) readIgnore(file string) error {
+	f, err := os.Open(file)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	patterns, err := ignorefile.ReadAll(f)
+	if err != nil {
+		return fmt.Errorf("reading %s: %w", file, err)
+	}
+	pm, err := patternmatcher.New(patterns)
+	if err != nil {
+		return fmt.Errorf("%s: %w", file, err)
+	}
+	c.IgnoreFile, c.pm = file, pm
+	return nil
+}
+
+// Excluded reports whether the context-relative slash path rel is excluded
+// by the ignore file.
+func (c *Context) Excluded(rel string) bool {
+	if c == nil || c.pm == nil {
+		return false
+	}
+	rel = strings.TrimPrefix(path.Clean("/"+filepath.ToSlash(rel)), "/")
+	if rel == "" {
+		return false
+	}
+	ok, err := c.pm.MatchesOrParentMatches(rel)
+	return err == nil && ok
+}
+
+// MayInclude reports whether an excluded directory can still hold included
+// files because of "!" exception patterns, so a walk must descend into it.
+func (c *Context) MayInclude() bool {
+	return c != nil && c.pm != nil && c.pm.Exclusions()
+}

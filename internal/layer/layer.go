@@ -1,0 +1,266 @@
+// Package layer writes image layers: tar streams of explicit entries
+// (PAX where needed, numeric owners, relative hard links) compressed with
+// gzip or zstd into a file, hashed in the same pass.
+package layer
+
+import (
+	"archive/tar"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
+)
+
+// Entry is one tar entry of a layer.
+type Entry struct {
+	// Header describes the entry. Name is the image path without a leading
+	// slash; directories need no trailing slash. Size is taken from Source.
+	Header tar.Header
+	// Source is the file holding a regular file's content.
+	Source string
+}
+
+// Compression names a layer compression.
+type Compression string
+
+// The compressions kiln writes.
+const (
+	Gzip Compression = "gzip"
+	Zstd Compression = "zstd"
+)
+
+// Options configures New.
+type Options struct {
+	// Compression is gzip (default) or zstd.
+	Compression Compression
+	// Level is the compression level; -1 or 0 means the default.
+	Level int
+	// MediaType is the layer media type; derived from Compression when empty.
+	MediaType types.MediaType
+	// ModTime, when set, replaces every entry's mtime (reproducible builds).
+	ModTime *time.Time
+}
+
+// ParseCompression checks a --compression value.
+func ParseCompression(s string) (Compression, error) {
+	switch c := Compression(strings.ToLower(s)); c {
+	case "", Gzip:
+		return Gzip, nil
+	case Zstd:
+		return Zstd, nil
+	}
+	return "", fmt.Errorf("--compression %q: want gzip or zstd", s)
+}
+
+// New writes entries as a compressed layer file in dir and returns it as a
+// v1.Layer. The file is removed when the build's work dir is.
+func New(ctx context.Context, dir string, entries []Entry, o Options) (v1.Layer, error) {
+	f, err := os.CreateTemp(dir, "layer-*.tar")
+	if err != nil {
+		return nil, fmt.Errorf("creating layer file: %w", err)
+	}
+	l, err := write(ctx, f, entries, o)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return nil, err
+	}
+	return l, nil
+}
+
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func write(ctx context.Context, f *os.File, entries []Entry, o Options) (*File, error) {
+	digest := sha256.New()
+	cw := &countingWriter{w: io.MultiWriter(f, digest)}
+	var zw io.WriteCloser
+	var err error
+	comp := o.Compression
+	if comp == "" {
+		comp = Gzip
+	}
+	switch comp {
+	case Gzip:
+		level := o.Level
+		if level == 0 || level == -1 {
+			level = gzip.DefaultCompression
+		}
+		zw, err = gzip.NewWriterLevel(cw, level)
+	case Zstd:
+		opts := []zstd.EOption{}
+		if o.Level > 0 {
+			opts = append(opts, zstd.WithEncoderLevel(zstd.EncoderLevelFromZstd(o.Level)))
+		}
+		zw, err = zstd.NewWriter(cw, opts...)
+	default:
+		err = fmt.Errorf("unknown compression %q", comp)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("layer compression: %w", err)
+	}
+	diffID := sha256.New()
+	if err := WriteTar(ctx, io.MultiWriter(zw, diffID), entries, o.ModTime); err != nil {
+		return nil, err
+	}
+	if err := zw.Close(); err != nil {
+		return nil, fmt.Errorf("compressing layer: %w", err)
+	}
+	mt := o.MediaType
+	if mt == "" {
+		mt = types.OCILayer
+		if comp == Zstd {
+			mt = types.OCILayerZStd
+		}
+	}
+	return &File{
+		path:        f.Name(),
+		digest:      hashOf(digest),
+		diffID:      hashOf(diffID),
+		size:        cw.n,
+		mediaType:   mt,
+		compression: comp,
+	}, nil
+}
+
+func hashOf(h hash.Hash) v1.Hash {
+	return v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(h.Sum(nil))}
+}
+
+// WriteTar writes entries as an uncompressed tar stream to w. When modTime
+// is set it replaces every entry's times.
+func WriteTar(ctx context.Context, w io.Writer, entries []Entry, modTime *time.Time) error {
+	tw := tar.NewWriter(w)
+	for _, e := range entries {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		h := e.Header
+		h.Name = strings.TrimPrefix(h.Name, "/")
+		if h.Typeflag == tar.TypeDir && !strings.HasSuffix(h.Name, "/") {
+			h.Name += "/"
+		}
+		h.Uname, h.Gname = "", ""
+		h.AccessTime, h.ChangeTime = time.Time{}, time.Time{}
+		h.ModTime = h.ModTime.Truncate(time.Second)
+		if modTime != nil {
+			h.ModTime = *modTime
+		}
+		if h.Typeflag == tar.TypeLink {
+			h.Linkname = strings.TrimPrefix(h.Linkname, "/")
+		}
+		var src *os.File
+		if h.Typeflag == tar.TypeReg {
+			var err error
+			if src, err = os.Open(e.Source); err != nil {
+				return fmt.Errorf("layer entry %s: %w", h.Name, err)
+			}
+			fi, err := src.Stat()
+			if err != nil {
+				src.Close()
+				return fmt.Errorf("layer entry %s: %w", h.Name, err)
+			}
+			h.Size = fi.Size()
+		} else {
+			h.Size = 0
+		}
+		if err := tw.WriteHeader(&h); err != nil {
+			if src != nil {
+				src.Close()
+			}
+			return fmt.Errorf("layer entry %s: %w", h.Name, err)
+		}
+		if src != nil {
+			n, err := io.Copy(tw, src)
+			src.Close()
+			if err == nil && n != h.Size {
+				err = fmt.Errorf("file changed size while being read (%d of %d bytes)", n, h.Size)
+			}
+			if err != nil {
+				return fmt.Errorf("layer entry %s: %w", h.Name, err)
+			}
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return fmt.Errorf("closing layer tar: %w", err)
+	}
+	return nil
+}
+
+// File is a compressed layer stored in a file, with its hashes known.
+type File struct {
+	path        string
+	digest      v1.Hash
+	diffID      v1.Hash
+	size        int64
+	mediaType   types.MediaType
+	compression Compression
+}
+
+var _ v1.Layer = (*File)(nil)
+
+// Digest returns the sha256 of the compressed blob.
+func (l *File) Digest() (v1.Hash, error) { return l.digest, nil }
+
+// DiffID returns the sha256 of the uncompressed tar.
+func (l *File) DiffID() (v1.Hash, error) { return l.diffID, nil }
+
+// Size returns the compressed size.
+func (l *File) Size() (int64, error) { return l.size, nil }
+
+// MediaType returns the layer's media type.
+func (l *File) MediaType() (types.MediaType, error) { return l.mediaType, nil }
+
+// Compressed opens the compressed blob.
+func (l *File) Compressed() (io.ReadCloser, error) { return os.Open(l.path) }
+
+// Uncompressed opens the blob and decompresses it.
+func (l *File) Uncompressed() (io.ReadCloser, error) {
+	f, err := os.Open(l.path)
+	if err != nil {
+		return nil, err
+	}
+	switch l.compression {
+	case Zstd:
+		zr, err := zstd.NewReader(f)
+		if err != nil {
+			f.Close()
+			return nil, err
+		}
+		return &readCloser{Reader: zr, close: func() error { zr.Close(); return f.Close() }}, nil
+	default:
+		zr, err := gzip.NewReader(f)
+		if err != nil {
+			f.Close()
+			return nil, err
+		}
+		return &readCloser{Reader: zr, close: func() error { zr.Close(); return f.Close() }}, nil
+	}
+}
+
+type readCloser struct {
+	io.Reader
+	close func() error
+}
+
+func (r *readCloser) Close() error { return r.close() }

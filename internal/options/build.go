@@ -1,0 +1,354 @@
+// Package options binds the build step's command-line flags (kaniko's
+// executor flags, names and aliases) to kiln's engine options. It is the
+// only package that knows about pflag.
+package options
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/spf13/pflag"
+
+	"github.com/kilnbuild/kiln/internal/build"
+	"github.com/kilnbuild/kiln/internal/layer"
+	"github.com/kilnbuild/kiln/internal/output"
+	"github.com/kilnbuild/kiln/internal/registry"
+)
+
+// Build holds the build step's flag values.
+type Build struct {
+	Dockerfile, Context, ContextSubPath, Bucket string
+	Destinations                               []string
+	NoPush, NoPushCache                        bool
+	TarPath, OCILayoutPath                     string
+	DigestFile, ImageNameWithDigestFile        string
+	ImageNameTagWithDigestFile                 string
+	BuildArgs, Labels                          []string
+	Target                                     string
+	SkipUnusedStages                           bool
+	CustomPlatform                             string
+	SnapshotMode                               string
+	SingleSnapshot, UseNewRun, Reproducible    bool
+	IgnoreVarRun                               bool
+	IgnorePaths                                []string
+	Cleanup, Force                             bool
+	KanikoDir                                  string
+	Cache                                      bool
+	CacheRepo, CacheDir                        string
+	CacheTTL                                   time.Duration
+	CacheCopyLayers, CacheRunLayers            bool
+	CompressedCaching                          bool
+	Compression                                string
+	CompressionLevel                           int
+	Registry                                   RegistryFlags
+	PushRetry, ImageFSExtractRetry             int
+	PushIgnoreImmutableTagErrors               bool
+	SkipPushPermissionCheck                    bool
+	Git                                        string
+	ForceBuildMetadata                         bool
+	Log                                        LogFlags
+}
+
+// RegistryFlags are the registry flags shared by build and warm-cache.
+type RegistryFlags struct {
+	Insecure, InsecurePull             bool
+	SkipTLSVerify, SkipTLSVerifyPull   bool
+	InsecureRegistries                 []string
+	SkipTLSVerifyRegistries            []string
+	Certificates, ClientCertificates   []string
+	Mirrors, Maps                      []string
+	SkipDefaultRegistryFallback        bool
+	ImageDownloadRetry                 int
+}
+
+// LogFlags are --verbosity, --log-format and --log-timestamp.
+type LogFlags struct {
+	Verbosity, Format string
+	Timestamp         bool
+}
+
+// AddFlags registers kaniko's executor flags on fs. Environment variables
+// kaniko reads (KANIKO_NO_PUSH, KANIKO_DIR, KANIKO_REGISTRY_MIRROR,
+// KANIKO_REGISTRY_MAP) give defaults, read through getenv.
+func (b *Build) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
+	fs.StringVarP(&b.Dockerfile, "dockerfile", "f", "Dockerfile", "Path to the Dockerfile: absolute, relative to the working directory or the context, or an http(s) URL.")
+	fs.StringVarP(&b.Context, "context", "c", "/workspace/", "Build context: a directory or dir:// path (other kaniko schemes are not supported yet).")
+	fs.StringVar(&b.ContextSubPath, "context-sub-path", "", "Sub-directory of the context to use as the context.")
+	fs.StringVarP(&b.Bucket, "bucket", "b", "", "Legacy GCS bucket context (not supported yet).")
+	fs.MarkHidden("bucket")
+	fs.StringArrayVarP(&b.Destinations, "destination", "d", nil, "Image reference to push to; repeatable. All get the same digest.")
+	fs.BoolVar(&b.NoPush, "no-push", getenv("KANIKO_NO_PUSH") == "true", "Do not push the image (env KANIKO_NO_PUSH).")
+	fs.BoolVar(&b.NoPushCache, "no-push-cache", false, "Do not push cache layers (cache is not supported yet).")
+	fs.StringVar(&b.TarPath, "tar-path", "", "Also write the image as a tarball `docker load` reads, tagged with the destinations.")
+	fs.StringVar(&b.TarPath, "tarPath", "", "Deprecated alias of --tar-path.")
+	fs.MarkHidden("tarPath")
+	fs.StringVar(&b.OCILayoutPath, "oci-layout-path", "", "Also write the image into this OCI image layout directory.")
+	fs.StringVar(&b.DigestFile, "digest-file", "", "Write the image digest (sha256:..., no newline) to this file.")
+	fs.StringVar(&b.ImageNameWithDigestFile, "image-name-with-digest-file", "", "Write repo@digest, one line per destination, to this file.")
+	fs.StringVar(&b.ImageNameTagWithDigestFile, "image-name-tag-with-digest-file", "", "Write repo:tag@digest, one line per destination, to this file.")
+	fs.StringArrayVar(&b.BuildArgs, "build-arg", nil, "Build argument KEY=VALUE, or KEY to take the value from the environment; repeatable.")
+	fs.StringVar(&b.Target, "target", "", "Stage to build (default: the last).")
+	fs.BoolVar(&b.SkipUnusedStages, "skip-unused-stages", false, "Build only the stages the target depends on.")
+	fs.StringArrayVar(&b.Labels, "label", nil, "Label KEY=VALUE to set on the image; repeatable.")
+	fs.StringVar(&b.CustomPlatform, "custom-platform", "", "Platform os/arch[/variant] of base images and the result (default: this machine's).")
+	fs.StringVar(&b.CustomPlatform, "customPlatform", "", "Deprecated alias of --custom-platform.")
+	fs.MarkHidden("customPlatform")
+	fs.StringVar(&b.SnapshotMode, "snapshot-mode", "full", "Snapshot mode for RUN: full, redo or time.")
+	fs.StringVar(&b.SnapshotMode, "snapshotMode", "full", "Deprecated alias of --snapshot-mode.")
+	fs.MarkHidden("snapshotMode")
+	fs.BoolVar(&b.SingleSnapshot, "single-snapshot", false, "Write one layer per stage, at its end.")
+	fs.BoolVar(&b.UseNewRun, "use-new-run", false, "Accepted for kaniko compatibility; kiln's RUN detection is always the new one.")
+	fs.BoolVar(&b.Reproducible, "reproducible", false, "Fix all timestamps (SOURCE_DATE_EPOCH, or the epoch) so equal inputs give equal digests.")
+	fs.BoolVar(&b.IgnoreVarRun, "ignore-var-run", true, "Leave /var/run out of snapshots.")
+	fs.BoolVar(&b.IgnoreVarRun, "whitelist-var-run", true, "Deprecated alias of --ignore-var-run.")
+	fs.MarkHidden("whitelist-var-run")
+	fs.StringArrayVar(&b.IgnorePaths, "ignore-path", nil, "Path to leave out of snapshots; repeatable (not supported yet).")
+	fs.BoolVar(&b.Cleanup, "cleanup", false, "Remove the build's file system at the end (kiln always removes its work directory).")
+	fs.BoolVar(&b.Force, "force", false, "Allow building outside a container (kiln's private-root build needs no permission).")
+	kdir := getenv("KANIKO_DIR")
+	if kdir == "" {
+		kdir = "/kaniko"
+	}
+	fs.StringVar(&b.KanikoDir, "kaniko-dir", kdir, "kiln's own directory (env KANIKO_DIR): .docker/config.json is looked up there; when set, work files go there too.")
+	fs.BoolVar(&b.Cache, "cache", false, "Use the layer cache (not supported yet).")
+	fs.StringVar(&b.CacheRepo, "cache-repo", "", "Cache repository, or oci:/path (not supported yet).")
+	fs.StringVar(&b.CacheDir, "cache-dir", "/cache", "Directory of base images written by warm-cache (not supported yet).")
+	fs.DurationVar(&b.CacheTTL, "cache-ttl", 336*time.Hour, "Cache validity (not supported yet).")
+	fs.BoolVar(&b.CacheCopyLayers, "cache-copy-layers", false, "Cache COPY layers (not supported yet).")
+	fs.BoolVar(&b.CacheRunLayers, "cache-run-layers", true, "Cache RUN layers (not supported yet).")
+	fs.BoolVar(&b.CompressedCaching, "compressed-caching", true, "Compress cached layers (not supported yet).")
+	fs.StringVar(&b.Compression, "compression", "gzip", "Layer compression: gzip or zstd (zstd needs an OCI base).")
+	fs.IntVar(&b.CompressionLevel, "compression-level", -1, "Compression level (-1: the default).")
+	b.Registry.AddFlags(fs, getenv)
+	fs.IntVar(&b.PushRetry, "push-retry", 0, "Retries for each push, with exponential backoff from 1s.")
+	fs.IntVar(&b.ImageFSExtractRetry, "image-fs-extract-retry", 0, "Retries for extracting a base image.")
+	fs.BoolVar(&b.PushIgnoreImmutableTagErrors, "push-ignore-immutable-tag-errors", false, "Treat immutable-tag push errors as success (not supported yet).")
+	fs.BoolVar(&b.SkipPushPermissionCheck, "skip-push-permission-check", false, "Do not check, before building, that every destination accepts a push.")
+	fs.StringVar(&b.Git, "git", "", "Git context options branch=,single-branch=,recurse-submodules= (not supported yet).")
+	fs.BoolVar(&b.ForceBuildMetadata, "force-build-metadata", false, "Write layers for metadata instructions (not supported yet).")
+	b.Log.AddFlags(fs)
+}
+
+// AddFlags registers the registry flags.
+func (r *RegistryFlags) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
+	fs.BoolVar(&r.Insecure, "insecure", false, "Push over plain HTTP.")
+	fs.BoolVar(&r.InsecurePull, "insecure-pull", false, "Pull over plain HTTP.")
+	fs.BoolVar(&r.SkipTLSVerify, "skip-tls-verify", false, "Push without verifying TLS certificates.")
+	fs.BoolVar(&r.SkipTLSVerifyPull, "skip-tls-verify-pull", false, "Pull without verifying TLS certificates.")
+	fs.StringArrayVar(&r.InsecureRegistries, "insecure-registry", nil, "Registry to use plain HTTP with; repeatable.")
+	fs.StringArrayVar(&r.SkipTLSVerifyRegistries, "skip-tls-verify-registry", nil, "Registry whose certificate is not verified; repeatable.")
+	fs.StringArrayVar(&r.Certificates, "registry-certificate", nil, "registry=/path/ca.pem: CA bundle for a registry; repeatable.")
+	fs.StringArrayVar(&r.ClientCertificates, "registry-client-cert", nil, "registry=cert.pem,key.pem: client certificate for a registry; repeatable.")
+	var mirrors []string
+	if m := getenv("KANIKO_REGISTRY_MIRROR"); m != "" {
+		mirrors = strings.Split(m, ";")
+	}
+	fs.StringArrayVar(&r.Mirrors, "registry-mirror", mirrors, "Docker Hub mirror, tried in order before Docker Hub; repeatable (env KANIKO_REGISTRY_MIRROR, ;-separated).")
+	var maps []string
+	if m := getenv("KANIKO_REGISTRY_MAP"); m != "" {
+		maps = []string{m}
+	}
+	fs.StringArrayVar(&r.Maps, "registry-map", maps, "orig=new[;orig=new]: pull from new instead of orig (registry or repository prefix); repeatable (env KANIKO_REGISTRY_MAP).")
+	fs.BoolVar(&r.SkipDefaultRegistryFallback, "skip-default-registry-fallback", false, "Fail when no mirror or mapped registry has the image.")
+	fs.IntVar(&r.ImageDownloadRetry, "image-download-retry", 0, "Retries for each pull, with exponential backoff from 1s.")
+}
+
+// AddFlags registers the logging flags.
+func (l *LogFlags) AddFlags(fs *pflag.FlagSet) {
+	fs.StringVarP(&l.Verbosity, "verbosity", "v", "info", "Log level: panic, fatal, error, warn, info, debug, trace.")
+	fs.StringVar(&l.Format, "log-format", "color", "Log format: text, color or json.")
+	fs.BoolVar(&l.Timestamp, "log-timestamp", false, "Add a timestamp to every log line.")
+}
+
+// notYet refuses flags whose behaviour kiln has not built yet, so none is
+// silently ignored.
+func (b *Build) notYet(fs *pflag.FlagSet) error {
+	for _, f := range []string{
+		"bucket", "no-push-cache", "ignore-path", "cache", "cache-repo", "cache-dir", "cache-ttl",
+		"cache-copy-layers", "cache-run-layers", "compressed-caching", "push-ignore-immutable-tag-errors",
+		"git", "force-build-metadata",
+	} {
+		if fs.Changed(f) {
+			return fmt.Errorf("--%s is not supported yet", f)
+		}
+	}
+	if !b.IgnoreVarRun {
+		return errors.New("--ignore-var-run=false is not supported yet")
+	}
+	return nil
+}
+
+// Validate checks the flag values that need no I/O.
+func (b *Build) Validate(fs *pflag.FlagSet) error {
+	if err := b.notYet(fs); err != nil {
+		return err
+	}
+	switch b.SnapshotMode {
+	case "full", "redo", "time":
+	default:
+		return fmt.Errorf("--snapshot-mode %q: want full, redo or time", b.SnapshotMode)
+	}
+	if _, err := layer.ParseCompression(b.Compression); err != nil {
+		return err
+	}
+	if b.CompressionLevel < -1 || b.CompressionLevel > 22 {
+		return fmt.Errorf("--compression-level %d: want -1 to 9 (gzip) or 1 to 22 (zstd)", b.CompressionLevel)
+	}
+	if len(b.Destinations) == 0 && !b.NoPush {
+		return errors.New("no --destination given: name one, or pass --no-push")
+	}
+	for _, l := range b.Labels {
+		if k, _, ok := strings.Cut(l, "="); !ok || k == "" {
+			return fmt.Errorf("--label %q: want KEY=VALUE", l)
+		}
+	}
+	if _, err := build.ParsePlatform(b.CustomPlatform); err != nil {
+		return err
+	}
+	return nil
+}
+
+// splitPairs parses repeated key=value flags; each value may hold several
+// pairs separated by sep (";" for --registry-map).
+func splitPairs(flag string, values []string, sep string) (map[string][]string, error) {
+	out := map[string][]string{}
+	for _, v := range values {
+		parts := []string{v}
+		if sep != "" {
+			parts = strings.Split(v, sep)
+		}
+		for _, p := range parts {
+			if p == "" {
+				continue
+			}
+			k, val, ok := strings.Cut(p, "=")
+			if !ok || k == "" || val == "" {
+				return nil, fmt.Errorf("--%s %q: want key=value", flag, p)
+			}
+			out[k] = append(out[k], val)
+		}
+	}
+	return out, nil
+}
+
+func single(m map[string][]string) map[string]string {
+	out := map[string]string{}
+	for k, v := range m {
+		out[k] = v[len(v)-1]
+	}
+	return out
+}
+
+// RegistryOptions turns the registry flags into registry.Options.
+func (r *RegistryFlags) RegistryOptions(getenv func(string) string, kanikoDir string, log *slog.Logger) (registry.Options, error) {
+	certs, err := splitPairs("registry-certificate", r.Certificates, "")
+	if err != nil {
+		return registry.Options{}, err
+	}
+	clientCerts, err := splitPairs("registry-client-cert", r.ClientCertificates, "")
+	if err != nil {
+		return registry.Options{}, err
+	}
+	maps, err := splitPairs("registry-map", r.Maps, ";")
+	if err != nil {
+		return registry.Options{}, err
+	}
+	var mirrors []string
+	for _, m := range r.Mirrors {
+		for _, s := range strings.Split(m, ";") {
+			if s != "" {
+				mirrors = append(mirrors, s)
+			}
+		}
+	}
+	return registry.Options{
+		Keychain:                    registry.DefaultKeychain(getenv, kanikoDir),
+		Insecure:                    r.Insecure,
+		InsecurePull:                r.InsecurePull,
+		InsecureRegistries:          r.InsecureRegistries,
+		SkipTLSVerify:               r.SkipTLSVerify,
+		SkipTLSVerifyPull:           r.SkipTLSVerifyPull,
+		SkipTLSVerifyRegistries:     r.SkipTLSVerifyRegistries,
+		Certificates:                single(certs),
+		ClientCertificates:          single(clientCerts),
+		Mirrors:                     mirrors,
+		Map:                         maps,
+		SkipDefaultRegistryFallback: r.SkipDefaultRegistryFallback,
+		PullRetry:                   r.ImageDownloadRetry,
+		UserAgent:                   "kiln",
+		Logger:                      log,
+	}, nil
+}
+
+// Job turns validated flags into the engine's job. fs tells which flags were
+// set explicitly.
+func (b *Build) Job(fs *pflag.FlagSet, getenv func(string) string, lookupEnv func(string) (string, bool), log *slog.Logger) (build.Job, error) {
+	ro, err := b.Registry.RegistryOptions(getenv, b.KanikoDir, log)
+	if err != nil {
+		return build.Job{}, err
+	}
+	ro.PushRetry = b.PushRetry
+	if ro.Platform, err = build.ParsePlatform(b.CustomPlatform); err != nil {
+		return build.Job{}, err
+	}
+	client, err := registry.New(ro)
+	if err != nil {
+		return build.Job{}, err
+	}
+	var dests []name.Reference
+	for _, d := range b.Destinations {
+		ref, err := client.ParseReference(d, true)
+		if err != nil {
+			return build.Job{}, fmt.Errorf("--destination %q: %w", d, err)
+		}
+		dests = append(dests, ref)
+	}
+	ctxDir := strings.TrimPrefix(b.Context, "dir://")
+	if b.ContextSubPath != "" {
+		ctxDir = filepath.Join(ctxDir, b.ContextSubPath)
+	}
+	if strings.Contains(b.Context, "://") && !strings.HasPrefix(b.Context, "dir://") {
+		ctxDir = b.Context // buildcontext names the unsupported scheme
+	}
+	comp, _ := layer.ParseCompression(b.Compression)
+	work := filepath.Join(os.TempDir(), "kiln")
+	if fs.Changed("kaniko-dir") || getenv("KANIKO_DIR") != "" {
+		work = filepath.Join(b.KanikoDir, "work")
+	}
+	return build.Job{
+		Build: build.Options{
+			Dockerfile:          b.Dockerfile,
+			Context:             ctxDir,
+			BuildArgs:           b.BuildArgs,
+			Target:              b.Target,
+			SkipUnusedStages:    b.SkipUnusedStages,
+			Labels:              b.Labels,
+			Platform:            b.CustomPlatform,
+			Reproducible:        b.Reproducible,
+			SingleSnapshot:      b.SingleSnapshot,
+			Compression:         comp,
+			CompressionLevel:    b.CompressionLevel,
+			WorkDir:             work,
+			ImageFSExtractRetry: b.ImageFSExtractRetry,
+			Registry:            client,
+			LookupEnv:           lookupEnv,
+			Logger:              log,
+		},
+		Output: output.Options{
+			Destinations:               dests,
+			NoPush:                     b.NoPush,
+			TarPath:                    b.TarPath,
+			OCILayoutPath:              b.OCILayoutPath,
+			DigestFile:                 b.DigestFile,
+			ImageNameWithDigestFile:    b.ImageNameWithDigestFile,
+			ImageNameTagWithDigestFile: b.ImageNameTagWithDigestFile,
+		},
+		SkipPushPermissionCheck: b.SkipPushPermissionCheck,
+	}, nil
+}

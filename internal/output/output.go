@@ -1,0 +1,317 @@
+// Package output delivers a built image: pushes to registries, a docker
+// tarball, an OCI layout and kaniko's digest files. Files are prepared
+// under temporary names and renamed into place only once every push has
+// succeeded, so a failed build leaves none of them behind.
+package output
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+)
+
+// Options says where the image goes.
+type Options struct {
+	// Destinations are the --destination references.
+	Destinations []name.Reference
+	// NoPush skips pushing to Destinations.
+	NoPush bool
+	// TarPath writes a tarball `docker load` reads.
+	TarPath string
+	// OCILayoutPath writes (or adds to) an OCI image layout.
+	OCILayoutPath string
+	// DigestFile receives "sha256:<hex>" without a newline.
+	DigestFile string
+	// ImageNameWithDigestFile receives "repo@sha256:<hex>" per destination.
+	ImageNameWithDigestFile string
+	// ImageNameTagWithDigestFile receives "repo:tag@sha256:<hex>" per destination.
+	ImageNameTagWithDigestFile string
+}
+
+// Pusher writes an image to a registry.
+type Pusher interface {
+	Write(ctx context.Context, ref name.Reference, img v1.Image) error
+}
+
+// DefaultTarTag names the image in a tarball when no destination is given.
+const DefaultTarTag = "kiln.local/image:latest"
+
+// Write delivers img as o says.
+func Write(ctx context.Context, img v1.Image, o Options, p Pusher, log *slog.Logger) (err error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	digest, err := img.Digest()
+	if err != nil {
+		return fmt.Errorf("computing digest: %w", err)
+	}
+	var pending []*staged
+	defer func() {
+		if err != nil {
+			for _, s := range pending {
+				s.abort()
+			}
+		}
+	}()
+	stage := func(s *staged, e error) error {
+		if s != nil {
+			pending = append(pending, s)
+		}
+		return e
+	}
+	if o.TarPath != "" {
+		if err := stage(stageTarball(img, o.TarPath, o.Destinations)); err != nil {
+			return err
+		}
+	}
+	if o.OCILayoutPath != "" {
+		if err := stage(stageLayout(img, o.OCILayoutPath, o.Destinations)); err != nil {
+			return err
+		}
+	}
+	if o.DigestFile != "" {
+		if err := stage(stageFile(o.DigestFile, "--digest-file", digest.String())); err != nil {
+			return err
+		}
+	}
+	if o.ImageNameWithDigestFile != "" {
+		var b strings.Builder
+		for _, d := range o.Destinations {
+			b.WriteString(d.Context().Name() + "@" + digest.String() + "\n")
+		}
+		if err := stage(stageFile(o.ImageNameWithDigestFile, "--image-name-with-digest-file", b.String())); err != nil {
+			return err
+		}
+	}
+	if o.ImageNameTagWithDigestFile != "" {
+		var b strings.Builder
+		for _, d := range o.Destinations {
+			b.WriteString(d.Context().Name() + ":" + d.Identifier() + "@" + digest.String() + "\n")
+		}
+		if err := stage(stageFile(o.ImageNameTagWithDigestFile, "--image-name-tag-with-digest-file", b.String())); err != nil {
+			return err
+		}
+	}
+	if !o.NoPush {
+		for _, d := range o.Destinations {
+			log.Info("pushing", "destination", d.String())
+			if err := p.Write(ctx, d, img); err != nil {
+				return fmt.Errorf("pushing %s: %w", d, err)
+			}
+			log.Info("pushed", "image", d.Context().Name()+"@"+digest.String())
+		}
+	}
+	for _, s := range pending {
+		if err := s.commit(); err != nil {
+			return err
+		}
+	}
+	pending = nil
+	return nil
+}
+
+// staged is an output written under a temporary name.
+type staged struct {
+	commit func() error
+	abort  func()
+}
+
+func tempBeside(target, flag string) (*os.File, error) {
+	dir := filepath.Dir(target)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("%s %s: %w", flag, target, err)
+	}
+	f, err := os.CreateTemp(dir, "."+filepath.Base(target)+".kiln-*")
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", flag, target, err)
+	}
+	return f, nil
+}
+
+func renameStage(tmp, target, flag string) *staged {
+	return &staged{
+		commit: func() error {
+			if err := os.Rename(tmp, target); err != nil {
+				os.Remove(tmp)
+				return fmt.Errorf("%s %s: %w", flag, target, err)
+			}
+			return nil
+		},
+		abort: func() { os.RemoveAll(tmp) },
+	}
+}
+
+// stageFile prepares a small text file.
+func stageFile(target, flag, content string) (*staged, error) {
+	f, err := tempBeside(target, flag)
+	if err != nil {
+		return nil, err
+	}
+	_, err = f.WriteString(content)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(f.Name(), 0o644)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return nil, fmt.Errorf("%s %s: %w", flag, target, err)
+	}
+	return renameStage(f.Name(), target, flag), nil
+}
+
+// stageTarball prepares a docker tarball tagged with every destination.
+func stageTarball(img v1.Image, target string, dests []name.Reference) (*staged, error) {
+	f, err := tempBeside(target, "--tar-path")
+	if err != nil {
+		return nil, err
+	}
+	f.Close()
+	refs := map[name.Reference]v1.Image{}
+	for _, d := range dests {
+		if t, ok := d.(name.Tag); ok {
+			refs[t] = img
+		}
+	}
+	if len(refs) == 0 {
+		t, _ := name.NewTag(DefaultTarTag)
+		refs[t] = img
+	}
+	if err := tarball.MultiRefWriteToFile(f.Name(), refs); err != nil {
+		os.Remove(f.Name())
+		return nil, fmt.Errorf("--tar-path %s: %w", target, err)
+	}
+	os.Chmod(f.Name(), 0o644)
+	return renameStage(f.Name(), target, "--tar-path"), nil
+}
+
+// stageLayout prepares an OCI layout holding img. A new layout directory is
+// renamed into place; an existing one gets the blobs first and its
+// index.json replaced last, by rename.
+func stageLayout(img v1.Image, target string, dests []name.Reference) (*staged, error) {
+	const flag = "--oci-layout-path"
+	parent := filepath.Dir(target)
+	if err := os.MkdirAll(parent, 0o755); err != nil {
+		return nil, fmt.Errorf("%s %s: %w", flag, target, err)
+	}
+	tmp, err := os.MkdirTemp(parent, "."+filepath.Base(target)+".kiln-*")
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", flag, target, err)
+	}
+	os.Chmod(tmp, 0o755)
+	fail := func(err error) (*staged, error) {
+		os.RemoveAll(tmp)
+		return nil, fmt.Errorf("%s %s: %w", flag, target, err)
+	}
+	p, err := layout.Write(tmp, empty.Index)
+	if err != nil {
+		return fail(err)
+	}
+	var opts []layout.Option
+	if len(dests) > 0 {
+		opts = append(opts, layout.WithAnnotations(map[string]string{
+			"org.opencontainers.image.ref.name": dests[0].Identifier(),
+		}))
+	}
+	if err := p.AppendImage(img, opts...); err != nil {
+		return fail(err)
+	}
+	fi, err := os.Stat(target)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return renameStage(tmp, target, flag), nil
+	case err != nil:
+		return fail(err)
+	case !fi.IsDir():
+		return fail(errors.New("exists and is not a directory"))
+	}
+	ents, err := os.ReadDir(target)
+	if err != nil {
+		return fail(err)
+	}
+	if len(ents) > 0 {
+		if _, err := os.Stat(filepath.Join(target, "index.json")); err != nil {
+			return fail(errors.New("exists, is not empty and is not an OCI layout (no index.json)"))
+		}
+	}
+	return &staged{
+		commit: func() error {
+			defer os.RemoveAll(tmp)
+			if err := mergeLayout(tmp, target); err != nil {
+				return fmt.Errorf("%s %s: %w", flag, target, err)
+			}
+			return nil
+		},
+		abort: func() { os.RemoveAll(tmp) },
+	}, nil
+}
+
+// mergeLayout moves src's blobs into the layout dst and then atomically
+// replaces dst's index.json with both indexes' manifests.
+func mergeLayout(src, dst string) error {
+	err := filepath.WalkDir(filepath.Join(src, "blobs"), func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		to := filepath.Join(dst, rel)
+		if _, err := os.Stat(to); err == nil {
+			return nil
+		}
+		if err := os.MkdirAll(filepath.Dir(to), 0o755); err != nil {
+			return err
+		}
+		return os.Rename(p, to)
+	})
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(filepath.Join(dst, "oci-layout")); err != nil {
+		if err := os.Rename(filepath.Join(src, "oci-layout"), filepath.Join(dst, "oci-layout")); err != nil {
+			return err
+		}
+	}
+	var merged v1.IndexManifest
+	if err := readIndex(filepath.Join(dst, "index.json"), &merged); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	var added v1.IndexManifest
+	if err := readIndex(filepath.Join(src, "index.json"), &added); err != nil {
+		return err
+	}
+	if merged.SchemaVersion == 0 {
+		merged = added
+	} else {
+		merged.Manifests = append(merged.Manifests, added.Manifests...)
+	}
+	data, err := json.MarshalIndent(merged, "", "   ")
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(src, "index.json.new")
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(dst, "index.json"))
+}
+
+func readIndex(p string, into *v1.IndexManifest) error {
+	data, err := os.ReadFile(p)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(data, into)
+}

@@ -1,0 +1,329 @@
+// Package registry talks to container registries for kiln: keychains,
+// per-registry TLS and plain-HTTP settings, mirrors, registry maps and
+// retries, on top of go-containerregistry's remote package.
+package registry
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+)
+
+// Options configures a Client. The zero value talks TLS to every registry
+// anonymously.
+type Options struct {
+	// Keychain resolves credentials; nil means anonymous.
+	Keychain authn.Keychain
+	// Insecure allows plain HTTP for pushes (--insecure).
+	Insecure bool
+	// InsecurePull allows plain HTTP for pulls (--insecure-pull).
+	InsecurePull bool
+	// InsecureRegistries allow plain HTTP for both (--insecure-registry).
+	InsecureRegistries []string
+	// SkipTLSVerify skips certificate checks for pushes (--skip-tls-verify).
+	SkipTLSVerify bool
+	// SkipTLSVerifyPull skips them for pulls (--skip-tls-verify-pull).
+	SkipTLSVerifyPull bool
+	// SkipTLSVerifyRegistries skip them per registry.
+	SkipTLSVerifyRegistries []string
+	// Certificates maps a registry to a CA bundle file (--registry-certificate).
+	Certificates map[string]string
+	// ClientCertificates maps a registry to "cert.pem,key.pem" (--registry-client-cert).
+	ClientCertificates map[string]string
+	// Mirrors are tried, in order, for Docker Hub images (--registry-mirror).
+	Mirrors []string
+	// Map rewrites registries or repository prefixes for pulls (--registry-map).
+	Map map[string][]string
+	// SkipDefaultRegistryFallback fails when no mirror or mapped registry has
+	// the image instead of falling back to the original.
+	SkipDefaultRegistryFallback bool
+	// PushRetry and PullRetry are retry counts with exponential backoff.
+	PushRetry, PullRetry int
+	// RetryDelay is the first backoff delay; 0 means one second.
+	RetryDelay time.Duration
+	// Platform selects an image from an index.
+	Platform v1.Platform
+	// UserAgent is sent with every request.
+	UserAgent string
+	// Logger receives progress and warnings.
+	Logger *slog.Logger
+}
+
+// Client pulls and pushes images.
+type Client struct {
+	o         Options
+	pushTr    http.RoundTripper
+	pullTr    http.RoundTripper
+	log       *slog.Logger
+	keychain  authn.Keychain
+	userAgent string
+}
+
+// New validates o and returns a Client.
+func New(o Options) (*Client, error) {
+	c := &Client{o: o, log: o.Logger, keychain: o.Keychain, userAgent: o.UserAgent}
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
+	if c.keychain == nil {
+		c.keychain = authn.NewMultiKeychain()
+	}
+	if c.userAgent == "" {
+		c.userAgent = "kiln"
+	}
+	var err error
+	if c.pushTr, err = o.transport(o.SkipTLSVerify); err != nil {
+		return nil, err
+	}
+	if c.pullTr, err = o.transport(o.SkipTLSVerifyPull); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// transport returns a RoundTripper choosing TLS settings by registry host.
+func (o Options) transport(skipVerifyAll bool) (http.RoundTripper, error) {
+	base := func() *http.Transport {
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+		return t
+	}
+	hosts := map[string]*http.Transport{}
+	get := func(reg string) *http.Transport {
+		if t, ok := hosts[reg]; ok {
+			return t
+		}
+		t := base()
+		hosts[reg] = t
+		return t
+	}
+	for reg, file := range o.Certificates {
+		pem, err := os.ReadFile(file)
+		if err != nil {
+			return nil, fmt.Errorf("--registry-certificate %s=%s: %w", reg, file, err)
+		}
+		pool, err := x509.SystemCertPool()
+		if err != nil || pool == nil {
+			pool = x509.NewCertPool()
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--registry-certificate %s=%s: no PEM certificate in the file", reg, file)
+		}
+		get(reg).TLSClientConfig.RootCAs = pool
+	}
+	for reg, pair := range o.ClientCertificates {
+		certFile, keyFile, ok := strings.Cut(pair, ",")
+		if !ok {
+			return nil, fmt.Errorf("--registry-client-cert %s=%s: want registry=cert.pem,key.pem", reg, pair)
+		}
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("--registry-client-cert %s: %w", reg, err)
+		}
+		get(reg).TLSClientConfig.Certificates = []tls.Certificate{cert}
+	}
+	for _, reg := range o.SkipTLSVerifyRegistries {
+		get(reg).TLSClientConfig.InsecureSkipVerify = true
+	}
+	def := base()
+	if skipVerifyAll {
+		def.TLSClientConfig.InsecureSkipVerify = true
+		for _, t := range hosts {
+			t.TLSClientConfig.InsecureSkipVerify = true
+		}
+	}
+	return &hostTransport{hosts: hosts, def: def}, nil
+}
+
+// hostTransport sends each request through the transport of its host.
+type hostTransport struct {
+	hosts map[string]*http.Transport
+	def   *http.Transport
+}
+
+func (h *hostTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if t, ok := h.hosts[r.URL.Host]; ok {
+		return t.RoundTrip(r)
+	}
+	if host, _, err := net.SplitHostPort(r.URL.Host); err == nil {
+		if t, ok := h.hosts[host]; ok {
+			return t.RoundTrip(r)
+		}
+	}
+	return h.def.RoundTrip(r)
+}
+
+func contains(list []string, s string) bool {
+	for _, l := range list {
+		if l == s {
+			return true
+		}
+	}
+	return false
+}
+
+// ParseReference parses s, allowing plain HTTP where the options say so
+// for a pull (push false) or a push.
+func (c *Client) ParseReference(s string, push bool) (name.Reference, error) {
+	ref, err := name.ParseReference(s)
+	if err != nil {
+		return nil, fmt.Errorf("parsing reference %q: %w", s, err)
+	}
+	insecure := contains(c.o.InsecureRegistries, ref.Context().RegistryStr()) ||
+		(push && c.o.Insecure) || (!push && c.o.InsecurePull)
+	if insecure {
+		return name.ParseReference(s, name.Insecure)
+	}
+	return ref, nil
+}
+
+func (c *Client) options(ctx context.Context, push bool, platform v1.Platform) []remote.Option {
+	tr := c.pullTr
+	if push {
+		tr = c.pushTr
+	}
+	return []remote.Option{
+		remote.WithContext(ctx),
+		remote.WithAuthFromKeychain(c.keychain),
+		remote.WithTransport(tr),
+		remote.WithPlatform(platform),
+		remote.WithUserAgent(c.userAgent),
+	}
+}
+
+// Pull fetches the image ref names for the client's platform, trying
+// registry maps and mirrors first where they apply.
+func (c *Client) Pull(ctx context.Context, ref string) (v1.Image, error) {
+	return c.PullPlatform(ctx, ref, c.o.Platform)
+}
+
+// PullPlatform is Pull for the given platform (FROM --platform).
+func (c *Client) PullPlatform(ctx context.Context, ref string, platform v1.Platform) (v1.Image, error) {
+	candidates, err := c.pullCandidates(ref)
+	if err != nil {
+		return nil, err
+	}
+	var errs []error
+	for _, cand := range candidates {
+		var img v1.Image
+		err := c.retry(ctx, c.o.PullRetry, "pulling "+cand, func() error {
+			r, err := c.ParseReference(cand, false)
+			if err != nil {
+				return err
+			}
+			img, err = remote.Image(r, c.options(ctx, false, platform)...)
+			if err == nil {
+				// Fetch the config now so a broken image fails here.
+				_, err = img.ConfigFile()
+			}
+			return err
+		})
+		if err == nil {
+			if cand != ref {
+				c.log.Info("pulled through mirror", "image", ref, "from", cand)
+			}
+			return img, nil
+		}
+		c.log.Debug("pull failed", "image", cand, "error", err)
+		errs = append(errs, fmt.Errorf("%s: %w", cand, err))
+	}
+	return nil, fmt.Errorf("pulling image %s: %w", ref, errors.Join(errs...))
+}
+
+// pullCandidates returns the references to try for ref, in order.
+func (c *Client) pullCandidates(ref string) ([]string, error) {
+	r, err := name.ParseReference(ref)
+	if err != nil {
+		return nil, fmt.Errorf("parsing reference %q: %w", ref, err)
+	}
+	reg := r.Context().RegistryStr()
+	repo := r.Context().RepositoryStr()
+	suffix := ":" + r.Identifier()
+	if strings.HasPrefix(r.Identifier(), "sha256:") {
+		suffix = "@" + r.Identifier()
+	}
+	full := reg + "/" + repo
+	var out []string
+	for orig, news := range c.o.Map {
+		o := normalizeRegistry(orig)
+		if full == o || strings.HasPrefix(full, o+"/") {
+			for _, n := range news {
+				out = append(out, strings.TrimSuffix(n, "/")+strings.TrimPrefix(full, o)+suffix)
+			}
+		}
+	}
+	if reg == name.DefaultRegistry {
+		for _, m := range c.o.Mirrors {
+			m = strings.TrimSuffix(strings.TrimPrefix(strings.TrimPrefix(m, "https://"), "http://"), "/")
+			out = append(out, m+"/"+repo+suffix)
+		}
+	}
+	if len(out) == 0 || !c.o.SkipDefaultRegistryFallback {
+		out = append(out, r.String())
+	}
+	return out, nil
+}
+
+func normalizeRegistry(s string) string {
+	if s == "docker.io" || strings.HasPrefix(s, "docker.io/") {
+		return name.DefaultRegistry + strings.TrimPrefix(s, "docker.io")
+	}
+	return strings.TrimSuffix(s, "/")
+}
+
+// Write pushes img to ref, retrying as --push-retry says.
+func (c *Client) Write(ctx context.Context, ref name.Reference, img v1.Image) error {
+	return c.retry(ctx, c.o.PushRetry, "pushing "+ref.String(), func() error {
+		return remote.Write(ref, img, c.options(ctx, true, c.o.Platform)...)
+	})
+}
+
+// CheckPush verifies the credentials allow pushing to ref's repository.
+func (c *Client) CheckPush(ctx context.Context, ref name.Reference) error {
+	auth, err := authn.Resolve(ctx, c.keychain, ref.Context())
+	if err != nil {
+		return fmt.Errorf("resolving credentials for %s: %w", ref.Context(), err)
+	}
+	if err := remote.CheckPushPermission(ref, authn.NewMultiKeychain(staticKeychain{auth}), c.pushTr); err != nil {
+		return fmt.Errorf("checking push permission for %s: %w", ref, err)
+	}
+	return nil
+}
+
+type staticKeychain struct{ a authn.Authenticator }
+
+func (s staticKeychain) Resolve(authn.Resource) (authn.Authenticator, error) { return s.a, nil }
+
+// retry runs fn up to n+1 times with exponential backoff.
+func (c *Client) retry(ctx context.Context, n int, what string, fn func() error) error {
+	delay := c.o.RetryDelay
+	if delay == 0 {
+		delay = time.Second
+	}
+	var err error
+	for i := 0; ; i++ {
+		if err = fn(); err == nil || i >= n {
+			return err
+		}
+		c.log.Warn("retrying", "what", what, "attempt", i+1, "of", n, "error", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(delay):
+		}
+		delay *= 2
+	}
+}
