@@ -24,47 +24,47 @@ import (
 // Build holds the build step's flag values.
 type Build struct {
 	Dockerfile, Context, ContextSubPath, Bucket string
-	Destinations                               []string
-	NoPush, NoPushCache                        bool
-	TarPath, OCILayoutPath                     string
-	DigestFile, ImageNameWithDigestFile        string
-	ImageNameTagWithDigestFile                 string
-	BuildArgs, Labels                          []string
-	Target                                     string
-	SkipUnusedStages                           bool
-	CustomPlatform                             string
-	SnapshotMode                               string
-	SingleSnapshot, UseNewRun, Reproducible    bool
-	IgnoreVarRun                               bool
-	IgnorePaths                                []string
-	Cleanup, Force                             bool
-	KanikoDir                                  string
-	Cache                                      bool
-	CacheRepo, CacheDir                        string
-	CacheTTL                                   time.Duration
-	CacheCopyLayers, CacheRunLayers            bool
-	CompressedCaching                          bool
-	Compression                                string
-	CompressionLevel                           int
-	Registry                                   RegistryFlags
-	PushRetry, ImageFSExtractRetry             int
-	PushIgnoreImmutableTagErrors               bool
-	SkipPushPermissionCheck                    bool
-	Git                                        string
-	ForceBuildMetadata                         bool
-	Log                                        LogFlags
+	Destinations                                []string
+	NoPush, NoPushCache                         bool
+	TarPath, OCILayoutPath                      string
+	DigestFile, ImageNameWithDigestFile         string
+	ImageNameTagWithDigestFile                  string
+	BuildArgs, Labels                           []string
+	Target                                      string
+	SkipUnusedStages                            bool
+	CustomPlatform                              string
+	SnapshotMode                                string
+	SingleSnapshot, UseNewRun, Reproducible     bool
+	IgnoreVarRun                                bool
+	IgnorePaths                                 []string
+	Cleanup, Force                              bool
+	KanikoDir                                   string
+	Cache                                       bool
+	CacheRepo, CacheDir                         string
+	CacheTTL                                    time.Duration
+	CacheCopyLayers, CacheRunLayers             bool
+	CompressedCaching                           bool
+	Compression                                 string
+	CompressionLevel                            int
+	Registry                                    RegistryFlags
+	PushRetry, ImageFSExtractRetry              int
+	PushIgnoreImmutableTagErrors                bool
+	SkipPushPermissionCheck                     bool
+	Git                                         string
+	ForceBuildMetadata                          bool
+	Log                                         LogFlags
 }
 
 // RegistryFlags are the registry flags shared by build and warm-cache.
 type RegistryFlags struct {
-	Insecure, InsecurePull             bool
-	SkipTLSVerify, SkipTLSVerifyPull   bool
-	InsecureRegistries                 []string
-	SkipTLSVerifyRegistries            []string
-	Certificates, ClientCertificates   []string
-	Mirrors, Maps                      []string
-	SkipDefaultRegistryFallback        bool
-	ImageDownloadRetry                 int
+	Insecure, InsecurePull           bool
+	SkipTLSVerify, SkipTLSVerifyPull bool
+	InsecureRegistries               []string
+	SkipTLSVerifyRegistries          []string
+	Certificates, ClientCertificates []string
+	Mirrors, Maps                    []string
+	SkipDefaultRegistryFallback      bool
+	ImageDownloadRetry               int
 }
 
 // LogFlags are --verbosity, --log-format and --log-timestamp.
