@@ -127,12 +127,12 @@ func TestCopy(t *testing.T) {
 		dockerfile: "FROM REG/base:oci\nCOPY a.txt /opt/data/new/a.txt\n",
 		files:      map[string]string{"a.txt": "A"},
 		want: map[string]want{
-			"opt":            {typ: tar.TypeDir, mode: 0o750, uid: 0, gid: 50, owner: true},
-			"opt/data":       {typ: tar.TypeDir, mode: 0o2775, uid: 1000, gid: 1001, owner: true},
-			"opt/data/new":   {typ: tar.TypeDir, mode: 0o755, owner: true},
+			"opt":                {typ: tar.TypeDir, mode: 0o750, uid: 0, gid: 50, owner: true},
+			"opt/data":           {typ: tar.TypeDir, mode: 0o2775, uid: 1000, gid: 1001, owner: true},
+			"opt/data/new":       {typ: tar.TypeDir, mode: 0o755, owner: true},
 			"opt/data/new/a.txt": {owner: true},
-			"usr/bin/tool":   {mode: 0o4755},
-			"tmp":            {typ: tar.TypeDir, mode: 0o1777},
+			"usr/bin/tool":       {mode: 0o4755},
+			"tmp":                {typ: tar.TypeDir, mode: 0o1777},
 		},
 	}, {
 		name:       "destination through a symlink in the image",

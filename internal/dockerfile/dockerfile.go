@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"regexp"
 	"strconv"
 	"strings"
 
@@ -104,6 +105,9 @@ func ParseTrigger(expr string) (instructions.Command, error) {
 	return cmd, nil
 }
 
+// parseErrorPrefix is buildkit's own line prefix, replaced by ours.
+var parseErrorPrefix = regexp.MustCompile(`^dockerfile parse error on line \d+: `)
+
 // locate turns a buildkit error into an Error naming the line.
 func locate(name string, err error) error {
 	var le *parser.LocationError
@@ -111,7 +115,7 @@ func locate(name string, err error) error {
 	if errors.As(err, &le) && len(le.Locations) > 0 && len(le.Locations[0]) > 0 {
 		line = le.Locations[0][0].Start.Line
 	}
-	msg := err.Error()
+	msg := parseErrorPrefix.ReplaceAllString(err.Error(), "")
 	var ue *instructions.UnknownInstructionError
 	if errors.As(err, &ue) {
 		msg = fmt.Sprintf("unknown instruction: %s", ue.Instruction)

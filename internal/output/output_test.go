@@ -1,0 +1,165 @@
+package output
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/kilnbuild/kiln/internal/imagetest"
+)
+
+type remotePusher struct{}
+
+func (remotePusher) Write(_ context.Context, ref name.Reference, img v1.Image) error {
+	return remote.Write(ref, img)
+}
+
+type failingPusher struct{ after int }
+
+func (f *failingPusher) Write(_ context.Context, ref name.Reference, img v1.Image) error {
+	if f.after == 0 {
+		return errors.New("registry said no")
+	}
+	f.after--
+	return nil
+}
+
+func TestWrite(t *testing.T) {
+	reg := imagetest.Registry(t)
+	img, _ := random.Image(200, 2)
+	digest, _ := img.Digest()
+	d1, _ := name.ParseReference(reg + "/app:v1")
+	d2, _ := name.ParseReference(reg + "/other/app:latest")
+	out := t.TempDir()
+	o := Options{
+		Destinations:               []name.Reference{d1, d2},
+		TarPath:                    filepath.Join(out, "img.tar"),
+		OCILayoutPath:              filepath.Join(out, "layout"),
+		DigestFile:                 filepath.Join(out, "sub", "digest"),
+		ImageNameWithDigestFile:    filepath.Join(out, "names"),
+		ImageNameTagWithDigestFile: filepath.Join(out, "tags"),
+	}
+	if err := Write(context.Background(), img, o, remotePusher{}, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []name.Reference{d1, d2} {
+		got, err := remote.Image(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if gd, _ := got.Digest(); gd != digest {
+			t.Errorf("%s has %s, want %s", d, gd, digest)
+		}
+	}
+	read := func(p string) string {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	if got := read(o.DigestFile); got != digest.String() {
+		t.Errorf("digest file %q", got)
+	}
+	wantNames := reg + "/app@" + digest.String() + "\n" + reg + "/other/app@" + digest.String() + "\n"
+	if got := read(o.ImageNameWithDigestFile); got != wantNames {
+		t.Errorf("names file %q, want %q", got, wantNames)
+	}
+	wantTags := reg + "/app:v1@" + digest.String() + "\n" + reg + "/other/app:latest@" + digest.String() + "\n"
+	if got := read(o.ImageNameTagWithDigestFile); got != wantTags {
+		t.Errorf("tags file %q", got)
+	}
+	tag, _ := name.NewTag(reg + "/app:v1")
+	timg, err := tarball.ImageFromPath(o.TarPath, &tag)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if td, _ := timg.Digest(); td != digest {
+		t.Errorf("tarball image %s", td)
+	}
+	// A second write adds to the existing layout.
+	img2, _ := random.Image(100, 1)
+	if err := Write(context.Background(), img2, Options{OCILayoutPath: o.OCILayoutPath, NoPush: true}, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	p, err := layout.FromPath(o.OCILayoutPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx, _ := p.ImageIndex()
+	im, _ := idx.IndexManifest()
+	if len(im.Manifests) != 2 || im.Manifests[0].Digest != digest {
+		t.Fatalf("layout index %+v", im.Manifests)
+	}
+	if im.Manifests[0].Annotations["org.opencontainers.image.ref.name"] != "v1" {
+		t.Errorf("annotations %v", im.Manifests[0].Annotations)
+	}
+	for _, m := range im.Manifests {
+		li, err := p.Image(m.Digest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := li.Layers(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	leftovers, _ := filepath.Glob(filepath.Join(out, ".*kiln-*"))
+	if len(leftovers) > 0 {
+		t.Errorf("temporary files left: %v", leftovers)
+	}
+}
+
+func TestWriteFailureLeavesNothing(t *testing.T) {
+	img, _ := random.Image(100, 1)
+	d1, _ := name.ParseReference("example.com/a:1")
+	d2, _ := name.ParseReference("example.com/b:1")
+	out := t.TempDir()
+	existing := filepath.Join(out, "layout")
+	if err := Write(context.Background(), img, Options{OCILayoutPath: existing, NoPush: true}, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := os.ReadFile(filepath.Join(existing, "index.json"))
+	o := Options{
+		Destinations:  []name.Reference{d1, d2},
+		TarPath:       filepath.Join(out, "img.tar"),
+		OCILayoutPath: existing,
+		DigestFile:    filepath.Join(out, "digest"),
+	}
+	img2, _ := random.Image(100, 1)
+	err := Write(context.Background(), img2, o, &failingPusher{after: 1}, nil)
+	if err == nil || !strings.Contains(err.Error(), "example.com/b:1") {
+		t.Fatalf("err = %v", err)
+	}
+	ents, _ := os.ReadDir(out)
+	if len(ents) != 1 || ents[0].Name() != "layout" {
+		var names []string
+		for _, e := range ents {
+			names = append(names, e.Name())
+		}
+		t.Errorf("files after a failed push: %v", names)
+	}
+	after, _ := os.ReadFile(filepath.Join(existing, "index.json"))
+	if string(before) != string(after) {
+		t.Error("the existing layout's index changed")
+	}
+}
+
+func TestLayoutPathNotALayout(t *testing.T) {
+	img, _ := random.Image(100, 1)
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "unrelated"), nil, 0o644)
+	err := Write(context.Background(), img, Options{OCILayoutPath: dir, NoPush: true, DigestFile: filepath.Join(t.TempDir(), "d")}, nil, nil)
+	if err == nil || !strings.Contains(err.Error(), "--oci-layout-path") {
+		t.Errorf("err = %v", err)
+	}
+}

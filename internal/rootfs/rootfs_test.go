@@ -1,0 +1,196 @@
+package rootfs
+
+import (
+	"archive/tar"
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/kilnbuild/kiln/internal/imagetest"
+)
+
+func TestResolve(t *testing.T) {
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "usr/bin"), 0o755)
+	os.Symlink("usr/bin", filepath.Join(root, "bin"))
+	os.Symlink("/usr", filepath.Join(root, "abs"))
+	os.Symlink("../../../../etc", filepath.Join(root, "usr/up"))
+	os.Symlink("loop2", filepath.Join(root, "loop1"))
+	os.Symlink("loop1", filepath.Join(root, "loop2"))
+	tests := []struct {
+		p          string
+		followLast bool
+		want       string
+		wantErr    string
+	}{
+		{"/bin/sh", true, "usr/bin/sh", ""},
+		{"bin", false, "bin", ""},
+		{"bin", true, "usr/bin", ""},
+		{"/abs/bin/x", true, "usr/bin/x", ""},
+		{"/usr/up/passwd", true, "etc/passwd", ""},
+		{"../../etc/shadow", true, "etc/shadow", ""},
+		{"/missing/dir/file", true, "missing/dir/file", ""},
+		{"/loop1", true, "", "too many levels"},
+	}
+	for _, tt := range tests {
+		got, err := Resolve(root, tt.p, tt.followLast)
+		if tt.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("Resolve(%q) err = %v", tt.p, err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("Resolve(%q): %v", tt.p, err)
+			continue
+		}
+		if want := filepath.Join(root, tt.want); got != want {
+			t.Errorf("Resolve(%q) = %s, want %s", tt.p, got, want)
+		}
+	}
+}
+
+func apply(t *testing.T, root string, files ...imagetest.File) error {
+	t.Helper()
+	return ApplyTar(root, bytes.NewReader(imagetest.Tar(files...)), UnpackOptions{})
+}
+
+func TestApplyTarLayers(t *testing.T) {
+	root := t.TempDir()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(apply(t, root,
+		imagetest.Dir("a", 0o750, 1, 2),
+		imagetest.Reg("a/f", "one", 0o4755, 1, 2),
+		imagetest.Reg("a/g", "g", 0o644, 0, 0),
+		imagetest.Dir("keep", 0o755, 0, 0),
+		imagetest.Reg("keep/old", "old", 0o644, 0, 0),
+		imagetest.Symlink("link", "a/f"),
+		imagetest.File{Path: "hard", Type: tar.TypeLink, Link: "a/f"},
+		imagetest.File{Path: "dev/null", Type: tar.TypeChar},
+	))
+	// The second layer deletes a/g, makes keep opaque and adds keep/new.
+	must(apply(t, root,
+		imagetest.Reg("a/.wh.g", "", 0, 0, 0),
+		imagetest.Dir("keep", 0o755, 0, 0),
+		imagetest.Reg("keep/.wh..wh..opq", "", 0, 0, 0),
+		imagetest.Reg("keep/new", "new", 0o644, 0, 0),
+	))
+	fi, err := os.Stat(filepath.Join(root, "a/f"))
+	must(err)
+	if fi.Mode()&os.ModeSetuid == 0 || fi.Mode().Perm() != 0o755 {
+		t.Errorf("a/f mode %v", fi.Mode())
+	}
+	if os.Geteuid() == 0 {
+		if uid, gid := ownerIDs(fi); uid != 1 || gid != 2 {
+			t.Errorf("a/f owner %d:%d", uid, gid)
+		}
+	}
+	if _, err := os.Lstat(filepath.Join(root, "a/g")); !os.IsNotExist(err) {
+		t.Errorf("whiteout a/g not applied: %v", err)
+	}
+	if _, err := os.Lstat(filepath.Join(root, "keep/old")); !os.IsNotExist(err) {
+		t.Errorf("opaque dir kept keep/old")
+	}
+	if b, _ := os.ReadFile(filepath.Join(root, "keep/new")); string(b) != "new" {
+		t.Errorf("keep/new = %q", b)
+	}
+	if l, _ := os.Readlink(filepath.Join(root, "link")); l != "a/f" {
+		t.Errorf("link -> %q", l)
+	}
+	hf, _ := os.Stat(filepath.Join(root, "hard"))
+	if !os.SameFile(fi, hf) {
+		t.Error("hard is not a hard link to a/f")
+	}
+	if _, err := os.Lstat(filepath.Join(root, "dev/null")); !os.IsNotExist(err) {
+		t.Error("device node created")
+	}
+}
+
+func TestApplyTarRefusesEscapes(t *testing.T) {
+	outside := t.TempDir()
+	tests := []struct {
+		name    string
+		files   []imagetest.File
+		wantErr string
+	}{
+		{"dotdot name", []imagetest.File{imagetest.Reg("../escape", "x", 0o644, 0, 0)}, "escapes"},
+		{"nested dotdot", []imagetest.File{imagetest.Reg("a/../../escape", "x", 0o644, 0, 0)}, "escapes"},
+		{"hard link out", []imagetest.File{{Path: "h", Type: tar.TypeLink, Link: "../../etc/passwd"}}, "escapes"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			root := t.TempDir()
+			err := apply(t, root, tt.files...)
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("err = %v, want %q", err, tt.wantErr)
+			}
+		})
+	}
+	// A symlink to outside, then a file through it: the file lands inside.
+	root := t.TempDir()
+	err := apply(t, root,
+		imagetest.Symlink("evil", outside),
+		imagetest.Reg("evil/planted", "x", 0o644, 0, 0),
+		imagetest.Symlink("abs", "/"),
+		imagetest.Reg("abs/tmp-planted", "x", 0o644, 0, 0),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ents, _ := os.ReadDir(outside); len(ents) != 0 {
+		t.Fatalf("a file was written outside the root: %v", ents)
+	}
+	if _, err := os.Stat(filepath.Join(root, outside, "planted")); err != nil {
+		t.Errorf("the file through the symlink is not inside the root: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "tmp-planted")); err != nil {
+		t.Errorf("abs/tmp-planted not resolved to the root: %v", err)
+	}
+}
+
+func TestLookup(t *testing.T) {
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
+	os.WriteFile(filepath.Join(root, "etc/passwd"), []byte("root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n"), 0o644)
+	os.WriteFile(filepath.Join(root, "etc/group"), []byte("root:x:0:\nappgrp:x:1001:\nstaff:x:50:app\n"), 0o644)
+	tests := []struct {
+		spec    string
+		chown   bool
+		want    IDs
+		wantErr string
+	}{
+		{"app", false, IDs{1000, 1001}, ""},
+		{"app", true, IDs{1000, 1001}, ""},
+		{"1000", false, IDs{1000, 1001}, ""},
+		{"1000", true, IDs{1000, 1000}, ""},
+		{"4242", false, IDs{4242, 0}, ""},
+		{"4242", true, IDs{4242, 4242}, ""},
+		{"app:staff", true, IDs{1000, 50}, ""},
+		{"app:77", false, IDs{1000, 77}, ""},
+		{"ghost", true, IDs{}, "unable to find user ghost"},
+		{"app:nogroup", true, IDs{}, "unable to find group nogroup"},
+	}
+	for _, tt := range tests {
+		f := LookupUser
+		if tt.chown {
+			f = LookupChown
+		}
+		got, err := f(root, tt.spec)
+		if tt.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("%q: err = %v", tt.spec, err)
+			}
+			continue
+		}
+		if err != nil || got != tt.want {
+			t.Errorf("%q chown=%v: got %v, %v; want %v", tt.spec, tt.chown, got, err, tt.want)
+		}
+	}
+}
