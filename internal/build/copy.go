@@ -65,6 +65,9 @@ func (b *builder) copySource(ctx context.Context, st *stage, from string) (*sour
 	if !ok {
 		img, err := b.o.Registry.PullPlatform(ctx, ref, st.platform)
 		if err != nil {
+			if !strings.ContainsAny(ref, "/:@") {
+				return nil, fmt.Errorf("--from=%s: no stage named %q before this one, and pulling it as an image failed: %w", ref, ref, err)
+			}
 			return nil, fmt.Errorf("--from=%s: %w", ref, err)
 		}
 		root = filepath.Join(b.work, "image-"+strconv.Itoa(len(b.images)))

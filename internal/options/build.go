@@ -85,7 +85,7 @@ func (b *Build) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
 	fs.StringArrayVarP(&b.Destinations, "destination", "d", nil, "Image reference to push to; repeatable. All get the same digest.")
 	fs.BoolVar(&b.NoPush, "no-push", getenv("KANIKO_NO_PUSH") == "true", "Do not push the image (env KANIKO_NO_PUSH).")
 	fs.BoolVar(&b.NoPushCache, "no-push-cache", false, "Do not push cache layers (cache is not supported yet).")
-	fs.StringVar(&b.TarPath, "tar-path", "", "Also write the image as a tarball `docker load` reads, tagged with the destinations.")
+	fs.StringVar(&b.TarPath, "tar-path", "", "Also write the image as a tarball that docker load reads, tagged with the destinations.")
 	fs.StringVar(&b.TarPath, "tarPath", "", "Deprecated alias of --tar-path.")
 	fs.MarkHidden("tarPath")
 	fs.StringVar(&b.OCILayoutPath, "oci-layout-path", "", "Also write the image into this OCI image layout directory.")
