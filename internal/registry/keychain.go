@@ -1,10 +1,13 @@
 package registry
 
 import (
+	"io"
 	"os"
 	"path/filepath"
 	"sync"
 
+	ecr "github.com/awslabs/amazon-ecr-credential-helper/ecr-login"
+	"github.com/chrismellard/docker-credential-acr-env/pkg/credhelper"
 	"github.com/docker/cli/cli/config"
 	"github.com/docker/cli/cli/config/configfile"
 	"github.com/docker/cli/cli/config/types"
@@ -90,8 +93,17 @@ func (k *DockerConfigKeychain) Resolve(target authn.Resource) (authn.Authenticat
 	}), nil
 }
 
-// DefaultKeychain is kaniko's: Docker config files, then Google's keychain
-// (gcloud and application default credentials, for gcr.io and pkg.dev).
+// DefaultKeychain is kaniko's: Docker config files, then the cloud
+// keychains kaniko bundles — Google (gcloud and application default
+// credentials, for gcr.io and pkg.dev), Amazon ECR (the AWS SDK's usual
+// credential chain, for *.dkr.ecr.*.amazonaws.com) and Azure (the
+// AZURE_* environment, for *.azurecr.io). Each cloud keychain answers only
+// for its own registries and is anonymous elsewhere.
 func DefaultKeychain(getenv func(string) string, kanikoDir string) authn.Keychain {
-	return authn.NewMultiKeychain(&DockerConfigKeychain{Dirs: ConfigDirs(getenv, kanikoDir)}, google.Keychain)
+	return authn.NewMultiKeychain(
+		&DockerConfigKeychain{Dirs: ConfigDirs(getenv, kanikoDir)},
+		google.Keychain,
+		authn.NewKeychainFromHelper(ecr.NewECRHelper(ecr.WithLogger(io.Discard))),
+		authn.NewKeychainFromHelper(credhelper.NewACRCredentialsHelper()),
+	)
 }

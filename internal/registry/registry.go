@@ -284,10 +284,26 @@ func normalizeRegistry(s string) string {
 	return strings.TrimSuffix(s, "/")
 }
 
-// Write pushes img to ref, retrying as --push-retry says.
+// progressInterval is how often a long transfer reports progress.
+const progressInterval = 5 * time.Second
+
+// Write pushes img to ref, retrying as --push-retry says, and logs progress
+// of long uploads.
 func (c *Client) Write(ctx context.Context, ref name.Reference, img v1.Image) error {
 	return c.retry(ctx, c.o.PushRetry, "pushing "+ref.String(), func() error {
-		return remote.Write(ref, img, c.options(ctx, true, c.o.Platform)...)
+		updates := make(chan v1.Update, 16)
+		// ggcr closes updates when the push ends.
+		go func() {
+			last := time.Now()
+			for u := range updates {
+				if time.Since(last) >= progressInterval && u.Total > 0 {
+					c.log.Info("push progress", "destination", ref.String(),
+						"percent", u.Complete*100/u.Total, "bytes", u.Complete, "total", u.Total)
+					last = time.Now()
+				}
+			}
+		}()
+		return remote.Write(ref, img, append(c.options(ctx, true, c.o.Platform), remote.WithProgress(updates))...)
 	})
 }
 

@@ -35,9 +35,16 @@ func Unpack(ctx context.Context, root string, img v1.Image, o UnpackOptions) err
 	if err != nil {
 		return fmt.Errorf("listing layers: %w", err)
 	}
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	for i, l := range layers {
 		if err := ctx.Err(); err != nil {
 			return err
+		}
+		if size, err := l.Size(); err == nil {
+			log.Debug("extracting layer", "layer", fmt.Sprintf("%d/%d", i+1, len(layers)), "bytes", size)
 		}
 		rc, err := l.Uncompressed()
 		if err != nil {

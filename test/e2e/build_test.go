@@ -363,3 +363,30 @@ func TestBadInput(t *testing.T) {
 		})
 	}
 }
+
+func TestMirrorAndSubPath(t *testing.T) {
+	reg := imagetest.Registry(t)
+	// The mirror holds "library/base"; Docker Hub is never asked because the
+	// mirror has the image.
+	pushTo(t, reg+"/library/kiln-base:1", baseImage(t, true))
+	ctx := t.TempDir()
+	os.MkdirAll(filepath.Join(ctx, "sub"), 0o755)
+	os.WriteFile(filepath.Join(ctx, "sub", "Dockerfile"), []byte("FROM kiln-base:1\nCOPY f /f\n"), 0o644)
+	os.WriteFile(filepath.Join(ctx, "sub", "f"), []byte("sub"), 0o644)
+	os.WriteFile(filepath.Join(ctx, "f"), []byte("top"), 0o644)
+	out := t.TempDir()
+	r := kiln(t, []string{"KANIKO_REGISTRY_MIRROR=" + reg}, "--context", "dir://"+ctx, "--context-sub-path", "sub",
+		"--insecure-pull", "--skip-default-registry-fallback", "--no-push", "--tar-path", filepath.Join(out, "i.tar"))
+	if r.code != 0 {
+		t.Fatalf("build failed:\n%s", r.stderr)
+	}
+	contains(t, r.stderr, "pulled through mirror")
+	img, err := tarball.ImageFromPath(filepath.Join(out, "i.tar"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs := imagetest.Flatten(t, img)
+	if fs["f"].Content != "sub" || fs["etc/passwd"].Content == "" {
+		t.Errorf("f = %q; base files present: %v", fs["f"].Content, fs["etc/passwd"].Content != "")
+	}
+}
