@@ -15,9 +15,13 @@ import (
 	"github.com/kilnbuild/kiln/internal/build"
 	"github.com/kilnbuild/kiln/internal/logging"
 	"github.com/kilnbuild/kiln/internal/options"
+	sandbox "github.com/kilnbuild/kiln/internal/run"
 )
 
 func main() {
+	if sandbox.IsSandbox() { // re-executed as the RUN sandbox's init
+		os.Exit(sandbox.SandboxMain())
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:])
 	stop()

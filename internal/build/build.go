@@ -46,6 +46,10 @@ type Options struct {
 	Platform string
 	// Reproducible fixes every timestamp (SOURCE_DATE_EPOCH or the epoch).
 	Reproducible bool
+	// SnapshotMode is how RUN changes are detected: full (default), redo, time.
+	SnapshotMode string
+	// Secrets are the build secrets RUN --mount=type=secret can use, by id.
+	Secrets map[string]Secret
 	// SingleSnapshot writes one layer per stage, at its end.
 	SingleSnapshot bool
 	// Compression and CompressionLevel configure new layers.
@@ -116,6 +120,8 @@ type builder struct {
 	stages   map[int]*stage
 	images   map[string]string // --from image ref -> unpacked root
 	http     *http.Client
+	// secretValues are the secrets read so far, hidden in RUN output.
+	secretValues []string
 }
 
 func newBuilder(o Options) (*builder, error) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -35,6 +36,7 @@ func newFixture(t *testing.T) *fixture {
 	}
 	f.push("base:oci", imagetest.Image(t, true, nil, imagetest.BaseFiles()))
 	f.push("base:docker", imagetest.Image(t, false, nil, imagetest.BaseFiles()))
+	f.push("busybox:1", imagetest.Image(t, true, nil, imagetest.BusyboxFiles(t)))
 	return f
 }
 
@@ -134,3 +136,5 @@ func pushIndex(t *testing.T, ref string, idx v1.ImageIndex) {
 		t.Fatal(err)
 	}
 }
+
+func sortStrings(s []string) { sort.Strings(s) }

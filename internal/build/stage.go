@@ -21,6 +21,7 @@ import (
 	"github.com/kilnbuild/kiln/internal/dockerfile"
 	"github.com/kilnbuild/kiln/internal/layer"
 	"github.com/kilnbuild/kiln/internal/rootfs"
+	"github.com/kilnbuild/kiln/internal/snapshot"
 )
 
 // historyComment marks history entries kiln wrote.
@@ -44,9 +45,9 @@ type stage struct {
 	addenda  []mutate.Addendum
 	platform v1.Platform
 	img      v1.Image // the finished image
-	// snap collects entries for --single-snapshot, by image path.
-	snap      []layer.Entry
-	snapIndex map[string]int
+	// snapshot is the root's state after the last RUN, while nothing else
+	// has written to the root since.
+	snapshot *snapshot.Snapshot
 }
 
 func (b *builder) buildStage(ctx context.Context, ps *dockerfile.Stage) (*stage, error) {
@@ -108,6 +109,12 @@ func (b *builder) buildStage(ctx context.Context, ps *dockerfile.Stage) (*stage,
 	if err := b.unpack(ctx, st.root, st.base, ps.Base); err != nil {
 		return nil, &dockerfile.Error{File: b.df.Name, Line: ps.Line, Err: err}
 	}
+	var start *snapshot.Snapshot
+	if b.o.SingleSnapshot {
+		if start, err = snapshot.Take(ctx, st.root, snapshot.Options{Mode: b.snapshotMode()}); err != nil {
+			return nil, err
+		}
+	}
 	for _, t := range triggers {
 		cmd, err := dockerfile.ParseTrigger(t)
 		if err != nil {
@@ -127,9 +134,19 @@ func (b *builder) buildStage(ctx context.Context, ps *dockerfile.Stage) (*stage,
 			return nil, dockerfile.WrapError(b.df.Name, cmd.Location(), err)
 		}
 	}
-	if len(st.snap) > 0 {
-		if err := b.addLayer(ctx, st, "single snapshot of stage "+stageLabel(ps), st.snap); err != nil {
+	if start != nil {
+		changes, _, err := start.Diff(ctx, snapshot.Options{Mode: b.snapshotMode()})
+		if err != nil {
 			return nil, err
+		}
+		entries, err := snapshot.Entries(st.root, changes)
+		if err != nil {
+			return nil, err
+		}
+		if len(entries) > 0 {
+			if err := b.addLayer(ctx, st, "single snapshot of stage "+stageLabel(ps), entries); err != nil {
+				return nil, err
+			}
 		}
 	}
 	if err := st.finish(b.now); err != nil {
@@ -194,22 +211,14 @@ func (st *stage) finish(now time.Time) error {
 // history entry when there are none.
 func (b *builder) commit(ctx context.Context, st *stage, createdBy string, entries []layer.Entry) error {
 	if len(entries) == 0 || b.o.SingleSnapshot {
-		if st.snapIndex == nil {
-			st.snapIndex = map[string]int{}
-		}
-		for _, e := range entries {
-			if i, ok := st.snapIndex[e.Header.Name]; ok {
-				st.snap[i] = e
-				continue
-			}
-			st.snapIndex[e.Header.Name] = len(st.snap)
-			st.snap = append(st.snap, e)
-		}
+		// With --single-snapshot the stage's one layer is the difference
+		// between its start and its end, taken in buildStage.
 		st.history = append(st.history, v1.History{
 			Created: v1.Time{Time: b.now}, CreatedBy: createdBy, Comment: historyComment, EmptyLayer: true,
 		})
 		return nil
 	}
+	st.snapshot = nil
 	return b.addLayer(ctx, st, createdBy, entries)
 }
 
@@ -346,7 +355,7 @@ func (b *builder) dispatch(ctx context.Context, st *stage, cmd instructions.Comm
 		}
 		return b.commit(ctx, st, created, entries)
 	case *instructions.RunCommand:
-		return errors.New("RUN is not supported yet: kiln cannot execute commands in this release")
+		return b.runInstruction(ctx, st, cmd)
 	default:
 		return fmt.Errorf("%s is not supported", strings.ToUpper(cmd.Name()))
 	}

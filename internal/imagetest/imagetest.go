@@ -9,6 +9,7 @@ import (
 	"io"
 	"log"
 	"net/http/httptest"
+	"os"
 	"path"
 	"sort"
 	"strings"
@@ -235,4 +236,28 @@ func LayerNames(t testing.TB, l v1.Layer) []string {
 	}
 	sort.Strings(names)
 	return names
+}
+
+// BusyboxApplets are linked to /bin/busybox in BusyboxFiles.
+var BusyboxApplets = []string{
+	"sh", "echo", "cat", "ls", "mkdir", "rm", "touch", "chmod", "chown", "ln", "mv", "cp", "id",
+	"env", "sleep", "true", "false", "test", "wc", "pwd", "sort", "grep", "stat", "readlink", "head", "printf",
+}
+
+// BusyboxFiles is BaseFiles plus Debian's static busybox (busybox-static)
+// at /bin/busybox with applet symlinks, so RUN has a shell. It fails the
+// test when busybox is not installed.
+func BusyboxFiles(t testing.TB) []File {
+	t.Helper()
+	data, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		t.Fatalf("Debian's busybox-static is required (apt-get install busybox-static; test/run installs it): %v", err)
+	}
+	files := BaseFiles()
+	// BaseFiles has bin -> usr/bin; put busybox in usr/bin.
+	files = append(files, File{Path: "usr/bin/busybox", Type: tar.TypeReg, Mode: 0o755, Content: string(data)})
+	for _, a := range BusyboxApplets {
+		files = append(files, Symlink("usr/bin/"+a, "busybox"))
+	}
+	return files
 }

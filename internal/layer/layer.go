@@ -26,7 +26,8 @@ type Entry struct {
 	// Header describes the entry. Name is the image path without a leading
 	// slash; directories need no trailing slash. Size is taken from Source.
 	Header tar.Header
-	// Source is the file holding a regular file's content.
+	// Source is the file holding a regular file's content; empty means no
+	// content (whiteouts).
 	Source string
 }
 
@@ -170,7 +171,7 @@ func WriteTar(ctx context.Context, w io.Writer, entries []Entry, modTime *time.T
 			h.Linkname = strings.TrimPrefix(h.Linkname, "/")
 		}
 		var src *os.File
-		if h.Typeflag == tar.TypeReg {
+		if h.Typeflag == tar.TypeReg && e.Source != "" {
 			var err error
 			if src, err = os.Open(e.Source); err != nil {
 				return fmt.Errorf("layer entry %s: %w", h.Name, err)

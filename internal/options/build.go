@@ -52,6 +52,8 @@ type Build struct {
 	SkipPushPermissionCheck                     bool
 	Git                                         string
 	ForceBuildMetadata                          bool
+	Secrets                                     []string
+	Isolation                                   string
 	Log                                         LogFlags
 }
 
@@ -99,7 +101,7 @@ func (b *Build) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
 	fs.StringVar(&b.CustomPlatform, "custom-platform", "", "Platform os/arch[/variant] of base images and the result (default: this machine's).")
 	fs.StringVar(&b.CustomPlatform, "customPlatform", "", "Deprecated alias of --custom-platform.")
 	fs.MarkHidden("customPlatform")
-	fs.StringVar(&b.SnapshotMode, "snapshot-mode", "full", "Snapshot mode for RUN: full, redo or time.")
+	fs.StringVar(&b.SnapshotMode, "snapshot-mode", "full", "How RUN changes are found: full (every content or metadata change, by inode change time), redo (mtime, size, mode, owner) or time (mtime).")
 	fs.StringVar(&b.SnapshotMode, "snapshotMode", "full", "Deprecated alias of --snapshot-mode.")
 	fs.MarkHidden("snapshotMode")
 	fs.BoolVar(&b.SingleSnapshot, "single-snapshot", false, "Write one layer per stage, at its end.")
@@ -132,7 +134,50 @@ func (b *Build) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
 	fs.BoolVar(&b.SkipPushPermissionCheck, "skip-push-permission-check", false, "Do not check, before building, that every destination accepts a push.")
 	fs.StringVar(&b.Git, "git", "", "Git context options branch=,single-branch=,recurse-submodules= (not supported yet).")
 	fs.BoolVar(&b.ForceBuildMetadata, "force-build-metadata", false, "Write layers for metadata instructions (not supported yet).")
+	fs.StringArrayVar(&b.Secrets, "secret", nil, "Build secret for RUN --mount=type=secret: id=ID,src=PATH or id=ID,env=VAR; repeatable. Never written to layers, history or logs.")
+	fs.StringVar(&b.Isolation, "isolation", "auto", "How RUN is isolated: chroot (namespaces and chroot into a private root), in-place (kaniko's model, not supported yet), or auto.")
 	b.Log.AddFlags(fs)
+}
+
+// parseSecrets parses --secret values.
+func parseSecrets(values []string) (map[string]build.Secret, error) {
+	out := map[string]build.Secret{}
+	for _, v := range values {
+		var id string
+		var s build.Secret
+		for _, kv := range strings.Split(v, ",") {
+			k, val, ok := strings.Cut(kv, "=")
+			if !ok {
+				return nil, fmt.Errorf("--secret %q: want id=ID,src=PATH or id=ID,env=VAR", v)
+			}
+			switch k {
+			case "id":
+				id = val
+			case "src", "source":
+				s.File = val
+			case "env":
+				s.Env = val
+			case "type":
+				if val != "file" && val != "env" {
+					return nil, fmt.Errorf("--secret %q: type must be file or env", v)
+				}
+			default:
+				return nil, fmt.Errorf("--secret %q: unknown key %q", v, k)
+			}
+		}
+		if id == "" {
+			return nil, fmt.Errorf("--secret %q: no id", v)
+		}
+		if (s.File == "") == (s.Env == "") {
+			if s.File == "" && s.Env == "" {
+				s.Env = id // BuildKit: id alone means the environment variable of that name
+			} else {
+				return nil, fmt.Errorf("--secret %q: give src or env, not both", v)
+			}
+		}
+		out[id] = s
+	}
+	return out, nil
 }
 
 // AddFlags registers the registry flags.
@@ -210,6 +255,16 @@ func (b *Build) Validate(fs *pflag.FlagSet) error {
 	}
 	if _, err := build.ParsePlatform(b.CustomPlatform); err != nil {
 		return err
+	}
+	if _, err := parseSecrets(b.Secrets); err != nil {
+		return err
+	}
+	switch b.Isolation {
+	case "auto", "chroot":
+	case "in-place":
+		return errors.New("--isolation=in-place is not supported yet; use chroot")
+	default:
+		return fmt.Errorf("--isolation %q: want auto, chroot or in-place", b.Isolation)
 	}
 	return nil
 }
@@ -317,6 +372,10 @@ func (b *Build) Job(fs *pflag.FlagSet, getenv func(string) string, lookupEnv fun
 		ctxDir = b.Context // buildcontext names the unsupported scheme
 	}
 	comp, _ := layer.ParseCompression(b.Compression)
+	secrets, err := parseSecrets(b.Secrets)
+	if err != nil {
+		return build.Job{}, err
+	}
 	work := filepath.Join(os.TempDir(), "kiln")
 	if fs.Changed("kaniko-dir") || getenv("KANIKO_DIR") != "" {
 		work = filepath.Join(b.KanikoDir, "work")
@@ -332,6 +391,8 @@ func (b *Build) Job(fs *pflag.FlagSet, getenv func(string) string, lookupEnv fun
 			Platform:            b.CustomPlatform,
 			Reproducible:        b.Reproducible,
 			SingleSnapshot:      b.SingleSnapshot,
+			SnapshotMode:        b.SnapshotMode,
+			Secrets:             secrets,
 			Compression:         comp,
 			CompressionLevel:    b.CompressionLevel,
 			WorkDir:             work,

@@ -107,3 +107,18 @@ func TestJob(t *testing.T) {
 		t.Errorf("work dir %q", j.Build.WorkDir)
 	}
 }
+
+func TestSecrets(t *testing.T) {
+	got, err := parseSecrets([]string{"id=a,src=/s/a", "id=b,env=B_VAR", "id=C"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got["a"].File != "/s/a" || got["b"].Env != "B_VAR" || got["C"].Env != "C" {
+		t.Errorf("secrets %+v", got)
+	}
+	for _, bad := range []string{"src=/x", "id=a,src=/x,env=Y", "id=a,color=red", "novalue"} {
+		if _, err := parseSecrets([]string{bad}); err == nil || !strings.Contains(err.Error(), "--secret") {
+			t.Errorf("%q: %v", bad, err)
+		}
+	}
+}

@@ -210,6 +210,11 @@ func applyMeta(host string, hdr *tar.Header, canChown bool) error {
 	if err := os.Chmod(host, ModeFromTar(hdr.Mode)); err != nil {
 		return err
 	}
+	for k, v := range hdr.PAXRecords {
+		if name, ok := strings.CutPrefix(k, "SCHILY.xattr."); ok {
+			unix.Lsetxattr(host, name, []byte(v), 0) // best effort: the layer keeps them anyway
+		}
+	}
 	if hdr.Typeflag != tar.TypeDir {
 		return os.Chtimes(host, hdr.ModTime, hdr.ModTime)
 	}

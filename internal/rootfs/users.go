@@ -138,3 +138,44 @@ func resolveOwner(root, spec string, chown bool) (IDs, error) {
 	}
 	return ids, nil
 }
+
+// SupplementaryGroups returns the ids of the groups in root's /etc/group
+// that list user as a member.
+func SupplementaryGroups(root, user string) ([]int, error) {
+	host, err := Resolve(root, "/etc/group", true)
+	if err != nil {
+		return nil, err
+	}
+	data, err := os.ReadFile(host)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []int
+	for _, line := range strings.Split(string(data), "\n") {
+		parts := strings.Split(strings.TrimSpace(line), ":")
+		if len(parts) < 4 {
+			continue
+		}
+		for _, m := range strings.Split(parts[3], ",") {
+			if m == user {
+				if id, err := strconv.Atoi(parts[2]); err == nil {
+					out = append(out, id)
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
+// UserName returns the passwd name of a USER value's user part, or "".
+func UserName(root, spec string) string {
+	u, _, _ := strings.Cut(spec, ":")
+	e, found, err := lookup(root, true, u)
+	if err != nil || !found {
+		return ""
+	}
+	return e.name
+}

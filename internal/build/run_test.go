@@ -1,0 +1,266 @@
+package build
+
+import (
+	"archive/tar"
+	"bytes"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/kilnbuild/kiln/internal/imagetest"
+)
+
+// lastLayer returns the entries of the image's last layer by path.
+func lastLayer(t *testing.T, img v1.Image) map[string]imagetest.Entry {
+	t.Helper()
+	ls, err := img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := ls[len(ls)-1].Uncompressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	return imagetest.ReadTar(t, rc)
+}
+
+func TestRun(t *testing.T) {
+	f := newFixture(t)
+	tests := []struct {
+		name   string
+		df     string
+		args   []string
+		want   map[string]want
+		absent []string
+		layer  func(t *testing.T, l map[string]imagetest.Entry) // checks on the last layer
+	}{{
+		name: "shell form, modes, setuid",
+		df:   "FROM REG/busybox:1\nRUN echo hi > /hello && chmod 4750 /hello && mkdir -p /a/b && chown 7:8 /a/b\n",
+		want: map[string]want{
+			"hello": {content: str("hi\n"), mode: 0o4750, owner: true},
+			"a/b":   {typ: tar.TypeDir, uid: 7, gid: 8, owner: true},
+		},
+	}, {
+		name: "exec form and SHELL",
+		df:   "FROM REG/busybox:1\nRUN [\"/bin/sh\", \"-c\", \"echo exec > /ex\"]\nSHELL [\"/bin/sh\", \"-e\", \"-c\"]\nRUN echo $0 $- > /shell\n",
+		want: map[string]want{"ex": {content: str("exec\n")}, "shell": {content: str("/bin/sh ce\n")}},
+	}, {
+		name: "USER, groups and WORKDIR",
+		df:   "FROM REG/busybox:1\nUSER app\nWORKDIR /home/app/w\nRUN id -u > uid && id -g > gid && pwd > pwd && touch owned\nUSER 4242\nRUN id -u > /tmp/numeric && id -g >> /tmp/numeric\n",
+		want: map[string]want{
+			"home/app/w/uid":   {content: str("1000\n")},
+			"home/app/w/gid":   {content: str("1001\n")},
+			"home/app/w/pwd":   {content: str("/home/app/w\n")},
+			"home/app/w/owned": {uid: 1000, gid: 1001, owner: true},
+			"tmp/numeric":      {content: str("4242\n0\n"), uid: 4242, gid: 0, owner: true},
+		},
+	}, {
+		name: "ARG and ENV visible, ARG not persisted",
+		df:   "FROM REG/busybox:1\nARG A=one\nENV B=two\nRUN echo \"$A-$B\" > /ab\n",
+		args: []string{"A=cli"},
+		want: map[string]want{"ab": {content: str("cli-two\n")}},
+	}, {
+		name:   "deletions are whiteouts",
+		df:     "FROM REG/busybox:1\nRUN rm -rf /usr/bin/tool /opt/data\n",
+		absent: []string{"usr/bin/tool", "opt/data"},
+		want:   map[string]want{"opt": {typ: tar.TypeDir, mode: 0o750}},
+		layer: func(t *testing.T, l map[string]imagetest.Entry) {
+			for _, p := range []string{"usr/bin/.wh.tool", "opt/.wh.data"} {
+				if _, ok := l[p]; !ok {
+					t.Errorf("layer lacks whiteout %s: %v", p, keys(l))
+				}
+			}
+		},
+	}, {
+		name:   "directory deleted and recreated is opaque",
+		df:     "FROM REG/busybox:1\nRUN rm -rf /opt && mkdir /opt && echo new > /opt/new\n",
+		want:   map[string]want{"opt/new": {content: str("new\n")}, "opt": {typ: tar.TypeDir, mode: 0o755}},
+		absent: []string{"opt/data"},
+		layer: func(t *testing.T, l map[string]imagetest.Entry) {
+			if _, ok := l["opt/.wh..wh..opq"]; !ok {
+				t.Errorf("no opaque marker: %v", keys(l))
+			}
+		},
+	}, {
+		name: "hard links stay links",
+		df:   "FROM REG/busybox:1\nRUN echo x > /h1 && ln /h1 /h2 && ln -s h1 /s1\n",
+		want: map[string]want{
+			"h1": {content: str("x\n")},
+			"h2": {typ: tar.TypeLink, link: "h1"},
+			"s1": {typ: tar.TypeSymlink, link: "h1"},
+		},
+	}, {
+		name: "metadata-only change",
+		df:   "FROM REG/busybox:1\nRUN chmod 600 /etc/passwd\n",
+		want: map[string]want{"etc/passwd": {mode: 0o600}},
+		layer: func(t *testing.T, l map[string]imagetest.Entry) {
+			if len(l) != 2 { // etc/ and etc/passwd
+				t.Errorf("layer %v, want etc and etc/passwd", keys(l))
+			}
+		},
+	}, {
+		name:   "heredocs",
+		df:     "FROM REG/busybox:1\nRUN <<EOF\necho a > /hd1\necho b >> /hd1\nEOF\nRUN <<EOF\n#!/bin/sh\necho script > /hd2\nEOF\nRUN cat <<EOF > /hd3\nx=$((1+1))\nEOF\n",
+		want:   map[string]want{"hd1": {content: str("a\nb\n")}, "hd2": {content: str("script\n")}, "hd3": {content: str("x=2\n")}},
+		absent: []string{"dev/pipes"},
+	}, {
+		name:   "sandbox devices and proc leave nothing behind",
+		df:     "FROM REG/busybox:1\nRUN echo x > /dev/null && test -e /proc/self/status && test -c /dev/zero && cat /etc/hosts > /dev/null && echo ok > /ok\n",
+		want:   map[string]want{"ok": {content: str("ok\n")}},
+		absent: []string{"proc", "dev", "etc/hosts", "etc/resolv.conf"},
+	}, {
+		name: "network none",
+		df:   "FROM REG/busybox:1\nRUN --network=none cat /proc/net/dev | wc -l > /lines\n",
+		want: map[string]want{"lines": {content: str("3\n")}},
+	}, {
+		name:   "tmpfs mount leaves nothing",
+		df:     "FROM REG/busybox:1\nRUN --mount=type=tmpfs,target=/scratch touch /scratch/x && echo done > /done\n",
+		want:   map[string]want{"done": {}},
+		absent: []string{"scratch", "scratch/x"},
+	}, {
+		name:   "bind mount from a stage",
+		df:     "FROM REG/busybox:1 AS src\nRUN echo from-stage > /payload\nFROM REG/busybox:1\nRUN --mount=type=bind,from=src,source=/payload,target=/mnt/p cp /mnt/p /copied\n",
+		want:   map[string]want{"copied": {content: str("from-stage\n")}},
+		absent: []string{"mnt/p", "payload"},
+	}, {
+		name: "orphans are reaped",
+		df:   "FROM REG/busybox:1\nRUN (sleep 0.2 &) ; echo done > /reaped\n",
+		want: map[string]want{"reaped": {content: str("done\n")}},
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fs, cf, img := f.mustRun(buildSpec{dockerfile: tt.df, opts: func(o *Options) { o.BuildArgs = tt.args }})
+			checkFiles(t, fs, tt.want, tt.absent)
+			if tt.layer != nil {
+				tt.layer(t, lastLayer(t, img))
+			}
+			for _, e := range cf.Config.Env {
+				if strings.HasPrefix(e, "A=") {
+					t.Errorf("ARG persisted in the config: %s", e)
+				}
+			}
+		})
+	}
+}
+
+func keys(m map[string]imagetest.Entry) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
+
+func TestRunUnchangedAddsNoLayer(t *testing.T) {
+	f := newFixture(t)
+	_, cf, img := f.mustRun(buildSpec{dockerfile: "FROM REG/busybox:1\nRUN true\nRUN echo x > /dev/null\n"})
+	ls, _ := img.Layers()
+	if len(ls) != 1 {
+		t.Errorf("%d layers, want only the base's", len(ls))
+	}
+	hist := cf.History[1:]
+	if len(hist) != 2 || !hist[0].EmptyLayer || !hist[1].EmptyLayer || !strings.HasPrefix(hist[0].CreatedBy, "RUN /bin/sh -c true") {
+		t.Errorf("history %+v", hist)
+	}
+}
+
+func TestRunFailure(t *testing.T) {
+	f := newFixture(t)
+	_, err := f.run(buildSpec{dockerfile: "FROM REG/busybox:1\nCOPY <<EOF /x\nx\nEOF\nRUN echo first; echo boom >&2; exit 3\n"})
+	if err == nil {
+		t.Fatal("build succeeded")
+	}
+	for _, w := range []string{"Dockerfile:5", "exit code 3", "boom", "first"} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error %q lacks %q", err, w)
+		}
+	}
+}
+
+func TestRunCacheMountPersists(t *testing.T) {
+	f := newFixture(t)
+	work := t.TempDir()
+	df := "FROM REG/busybox:1\nRUN --mount=type=cache,target=/var/cache/app,id=app echo run >> /var/cache/app/log && cat /var/cache/app/log > /seen\n"
+	for _, seen := range []string{"run\n", "run\nrun\n"} {
+		fs, _, _ := f.mustRun(buildSpec{dockerfile: df, opts: func(o *Options) { o.WorkDir = work }})
+		checkFiles(t, fs, map[string]want{"seen": {content: str(seen)}}, []string{"var/cache/app/log"})
+	}
+}
+
+func TestRunSecret(t *testing.T) {
+	f := newFixture(t)
+	const value = "hunter2-very-secret"
+	secretFile := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(secretFile, []byte(value), 0o600)
+	var logs bytes.Buffer
+	df := `FROM REG/busybox:1
+RUN --mount=type=secret,id=token test "$(wc -c < /run/secrets/token)" = "19" && echo checked > /checked
+RUN --mount=type=secret,id=envtok,env=TOKEN echo "token is $TOKEN" && test -n "$TOKEN" && echo ok > /env-ok
+RUN --mount=type=secret,id=token,target=/etc/app/token,mode=0440,uid=1000 stat -c '%a %u' /etc/app/token > /stat
+`
+	res, err := f.run(buildSpec{dockerfile: df, env: map[string]string{"ENVSECRET": value}, opts: func(o *Options) {
+		o.Secrets = map[string]Secret{"token": {File: secretFile}, "envtok": {Env: "ENVSECRET"}}
+		o.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs := imagetest.Flatten(t, res.Image)
+	checkFiles(t, fs, map[string]want{"checked": {}, "env-ok": {}, "stat": {content: str("440 1000\n")}},
+		[]string{"run/secrets/token", "run/secrets", "etc/app/token"})
+	ls, _ := res.Image.Layers()
+	for i, l := range ls {
+		rc, _ := l.Uncompressed()
+		for name, e := range imagetest.ReadTar(t, rc) {
+			if strings.Contains(e.Content, value) || strings.Contains(name, value) {
+				t.Errorf("layer %d holds the secret in %s", i, name)
+			}
+		}
+		rc.Close()
+	}
+	cfgRaw, _ := res.Image.RawConfigFile()
+	if strings.Contains(string(cfgRaw), value) {
+		t.Error("the config or history holds the secret")
+	}
+	if strings.Contains(logs.String(), value) {
+		t.Errorf("the log holds the secret:\n%s", logs.String())
+	}
+	if !strings.Contains(logs.String(), "token is ***") {
+		t.Errorf("RUN output not logged with the secret masked:\n%s", logs.String())
+	}
+	_, err = f.run(buildSpec{dockerfile: "FROM REG/busybox:1\nRUN --mount=type=secret,id=missing,required=true true\n"})
+	if err == nil || !strings.Contains(err.Error(), `secret "missing" is required`) {
+		t.Errorf("missing required secret: %v", err)
+	}
+}
+
+func TestRunHistoryAndSingleSnapshot(t *testing.T) {
+	f := newFixture(t)
+	_, cf, img := f.mustRun(buildSpec{
+		dockerfile: "FROM REG/busybox:1\nARG V=1\nRUN echo $V > /v\nCOPY <<EOF /c\nc\nEOF\nRUN rm /c && echo w > /w\n",
+		opts:       func(o *Options) { o.SingleSnapshot = true },
+	})
+	ls, _ := img.Layers()
+	if len(ls) != 2 {
+		t.Fatalf("%d layers, want base + 1", len(ls))
+	}
+	l := lastLayer(t, img)
+	if d := cmp.Diff([]string{"v", "w"}, sortedKeys(l)); d != "" {
+		t.Errorf("single snapshot layer (-want +got):\n%s", d)
+	}
+	if got := cf.History[2].CreatedBy; got != "RUN |1 V=1 /bin/sh -c echo $V > /v" {
+		t.Errorf("history created_by %q", got)
+	}
+}
+
+func sortedKeys(m map[string]imagetest.Entry) []string {
+	out := keys(m)
+	sortStrings(out)
+	return out
+}

@@ -1,0 +1,395 @@
+package build
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+	"github.com/moby/buildkit/frontend/dockerfile/parser"
+
+	"github.com/kilnbuild/kiln/internal/rootfs"
+	"github.com/kilnbuild/kiln/internal/run"
+	"github.com/kilnbuild/kiln/internal/snapshot"
+)
+
+// Secret is a build secret given with --secret: a file or an environment
+// variable's value.
+type Secret struct {
+	// File is the secret's file on the host.
+	File string
+	// Env names the environment variable holding the secret.
+	Env string
+}
+
+// runArgs turns a RUN instruction into the argv to execute, following
+// BuildKit for heredocs: a lone heredoc with a #! line becomes a script
+// run directly, a lone heredoc otherwise becomes the shell's command, and
+// heredocs inside a longer line are passed to the shell as written.
+func (st *stage) runArgs(c *instructions.RunCommand) ([]string, []run.Script, error) {
+	args := c.CmdLine
+	var scripts []run.Script
+	if len(c.Files) > 0 {
+		if len(args) != 1 || !c.PrependShell {
+			return nil, nil, fmt.Errorf("parsing produced an invalid run command: %v", args)
+		}
+		if hd := parser.MustParseHeredoc(args[0]); hd != nil {
+			data := c.Files[0].Data
+			if c.Files[0].Chomp {
+				data = parser.ChompHeredocContent(data)
+			}
+			if strings.HasPrefix(data, "#!") {
+				name := path.Base(c.Files[0].Name)
+				scripts = append(scripts, run.Script{Name: name, Data: data})
+				return []string{"/dev/pipes/" + name}, scripts, nil
+			}
+			args = []string{data}
+		} else {
+			var b strings.Builder
+			b.WriteString(args[0])
+			for _, f := range c.Files {
+				b.WriteByte('\n')
+				b.WriteString(f.Data)
+				b.WriteString(f.Name)
+			}
+			args = []string{b.String()}
+		}
+	}
+	if c.PrependShell {
+		sh := st.cfg.Config.Shell
+		if len(sh) == 0 {
+			sh = defaultShell
+		}
+		return append(append([]string{}, sh...), strings.Join(args, " ")), scripts, nil
+	}
+	return append([]string{}, args...), scripts, nil
+}
+
+// runEnv is what RUN sees: the image env, the stage's ARGs, the proxy
+// ARGs given, and a PATH when none is set.
+func (b *builder) runEnv(st *stage) []string {
+	env := st.env.Merge(b.args.ProxyArgs())
+	if _, ok := env.Get("PATH"); !ok {
+		env.Set("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+	}
+	return env.List()
+}
+
+// runHistory is BuildKit's created_by for RUN: "|N K=V ... argv".
+func runHistory(st *stage, argv []string) string {
+	var b strings.Builder
+	b.WriteString("RUN ")
+	if keys := st.args.Keys(); len(keys) > 0 {
+		fmt.Fprintf(&b, "|%d ", len(keys))
+		for _, k := range keys {
+			v, _ := st.args.Get(k)
+			b.WriteString(k + "=" + v + " ")
+		}
+	}
+	b.WriteString(strings.Join(argv, " "))
+	return b.String()
+}
+
+// runInstruction executes RUN and commits a layer of exactly its changes.
+func (b *builder) runInstruction(ctx context.Context, st *stage, c *instructions.RunCommand) error {
+	argv, scripts, err := st.runArgs(c)
+	if err != nil {
+		return err
+	}
+	if sec := instructions.GetSecurity(c); sec != "" && sec != "sandbox" {
+		return fmt.Errorf("RUN --security=%s is not supported", sec)
+	}
+	spec := run.Spec{Root: st.root, Args: argv, Env: b.runEnv(st), Scripts: scripts}
+	switch instructions.GetNetwork(c) {
+	case instructions.NetworkNone:
+		spec.NoNetwork = true
+	case instructions.NetworkDefault, instructions.NetworkHost:
+	}
+	user := st.cfg.Config.User
+	if user != "" {
+		ids, err := rootfs.LookupUser(st.root, user)
+		if err != nil {
+			return fmt.Errorf("USER %s: %w", user, err)
+		}
+		spec.UID, spec.GID = uint32(ids.UID), uint32(ids.GID)
+		if name := rootfs.UserName(st.root, user); name != "" {
+			groups, err := rootfs.SupplementaryGroups(st.root, name)
+			if err != nil {
+				return err
+			}
+			for _, g := range groups {
+				spec.Groups = append(spec.Groups, uint32(g))
+			}
+		}
+	}
+	wd := st.cfg.Config.WorkingDir
+	if wd == "" {
+		wd = "/"
+	}
+	spec.Dir = wd
+
+	snapOpts := snapshot.Options{Mode: b.snapshotMode()}
+	before := st.snapshot
+	if before == nil {
+		if before, err = snapshot.Take(ctx, st.root, snapOpts); err != nil {
+			return err
+		}
+	}
+	// RUN in a missing working directory creates it, as BuildKit does.
+	if h, err := rootfs.Resolve(st.root, wd, true); err == nil {
+		if _, err := os.Lstat(h); errors.Is(err, fs.ErrNotExist) {
+			if err := os.MkdirAll(h, 0o755); err != nil {
+				return fmt.Errorf("creating working directory %s: %w", wd, err)
+			}
+		}
+	}
+	cleanup, err := b.runMounts(ctx, st, c, &spec)
+	defer cleanup()
+	if err != nil {
+		return err
+	}
+	label := stageLabel(st.ps)
+	err = run.Run(ctx, spec, run.Options{
+		WorkDir: b.work,
+		Output:  func(line string) { b.log.Info(b.redact(line), "stage", label, "run", true) },
+	})
+	if err != nil {
+		var ee *run.ExitError
+		if errors.As(err, &ee) {
+			for i := range ee.Tail {
+				ee.Tail[i] = b.redact(ee.Tail[i])
+			}
+			return fmt.Errorf("RUN %s: %w", strings.Join(argv, " "), ee)
+		}
+		return fmt.Errorf("RUN: %w", err)
+	}
+	changes, after, err := before.Diff(ctx, snapOpts)
+	if err != nil {
+		return err
+	}
+	entries, err := snapshot.Entries(st.root, changes)
+	if err != nil {
+		return err
+	}
+	if err := b.commit(ctx, st, runHistory(st, argv), entries); err != nil {
+		return err
+	}
+	st.snapshot = after
+	return nil
+}
+
+func (b *builder) snapshotMode() snapshot.Mode {
+	m, err := snapshot.ParseMode(b.o.SnapshotMode)
+	if err != nil {
+		return snapshot.Full
+	}
+	return m
+}
+
+// redact hides secret values in a line of output.
+func (b *builder) redact(line string) string {
+	for _, v := range b.secretValues {
+		if v != "" {
+			line = strings.ReplaceAll(line, v, "***")
+		}
+	}
+	return line
+}
+
+// runMounts turns RUN --mount options into sandbox mounts. The returned
+// function removes temporary files; call it after the run.
+func (b *builder) runMounts(ctx context.Context, st *stage, c *instructions.RunCommand, spec *run.Spec) (func(), error) {
+	var temps []string
+	cleanup := func() {
+		for _, t := range temps {
+			os.RemoveAll(t)
+		}
+	}
+	for _, m := range instructions.GetMounts(c) {
+		target := m.Target
+		if target != "" && !path.IsAbs(target) {
+			target = path.Join(spec.Dir, target)
+		}
+		switch m.Type {
+		case instructions.MountTypeTmpfs:
+			spec.Mounts = append(spec.Mounts, run.Mount{Type: "tmpfs", Target: target, Size: m.SizeLimit})
+		case instructions.MountTypeCache:
+			id := m.CacheID
+			if id == "" {
+				id = target
+			}
+			if m.From != "" {
+				return cleanup, fmt.Errorf("--mount=type=cache,from=%s is not supported yet", m.From)
+			}
+			sum := sha256.Sum256([]byte(id))
+			dir := filepath.Join(b.o.WorkDir, "run-cache", hex.EncodeToString(sum[:8]))
+			if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
+				mode := os.FileMode(0o755)
+				if m.Mode != nil {
+					mode = os.FileMode(*m.Mode)
+				}
+				if err := os.MkdirAll(dir, 0o755); err != nil {
+					return cleanup, err
+				}
+				os.Chmod(dir, mode)
+				uid, gid := 0, 0
+				if m.UID != nil {
+					uid = int(*m.UID)
+				}
+				if m.GID != nil {
+					gid = int(*m.GID)
+				}
+				os.Chown(dir, uid, gid)
+			}
+			spec.Mounts = append(spec.Mounts, run.Mount{Type: "bind", Source: dir, Target: target, ReadOnly: m.ReadOnly})
+		case instructions.MountTypeBind:
+			root := b.ctxDir.Dir
+			if m.From != "" {
+				src, err := b.copySource(ctx, st, m.From)
+				if err != nil {
+					return cleanup, err
+				}
+				root = src.root
+			}
+			host, err := rootfs.Resolve(root, m.Source, true)
+			if err != nil {
+				return cleanup, err
+			}
+			fi, err := os.Stat(host)
+			if err != nil {
+				return cleanup, fmt.Errorf("--mount=type=bind,source=%s: %w", m.Source, err)
+			}
+			if !m.ReadOnly {
+				// A read-write bind mount's writes are discarded: give it a copy.
+				tmp, err := os.MkdirTemp(b.work, "bind-")
+				if err != nil {
+					return cleanup, err
+				}
+				temps = append(temps, tmp)
+				dst := filepath.Join(tmp, "src")
+				if err := copyTree(host, dst); err != nil {
+					return cleanup, err
+				}
+				host = dst
+			}
+			spec.Mounts = append(spec.Mounts, run.Mount{Type: "bind", Source: host, Target: target, ReadOnly: m.ReadOnly, File: !fi.IsDir()})
+		case instructions.MountTypeSecret:
+			id := m.CacheID
+			if id == "" {
+				id = path.Base(target)
+			}
+			if target == "" {
+				target = "/run/secrets/" + id
+			}
+			sec, ok := b.o.Secrets[id]
+			if !ok {
+				if m.Required {
+					return cleanup, fmt.Errorf("secret %q is required but was not given (--secret id=%s,...)", id, id)
+				}
+				continue
+			}
+			value, err := b.secretValue(sec)
+			if err != nil {
+				return cleanup, fmt.Errorf("secret %q: %w", id, err)
+			}
+			if m.Env != nil {
+				name := *m.Env
+				if name == "" {
+					name = id
+				}
+				spec.Env = append(spec.Env, name+"="+value)
+				if m.Target == "" {
+					continue
+				}
+			}
+			tmp, err := os.MkdirTemp(b.work, "secret-")
+			if err != nil {
+				return cleanup, err
+			}
+			temps = append(temps, tmp)
+			file := filepath.Join(tmp, "secret")
+			if err := os.WriteFile(file, []byte(value), 0o400); err != nil {
+				return cleanup, err
+			}
+			uid, gid := 0, 0
+			if m.UID != nil {
+				uid = int(*m.UID)
+			}
+			if m.GID != nil {
+				gid = int(*m.GID)
+			}
+			os.Chown(file, uid, gid)
+			if m.Mode != nil {
+				os.Chmod(file, os.FileMode(*m.Mode))
+			}
+			spec.Mounts = append(spec.Mounts, run.Mount{Type: "bind", Source: file, Target: target, ReadOnly: true, File: true})
+		case instructions.MountTypeSSH:
+			return cleanup, errors.New("--mount=type=ssh is not supported yet")
+		default:
+			return cleanup, fmt.Errorf("--mount type %q is not supported", m.Type)
+		}
+	}
+	sort.SliceStable(spec.Mounts, func(i, j int) bool { return len(spec.Mounts[i].Target) < len(spec.Mounts[j].Target) })
+	return cleanup, nil
+}
+
+// secretValue reads a secret and remembers its value for redaction.
+func (b *builder) secretValue(s Secret) (string, error) {
+	var v string
+	switch {
+	case s.Env != "":
+		val, ok := b.o.LookupEnv(s.Env)
+		if !ok {
+			return "", fmt.Errorf("environment variable %s is not set", s.Env)
+		}
+		v = val
+	default:
+		data, err := os.ReadFile(s.File)
+		if err != nil {
+			return "", err
+		}
+		v = string(data)
+	}
+	b.secretValues = append(b.secretValues, strings.TrimSpace(v))
+	return v, nil
+}
+
+// copyTree copies a file or directory tree for a read-write bind mount.
+func copyTree(src, dst string) error {
+	return filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		to := filepath.Join(dst, rel)
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		switch {
+		case d.IsDir():
+			return os.MkdirAll(to, info.Mode().Perm()|0o700)
+		case info.Mode()&fs.ModeSymlink != 0:
+			t, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
+			return os.Symlink(t, to)
+		case info.Mode().IsRegular():
+			data, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			return os.WriteFile(to, data, info.Mode().Perm())
+		}
+		return nil
+	})
+}

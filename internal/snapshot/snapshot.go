@@ -1,0 +1,422 @@
+// Package snapshot detects what changed under a root directory between two
+// points in time and turns the changes into layer entries: new and
+// modified files, metadata-only changes, deletions as whiteouts, replaced
+// directories as opaque directories, hard links kept as links.
+package snapshot
+
+import (
+	"archive/tar"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/kilnbuild/kiln/internal/layer"
+)
+
+// Mode is a --snapshot-mode.
+type Mode string
+
+// The snapshot modes, with kaniko's names.
+const (
+	// Full detects every change: content, metadata and replacement. kiln
+	// compares the inode change time, which the kernel updates on every
+	// content or metadata change and no program can set, so it needs no
+	// content hashing.
+	Full Mode = "full"
+	// Redo compares mtime, size, mode and owner, like kaniko's redo.
+	Redo Mode = "redo"
+	// Time compares mtime only, like kaniko's time.
+	Time Mode = "time"
+)
+
+// ParseMode checks a --snapshot-mode value.
+func ParseMode(s string) (Mode, error) {
+	switch m := Mode(s); m {
+	case "", Full:
+		return Full, nil
+	case Redo, Time:
+		return m, nil
+	}
+	return "", fmt.Errorf("--snapshot-mode %q: want full, redo or time", s)
+}
+
+type state struct {
+	mode                fs.FileMode
+	uid, gid            uint32
+	size                int64
+	mtime, ctime, btime int64 // btime is 0 where the file system has none
+	ino                 uint64
+	dev                 uint64
+}
+
+// Snapshot is the state of every path under a root at one time.
+type Snapshot struct {
+	root  string
+	mode  Mode
+	files map[string]state // image path (no leading slash) -> state
+}
+
+// Options configure Take.
+type Options struct {
+	// Mode is the change detection.
+	Mode Mode
+	// Ignore reports image paths (no leading slash) to leave out, with
+	// everything below them.
+	Ignore func(p string) bool
+}
+
+// Take records the state of everything under root.
+func Take(ctx context.Context, root string, o Options) (*Snapshot, error) {
+	s := &Snapshot{root: root, mode: o.Mode, files: make(map[string]state, 1024)}
+	if s.mode == "" {
+		s.mode = Full
+	}
+	err := walk(ctx, root, "", o.Ignore, func(p string, st *unix.Statx_t) {
+		s.files[p] = stateOf(st)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("snapshotting %s: %w", root, err)
+	}
+	return s, nil
+}
+
+func nanos(t unix.StatxTimestamp) int64 { return t.Sec*1e9 + int64(t.Nsec) }
+
+func stateOf(st *unix.Statx_t) state {
+	s := state{
+		mode: fileMode(uint32(st.Mode)), uid: st.Uid, gid: st.Gid, size: int64(st.Size),
+		mtime: nanos(st.Mtime), ctime: nanos(st.Ctime), ino: st.Ino,
+		dev: uint64(unix.Mkdev(st.Dev_major, st.Dev_minor)),
+	}
+	if st.Mask&unix.STATX_BTIME != 0 {
+		s.btime = nanos(st.Btime)
+	}
+	return s
+}
+
+func fileMode(m uint32) fs.FileMode {
+	mode := fs.FileMode(m & 0o777)
+	switch m & syscall.S_IFMT {
+	case syscall.S_IFDIR:
+		mode |= fs.ModeDir
+	case syscall.S_IFLNK:
+		mode |= fs.ModeSymlink
+	case syscall.S_IFSOCK:
+		mode |= fs.ModeSocket
+	case syscall.S_IFIFO:
+		mode |= fs.ModeNamedPipe
+	case syscall.S_IFCHR:
+		mode |= fs.ModeDevice | fs.ModeCharDevice
+	case syscall.S_IFBLK:
+		mode |= fs.ModeDevice
+	}
+	if m&syscall.S_ISUID != 0 {
+		mode |= fs.ModeSetuid
+	}
+	if m&syscall.S_ISGID != 0 {
+		mode |= fs.ModeSetgid
+	}
+	if m&syscall.S_ISVTX != 0 {
+		mode |= fs.ModeSticky
+	}
+	return mode
+}
+
+// walk visits every path under root (not root itself) in lexical order,
+// parents before children, skipping ignored subtrees and other file systems'
+// mount points below root are visited like directories.
+func walk(ctx context.Context, root, rel string, ignore func(string) bool, fn func(string, *unix.Statx_t)) error {
+	dir := filepath.Join(root, rel)
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	names, err := f.Readdirnames(-1)
+	f.Close()
+	if err != nil {
+		return err
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		p := n
+		if rel != "" {
+			p = rel + "/" + n
+		}
+		if ignore != nil && ignore(p) {
+			continue
+		}
+		var st unix.Statx_t
+		if err := unix.Statx(unix.AT_FDCWD, filepath.Join(root, p), unix.AT_SYMLINK_NOFOLLOW,
+			unix.STATX_BASIC_STATS|unix.STATX_BTIME, &st); err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				continue
+			}
+			return err
+		}
+		fn(p, &st)
+		if uint32(st.Mode)&syscall.S_IFMT == syscall.S_IFDIR {
+			if err := walk(ctx, root, p, ignore, fn); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Changes are the differences between two snapshots.
+type Changes struct {
+	// Changed are new or modified paths, sorted.
+	Changed []string
+	// Deleted are removed paths whose parent still exists, sorted; nothing
+	// below a deleted directory is listed.
+	Deleted []string
+	// Opaque are directories that were removed and created again: their
+	// lower contents are gone.
+	Opaque []string
+}
+
+// Empty reports whether nothing changed.
+func (c Changes) Empty() bool {
+	return len(c.Changed) == 0 && len(c.Deleted) == 0 && len(c.Opaque) == 0
+}
+
+// replaced reports a path removed and created again between the states.
+func replaced(before, after state) bool {
+	return before.mode.Type() != after.mode.Type() || before.ino != after.ino || before.dev != after.dev ||
+		before.btime != after.btime
+}
+
+func (s *Snapshot) changed(before, after state) bool {
+	if replaced(before, after) {
+		return true
+	}
+	if after.mode.IsDir() {
+		// A directory's ctime moves whenever an entry is added or removed;
+		// those entries are changes of their own. Its own metadata is what
+		// counts here.
+		return before.mtime != after.mtime || before.mode != after.mode || before.uid != after.uid || before.gid != after.gid
+	}
+	switch s.mode {
+	case Time:
+		return before.mtime != after.mtime
+	case Redo:
+		return before.mtime != after.mtime || before.size != after.size || before.mode != after.mode ||
+			before.uid != after.uid || before.gid != after.gid
+	default:
+		return before.ctime != after.ctime || before.mtime != after.mtime || before.size != after.size ||
+			before.mode != after.mode || before.uid != after.uid || before.gid != after.gid
+	}
+}
+
+// Diff compares s (before) with the root as it is now.
+func (s *Snapshot) Diff(ctx context.Context, o Options) (Changes, *Snapshot, error) {
+	after, err := Take(ctx, s.root, Options{Mode: s.mode, Ignore: o.Ignore})
+	if err != nil {
+		return Changes{}, nil, err
+	}
+	var c Changes
+	opaque := map[string]bool{}
+	for p, st := range after.files {
+		b, ok := s.files[p]
+		if !ok || s.changed(b, st) {
+			c.Changed = append(c.Changed, p)
+			if ok && st.mode.IsDir() && b.mode.IsDir() && replaced(b, st) {
+				opaque[p] = true
+			}
+		}
+	}
+	for p := range s.files {
+		if _, ok := after.files[p]; ok {
+			continue
+		}
+		parent := path.Dir(p)
+		if parent == "." {
+			parent = ""
+		}
+		if parent != "" {
+			if _, ok := after.files[parent]; !ok {
+				continue // a parent went too; its whiteout covers this
+			}
+			if opaque[parent] {
+				continue // the parent is opaque now
+			}
+		}
+		c.Deleted = append(c.Deleted, p)
+	}
+	for p := range opaque {
+		c.Opaque = append(c.Opaque, p)
+	}
+	sort.Strings(c.Changed)
+	sort.Strings(c.Deleted)
+	sort.Strings(c.Opaque)
+	return c, after, nil
+}
+
+// Entries turns changes into layer entries read from root: parent
+// directories of every change (with their current metadata), whiteouts,
+// opaque markers, and each changed path; files that share an inode are
+// written once and then as hard links. Sockets are skipped.
+func Entries(root string, c Changes) ([]layer.Entry, error) {
+	var out []layer.Entry
+	seen := map[string]bool{}
+	links := map[[2]uint64]string{}
+	addParents := func(p string) error {
+		var chain []string
+		for d := path.Dir(p); d != "." && d != "/" && !seen[d]; d = path.Dir(d) {
+			chain = append(chain, d)
+		}
+		for i := len(chain) - 1; i >= 0; i-- {
+			e, _, err := entry(root, chain[i], links)
+			if err != nil {
+				return err
+			}
+			seen[chain[i]] = true
+			out = append(out, e)
+		}
+		return nil
+	}
+	type item struct {
+		p    string
+		kind int // 0 change, 1 whiteout, 2 opaque marker
+	}
+	var items []item
+	for _, p := range c.Changed {
+		items = append(items, item{p, 0})
+	}
+	for _, p := range c.Deleted {
+		items = append(items, item{p, 1})
+	}
+	for _, p := range c.Opaque {
+		items = append(items, item{p, 2})
+	}
+	// Whiteouts and opaque markers sort with their directory's entries.
+	key := func(it item) string {
+		switch it.kind {
+		case 1:
+			return path.Join(path.Dir(it.p), ".wh."+path.Base(it.p))
+		case 2:
+			return it.p + "/.wh..wh..opq"
+		}
+		return it.p
+	}
+	sort.SliceStable(items, func(i, j int) bool { return key(items[i]) < key(items[j]) })
+	for _, it := range items {
+		name := key(it)
+		if err := addParents(name); err != nil {
+			return nil, err
+		}
+		if it.kind != 0 {
+			out = append(out, layer.Entry{Header: tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644, ModTime: time.Unix(0, 0)}})
+			continue
+		}
+		if seen[it.p] {
+			continue
+		}
+		e, ok, err := entry(root, it.p, links)
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				continue // gone since the walk
+			}
+			return nil, err
+		}
+		seen[it.p] = true
+		if ok {
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}
+
+// entry builds the layer entry of image path p from the file at root/p.
+// ok is false for files a layer cannot hold (sockets).
+func entry(root, p string, links map[[2]uint64]string) (layer.Entry, bool, error) {
+	host := filepath.Join(root, p)
+	var st syscall.Stat_t
+	if err := syscall.Lstat(host, &st); err != nil {
+		return layer.Entry{}, false, &fs.PathError{Op: "lstat", Path: host, Err: err}
+	}
+	h := tar.Header{
+		Name: p, Uid: int(st.Uid), Gid: int(st.Gid), Mode: int64(st.Mode & 0o7777),
+		ModTime: time.Unix(st.Mtim.Sec, st.Mtim.Nsec),
+	}
+	e := layer.Entry{}
+	switch st.Mode & syscall.S_IFMT {
+	case syscall.S_IFDIR:
+		h.Typeflag = tar.TypeDir
+	case syscall.S_IFLNK:
+		target, err := os.Readlink(host)
+		if err != nil {
+			return e, false, err
+		}
+		h.Typeflag, h.Linkname = tar.TypeSymlink, target
+	case syscall.S_IFREG:
+		key := [2]uint64{uint64(st.Dev), st.Ino}
+		if st.Nlink > 1 {
+			if first, ok := links[key]; ok {
+				h.Typeflag, h.Linkname = tar.TypeLink, first
+				return layer.Entry{Header: h}, true, nil
+			}
+			links[key] = p
+		}
+		h.Typeflag = tar.TypeReg
+		e.Source = host
+	case syscall.S_IFIFO:
+		h.Typeflag = tar.TypeFifo
+	case syscall.S_IFCHR, syscall.S_IFBLK:
+		h.Typeflag = tar.TypeChar
+		if st.Mode&syscall.S_IFMT == syscall.S_IFBLK {
+			h.Typeflag = tar.TypeBlock
+		}
+		h.Devmajor, h.Devminor = int64(unix.Major(st.Rdev)), int64(unix.Minor(st.Rdev))
+	default:
+		return e, false, nil
+	}
+	if x := xattrs(host); len(x) > 0 {
+		h.PAXRecords = x
+		h.Format = tar.FormatPAX
+	}
+	e.Header = h
+	return e, true, nil
+}
+
+// xattrs reads a file's extended attributes as PAX records.
+func xattrs(host string) map[string]string {
+	size, err := unix.Llistxattr(host, nil)
+	if err != nil || size <= 0 {
+		return nil
+	}
+	buf := make([]byte, size)
+	size, err = unix.Llistxattr(host, buf)
+	if err != nil {
+		return nil
+	}
+	out := map[string]string{}
+	for _, name := range strings.Split(strings.TrimRight(string(buf[:size]), "\x00"), "\x00") {
+		if name == "" {
+			continue
+		}
+		vsize, err := unix.Lgetxattr(host, name, nil)
+		if err != nil || vsize < 0 {
+			continue
+		}
+		val := make([]byte, vsize)
+		if vsize, err = unix.Lgetxattr(host, name, val); err != nil {
+			continue
+		}
+		out["SCHILY.xattr."+name] = string(val[:vsize])
+	}
+	return out
+}
