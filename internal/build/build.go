@@ -5,6 +5,7 @@ package build
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -25,6 +26,8 @@ import (
 	"github.com/kilnbuild/kiln/internal/dockerfile"
 	"github.com/kilnbuild/kiln/internal/layer"
 	"github.com/kilnbuild/kiln/internal/registry"
+	"github.com/kilnbuild/kiln/internal/rootfs"
+	"github.com/kilnbuild/kiln/internal/run"
 )
 
 // Options says what to build. Paths are host paths.
@@ -46,6 +49,20 @@ type Options struct {
 	Platform string
 	// Reproducible fixes every timestamp (SOURCE_DATE_EPOCH or the epoch).
 	Reproducible bool
+	// Isolation is how RUN runs: "chroot" (a private root directory,
+	// namespaces), "in-place" (kaniko's model: Root is this container's own
+	// file system), or "auto"/"" (in-place only in a container that cannot
+	// create namespaces).
+	Isolation string
+	// Root is the in-place root; empty means "/".
+	Root string
+	// Force allows in-place isolation outside a container.
+	Force bool
+	// IgnorePaths are left out of snapshots (and, in place, never emptied
+	// or unpacked over).
+	IgnorePaths []string
+	// IgnoreVarRun leaves /var/run alone in place.
+	IgnoreVarRun bool
 	// SnapshotMode is how RUN changes are detected: full (default), redo, time.
 	SnapshotMode string
 	// Secrets are the build secrets RUN --mount=type=secret can use, by id.
@@ -122,6 +139,10 @@ type builder struct {
 	http     *http.Client
 	// secretValues are the secrets read so far, hidden in RUN output.
 	secretValues []string
+	// inPlace says the stage root is the container's own file system.
+	inPlace bool
+	// ignore lists paths snapshots skip (and, in place, Clear and Unpack).
+	ignore *rootfs.IgnoreList
 }
 
 func newBuilder(o Options) (*builder, error) {
@@ -165,7 +186,64 @@ func newBuilder(o Options) (*builder, error) {
 	if b.work, err = os.MkdirTemp(o.WorkDir, "build-"); err != nil {
 		return nil, fmt.Errorf("creating work directory: %w", err)
 	}
+	if err := b.setIsolation(); err != nil {
+		b.cleanup()
+		return nil, err
+	}
 	return b, nil
+}
+
+// setIsolation chooses chroot or in-place isolation and builds the ignore
+// list.
+func (b *builder) setIsolation() error {
+	b.ignore = rootfs.NewIgnoreList(b.o.IgnorePaths...)
+	switch b.o.Isolation {
+	case "chroot":
+	case "in-place":
+		b.inPlace = true
+	case "", "auto":
+		b.inPlace = run.InContainer() && !run.CanChroot()
+	default:
+		return fmt.Errorf("--isolation %q: want auto, chroot or in-place", b.o.Isolation)
+	}
+	if !b.inPlace {
+		return nil
+	}
+	if !b.o.Force && !run.InContainer() {
+		return errors.New("in-place isolation replaces the file system it runs on and this does not look like a container: refusing (pass --force to do it anyway, or use --isolation=chroot)")
+	}
+	if b.o.Root == "" {
+		b.o.Root = "/"
+	}
+	for _, p := range []string{"/proc", "/sys", "/dev", b.o.WorkDir, b.work} {
+		b.ignore.Add(p)
+	}
+	if !filepath.IsAbs(b.o.WorkDir) {
+		return fmt.Errorf("in-place isolation needs an absolute work directory, not %s", b.o.WorkDir)
+	}
+	if b.o.IgnoreVarRun {
+		b.ignore.Add("/var/run")
+		b.ignore.Add("/run")
+	}
+	if exe, err := os.Executable(); err == nil {
+		b.ignore.Add(filepath.Dir(exe))
+	}
+	if ctxDir := strings.TrimPrefix(b.o.Context, "dir://"); filepath.IsAbs(ctxDir) {
+		b.ignore.Add(ctxDir)
+	}
+	if b.o.Root == "/" {
+		mps, err := rootfs.MountPoints("/proc/self/mountinfo")
+		if err != nil {
+			return fmt.Errorf("reading mount points: %w", err)
+		}
+		for _, mp := range mps {
+			b.ignore.Add(mp)
+		}
+	}
+	// The system's CA certificates are about to go: load them now.
+	x509.SystemCertPool()
+	b.log.Info("in-place isolation: the build replaces this container's file system", "root", b.o.Root, "ignored", strings.Join(b.ignore.Paths(), ","))
+	return nil
 }
 
 func (b *builder) cleanup() {

@@ -76,6 +76,7 @@ func (f *fixture) run(s buildSpec) (*Result, error) {
 		Context:    dir,
 		WorkDir:    f.t.TempDir(),
 		Registry:   f.client,
+		Isolation:  "chroot",
 		Platform:   "linux/amd64",
 		Now:        func() time.Time { return time.Unix(1750000000, 0) },
 		LookupEnv: func(k string) (string, bool) {

@@ -136,7 +136,7 @@ func (b *builder) runInstruction(ctx context.Context, st *stage, c *instructions
 	}
 	spec.Dir = wd
 
-	snapOpts := snapshot.Options{Mode: b.snapshotMode()}
+	snapOpts := b.snapshotOptions(st)
 	before := st.snapshot
 	if before == nil {
 		if before, err = snapshot.Take(ctx, st.root, snapOpts); err != nil {
@@ -151,16 +151,21 @@ func (b *builder) runInstruction(ctx context.Context, st *stage, c *instructions
 			}
 		}
 	}
-	cleanup, err := b.runMounts(ctx, st, c, &spec)
+	files, cleanup, err := b.runMounts(ctx, st, c, &spec)
 	defer cleanup()
 	if err != nil {
 		return err
 	}
 	label := stageLabel(st.ps)
-	err = run.Run(ctx, spec, run.Options{
+	ro := run.Options{
 		WorkDir: b.work,
 		Output:  func(line string) { b.log.Info(b.redact(line), "stage", label, "run", true) },
-	})
+	}
+	if b.inPlace {
+		err = run.Direct(ctx, spec, files, ro)
+	} else {
+		err = run.Run(ctx, spec, ro)
+	}
 	if err != nil {
 		var ee *run.ExitError
 		if errors.As(err, &ee) {
@@ -194,19 +199,25 @@ func (b *builder) snapshotMode() snapshot.Mode {
 	return m
 }
 
+// minRedacted is the shortest secret value hidden in output: shorter
+// ones would mask ordinary text.
+const minRedacted = 4
+
 // redact hides secret values in a line of output.
 func (b *builder) redact(line string) string {
 	for _, v := range b.secretValues {
-		if v != "" {
+		if len(v) >= minRedacted {
 			line = strings.ReplaceAll(line, v, "***")
 		}
 	}
 	return line
 }
 
-// runMounts turns RUN --mount options into sandbox mounts. The returned
-// function removes temporary files; call it after the run.
-func (b *builder) runMounts(ctx context.Context, st *stage, c *instructions.RunCommand, spec *run.Spec) (func(), error) {
+// runMounts turns RUN --mount options into sandbox mounts (and, in place,
+// secrets into files placed for the run). The returned function removes
+// temporary files; call it after the run.
+func (b *builder) runMounts(ctx context.Context, st *stage, c *instructions.RunCommand, spec *run.Spec) ([]run.File, func(), error) {
+	var files []run.File
 	var temps []string
 	cleanup := func() {
 		for _, t := range temps {
@@ -227,7 +238,7 @@ func (b *builder) runMounts(ctx context.Context, st *stage, c *instructions.RunC
 				id = target
 			}
 			if m.From != "" {
-				return cleanup, fmt.Errorf("--mount=type=cache,from=%s is not supported yet", m.From)
+				return nil, cleanup, fmt.Errorf("--mount=type=cache,from=%s is not supported yet", m.From)
 			}
 			sum := sha256.Sum256([]byte(id))
 			dir := filepath.Join(b.o.WorkDir, "run-cache", hex.EncodeToString(sum[:8]))
@@ -237,7 +248,7 @@ func (b *builder) runMounts(ctx context.Context, st *stage, c *instructions.RunC
 					mode = os.FileMode(*m.Mode)
 				}
 				if err := os.MkdirAll(dir, 0o755); err != nil {
-					return cleanup, err
+					return nil, cleanup, err
 				}
 				os.Chmod(dir, mode)
 				uid, gid := 0, 0
@@ -255,28 +266,28 @@ func (b *builder) runMounts(ctx context.Context, st *stage, c *instructions.RunC
 			if m.From != "" {
 				src, err := b.copySource(ctx, st, m.From)
 				if err != nil {
-					return cleanup, err
+					return nil, cleanup, err
 				}
 				root = src.root
 			}
 			host, err := rootfs.Resolve(root, m.Source, true)
 			if err != nil {
-				return cleanup, err
+				return nil, cleanup, err
 			}
 			fi, err := os.Stat(host)
 			if err != nil {
-				return cleanup, fmt.Errorf("--mount=type=bind,source=%s: %w", m.Source, err)
+				return nil, cleanup, fmt.Errorf("--mount=type=bind,source=%s: %w", m.Source, err)
 			}
 			if !m.ReadOnly {
 				// A read-write bind mount's writes are discarded: give it a copy.
 				tmp, err := os.MkdirTemp(b.work, "bind-")
 				if err != nil {
-					return cleanup, err
+					return nil, cleanup, err
 				}
 				temps = append(temps, tmp)
 				dst := filepath.Join(tmp, "src")
 				if err := copyTree(host, dst); err != nil {
-					return cleanup, err
+					return nil, cleanup, err
 				}
 				host = dst
 			}
@@ -292,13 +303,13 @@ func (b *builder) runMounts(ctx context.Context, st *stage, c *instructions.RunC
 			sec, ok := b.o.Secrets[id]
 			if !ok {
 				if m.Required {
-					return cleanup, fmt.Errorf("secret %q is required but was not given (--secret id=%s,...)", id, id)
+					return nil, cleanup, fmt.Errorf("secret %q is required but was not given (--secret id=%s,...)", id, id)
 				}
 				continue
 			}
 			value, err := b.secretValue(sec)
 			if err != nil {
-				return cleanup, fmt.Errorf("secret %q: %w", id, err)
+				return nil, cleanup, fmt.Errorf("secret %q: %w", id, err)
 			}
 			if m.Env != nil {
 				name := *m.Env
@@ -310,15 +321,6 @@ func (b *builder) runMounts(ctx context.Context, st *stage, c *instructions.RunC
 					continue
 				}
 			}
-			tmp, err := os.MkdirTemp(b.work, "secret-")
-			if err != nil {
-				return cleanup, err
-			}
-			temps = append(temps, tmp)
-			file := filepath.Join(tmp, "secret")
-			if err := os.WriteFile(file, []byte(value), 0o400); err != nil {
-				return cleanup, err
-			}
 			uid, gid := 0, 0
 			if m.UID != nil {
 				uid = int(*m.UID)
@@ -326,19 +328,36 @@ func (b *builder) runMounts(ctx context.Context, st *stage, c *instructions.RunC
 			if m.GID != nil {
 				gid = int(*m.GID)
 			}
+			if b.inPlace {
+				f := run.File{Path: target, Data: value, UID: uid, GID: gid}
+				if m.Mode != nil {
+					f.Mode = os.FileMode(*m.Mode)
+				}
+				files = append(files, f)
+				continue
+			}
+			tmp, err := os.MkdirTemp(b.work, "secret-")
+			if err != nil {
+				return nil, cleanup, err
+			}
+			temps = append(temps, tmp)
+			file := filepath.Join(tmp, "secret")
+			if err := os.WriteFile(file, []byte(value), 0o400); err != nil {
+				return nil, cleanup, err
+			}
 			os.Chown(file, uid, gid)
 			if m.Mode != nil {
 				os.Chmod(file, os.FileMode(*m.Mode))
 			}
 			spec.Mounts = append(spec.Mounts, run.Mount{Type: "bind", Source: file, Target: target, ReadOnly: true, File: true})
 		case instructions.MountTypeSSH:
-			return cleanup, errors.New("--mount=type=ssh is not supported yet")
+			return nil, cleanup, errors.New("--mount=type=ssh is not supported yet")
 		default:
-			return cleanup, fmt.Errorf("--mount type %q is not supported", m.Type)
+			return nil, cleanup, fmt.Errorf("--mount type %q is not supported", m.Type)
 		}
 	}
 	sort.SliceStable(spec.Mounts, func(i, j int) bool { return len(spec.Mounts[i].Target) < len(spec.Mounts[j].Target) })
-	return cleanup, nil
+	return files, cleanup, nil
 }
 
 // secretValue reads a secret and remembers its value for redaction.

@@ -102,16 +102,23 @@ func (b *builder) buildStage(ctx context.Context, ps *dockerfile.Stage) (*stage,
 	triggers := st.cfg.Config.OnBuild
 	st.cfg.Config.OnBuild = nil
 
-	st.root = filepath.Join(b.work, "stage-"+strconv.Itoa(ps.Index), "root")
-	if err := os.MkdirAll(st.root, 0o755); err != nil {
-		return nil, fmt.Errorf("creating stage root: %w", err)
+	if b.inPlace {
+		st.root = b.o.Root
+		if err := rootfs.Clear(st.root, b.ignore); err != nil {
+			return nil, err
+		}
+	} else {
+		st.root = b.privateRoot(ps.Index)
+		if err := os.MkdirAll(st.root, 0o755); err != nil {
+			return nil, fmt.Errorf("creating stage root: %w", err)
+		}
 	}
 	if err := b.unpack(ctx, st.root, st.base, ps.Base); err != nil {
 		return nil, &dockerfile.Error{File: b.df.Name, Line: ps.Line, Err: err}
 	}
 	var start *snapshot.Snapshot
 	if b.o.SingleSnapshot {
-		if start, err = snapshot.Take(ctx, st.root, snapshot.Options{Mode: b.snapshotMode()}); err != nil {
+		if start, err = snapshot.Take(ctx, st.root, b.snapshotOptions(st)); err != nil {
 			return nil, err
 		}
 	}
@@ -135,7 +142,7 @@ func (b *builder) buildStage(ctx context.Context, ps *dockerfile.Stage) (*stage,
 		}
 	}
 	if start != nil {
-		changes, _, err := start.Diff(ctx, snapshot.Options{Mode: b.snapshotMode()})
+		changes, _, err := start.Diff(ctx, b.snapshotOptions(st))
 		if err != nil {
 			return nil, err
 		}
@@ -152,7 +159,32 @@ func (b *builder) buildStage(ctx context.Context, ps *dockerfile.Stage) (*stage,
 	if err := st.finish(b.now); err != nil {
 		return nil, err
 	}
+	if b.inPlace && ps.Index != b.plan.Target {
+		// The next stage empties the root: keep this stage's files where
+		// COPY --from and RUN --mount can still read them.
+		st.root = b.privateRoot(ps.Index)
+		if err := os.MkdirAll(st.root, 0o755); err != nil {
+			return nil, err
+		}
+		if err := b.unpack(ctx, st.root, st.img, "stage "+stageLabel(ps)); err != nil {
+			return nil, err
+		}
+	}
 	return st, nil
+}
+
+// privateRoot is the root directory of stage i under the work directory.
+func (b *builder) privateRoot(i int) string {
+	return filepath.Join(b.work, "stage-"+strconv.Itoa(i), "root")
+}
+
+// snapshotOptions are the options of every snapshot of a stage root.
+func (b *builder) snapshotOptions(st *stage) snapshot.Options {
+	o := snapshot.Options{Mode: b.snapshotMode()}
+	if st.root == b.o.Root || len(b.o.IgnorePaths) > 0 {
+		o.Ignore = b.ignore.Ignored
+	}
+	return o
 }
 
 func (b *builder) fromLocation(ps *dockerfile.Stage) []parser.Range {
@@ -165,14 +197,24 @@ func (b *builder) unpack(ctx context.Context, root string, img v1.Image, what st
 	for i := 0; i <= b.o.ImageFSExtractRetry; i++ {
 		if i > 0 {
 			b.log.Warn("retrying image extraction", "image", what, "attempt", i, "error", err)
-			if err := os.RemoveAll(root); err != nil {
-				return err
-			}
-			if err := os.MkdirAll(root, 0o755); err != nil {
-				return err
+			if b.inPlace && root == b.o.Root {
+				if err := rootfs.Clear(root, b.ignore); err != nil {
+					return err
+				}
+			} else {
+				if err := os.RemoveAll(root); err != nil {
+					return err
+				}
+				if err := os.MkdirAll(root, 0o755); err != nil {
+					return err
+				}
 			}
 		}
-		if err = rootfs.Unpack(ctx, root, img, rootfs.UnpackOptions{Logger: b.log}); err == nil {
+		uo := rootfs.UnpackOptions{Logger: b.log}
+		if b.inPlace && root == b.o.Root {
+			uo.Ignore = b.ignore
+		}
+		if err = rootfs.Unpack(ctx, root, img, uo); err == nil {
 			return nil
 		}
 	}

@@ -107,12 +107,12 @@ func (b *Build) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
 	fs.BoolVar(&b.SingleSnapshot, "single-snapshot", false, "Write one layer per stage, at its end.")
 	fs.BoolVar(&b.UseNewRun, "use-new-run", false, "Accepted for kaniko compatibility; kiln's RUN detection is always the new one.")
 	fs.BoolVar(&b.Reproducible, "reproducible", false, "Fix all timestamps (SOURCE_DATE_EPOCH, or the epoch) so equal inputs give equal digests.")
-	fs.BoolVar(&b.IgnoreVarRun, "ignore-var-run", true, "Leave /var/run out of snapshots.")
+	fs.BoolVar(&b.IgnoreVarRun, "ignore-var-run", true, "In place, leave /var/run (and /run) alone and out of snapshots.")
 	fs.BoolVar(&b.IgnoreVarRun, "whitelist-var-run", true, "Deprecated alias of --ignore-var-run.")
 	fs.MarkHidden("whitelist-var-run")
-	fs.StringArrayVar(&b.IgnorePaths, "ignore-path", nil, "Path to leave out of snapshots; repeatable (not supported yet).")
+	fs.StringArrayVar(&b.IgnorePaths, "ignore-path", nil, "Path to leave out of snapshots (and, in place, never emptied or unpacked over); repeatable.")
 	fs.BoolVar(&b.Cleanup, "cleanup", false, "Remove the build's file system at the end (kiln always removes its work directory).")
-	fs.BoolVar(&b.Force, "force", false, "Allow building outside a container (kiln's private-root build needs no permission).")
+	fs.BoolVar(&b.Force, "force", false, "Allow in-place isolation outside a container.")
 	kdir := getenv("KANIKO_DIR")
 	if kdir == "" {
 		kdir = "/kaniko"
@@ -135,7 +135,7 @@ func (b *Build) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
 	fs.StringVar(&b.Git, "git", "", "Git context options branch=,single-branch=,recurse-submodules= (not supported yet).")
 	fs.BoolVar(&b.ForceBuildMetadata, "force-build-metadata", false, "Write layers for metadata instructions (not supported yet).")
 	fs.StringArrayVar(&b.Secrets, "secret", nil, "Build secret for RUN --mount=type=secret: id=ID,src=PATH or id=ID,env=VAR; repeatable. Never written to layers, history or logs.")
-	fs.StringVar(&b.Isolation, "isolation", "auto", "How RUN is isolated: chroot (namespaces and chroot into a private root), in-place (kaniko's model, not supported yet), or auto.")
+	fs.StringVar(&b.Isolation, "isolation", "auto", "How the build is isolated: chroot (a private root directory; RUN in mount and pid namespaces), in-place (kaniko's model: the container's own / is the image root; needs no capability), or auto (in-place only in a container that cannot create namespaces).")
 	b.Log.AddFlags(fs)
 }
 
@@ -215,16 +215,13 @@ func (l *LogFlags) AddFlags(fs *pflag.FlagSet) {
 // silently ignored.
 func (b *Build) notYet(fs *pflag.FlagSet) error {
 	for _, f := range []string{
-		"bucket", "no-push-cache", "ignore-path", "cache", "cache-repo", "cache-dir", "cache-ttl",
+		"bucket", "no-push-cache", "cache", "cache-repo", "cache-dir", "cache-ttl",
 		"cache-copy-layers", "cache-run-layers", "compressed-caching", "push-ignore-immutable-tag-errors",
 		"git", "force-build-metadata",
 	} {
 		if fs.Changed(f) {
 			return fmt.Errorf("--%s is not supported yet", f)
 		}
-	}
-	if !b.IgnoreVarRun {
-		return errors.New("--ignore-var-run=false is not supported yet")
 	}
 	return nil
 }
@@ -262,7 +259,6 @@ func (b *Build) Validate(fs *pflag.FlagSet) error {
 	switch b.Isolation {
 	case "auto", "chroot":
 	case "in-place":
-		return errors.New("--isolation=in-place is not supported yet; use chroot")
 	default:
 		return fmt.Errorf("--isolation %q: want auto, chroot or in-place", b.Isolation)
 	}
@@ -377,7 +373,7 @@ func (b *Build) Job(fs *pflag.FlagSet, getenv func(string) string, lookupEnv fun
 		return build.Job{}, err
 	}
 	work := filepath.Join(os.TempDir(), "kiln")
-	if fs.Changed("kaniko-dir") || getenv("KANIKO_DIR") != "" {
+	if fs.Changed("kaniko-dir") || getenv("KANIKO_DIR") != "" || b.Isolation == "in-place" {
 		work = filepath.Join(b.KanikoDir, "work")
 	}
 	return build.Job{
@@ -392,6 +388,10 @@ func (b *Build) Job(fs *pflag.FlagSet, getenv func(string) string, lookupEnv fun
 			Reproducible:        b.Reproducible,
 			SingleSnapshot:      b.SingleSnapshot,
 			SnapshotMode:        b.SnapshotMode,
+			Isolation:           b.Isolation,
+			Force:               b.Force,
+			IgnorePaths:         b.IgnorePaths,
+			IgnoreVarRun:        b.IgnoreVarRun,
 			Secrets:             secrets,
 			Compression:         comp,
 			CompressionLevel:    b.CompressionLevel,

@@ -194,3 +194,59 @@ func TestLookup(t *testing.T) {
 		}
 	}
 }
+
+func TestIgnoreListAndClear(t *testing.T) {
+	l := NewIgnoreList("/kaniko", "/var/run", "/workspace/src/")
+	for p, want := range map[string]bool{
+		"kaniko": true, "/kaniko/work/x": true, "var/run": true, "var/run/x": true, "var": false,
+		"var/lib": false, "workspace": false, "workspace/src/a": true, "kanikox": false,
+	} {
+		if got := l.Ignored(p); got != want {
+			t.Errorf("Ignored(%q) = %v", p, got)
+		}
+	}
+	root := t.TempDir()
+	for _, p := range []string{"kaniko/keep", "var/run/keep", "var/lib/gone", "etc/gone", "workspace/src/keep", "workspace/other"} {
+		os.MkdirAll(filepath.Join(root, filepath.Dir(p)), 0o755)
+		os.WriteFile(filepath.Join(root, p), nil, 0o644)
+	}
+	if err := Clear(root, l); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"kaniko/keep", "var/run/keep", "workspace/src/keep"} {
+		if _, err := os.Stat(filepath.Join(root, p)); err != nil {
+			t.Errorf("%s removed", p)
+		}
+	}
+	for _, p := range []string{"var/lib", "etc", "workspace/other"} {
+		if _, err := os.Lstat(filepath.Join(root, p)); err == nil {
+			t.Errorf("%s kept", p)
+		}
+	}
+	// Unpacking skips ignored paths and their whiteouts.
+	data := imagetest.Tar(imagetest.Reg("kaniko/evil", "x", 0o644, 0, 0), imagetest.Reg("kaniko/.wh.keep", "", 0, 0, 0), imagetest.Reg("usr/ok", "y", 0o644, 0, 0))
+	if err := ApplyTar(root, bytes.NewReader(data), UnpackOptions{Ignore: l}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "kaniko/evil")); err == nil {
+		t.Error("unpacked into an ignored path")
+	}
+	if _, err := os.Stat(filepath.Join(root, "kaniko/keep")); err != nil {
+		t.Error("a whiteout removed an ignored file")
+	}
+	if _, err := os.Stat(filepath.Join(root, "usr/ok")); err != nil {
+		t.Error("usr/ok not unpacked")
+	}
+}
+
+func TestMountPoints(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "mountinfo")
+	os.WriteFile(f, []byte("22 1 0:21 / / rw - overlay overlay rw\n23 22 0:5 / /proc rw - proc proc rw\n24 22 8:1 /x /workspace\\040dir rw - ext4 /dev/sda1 rw\n"), 0o644)
+	got, err := MountPoints(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(got, ",") != "/proc,/workspace dir" {
+		t.Errorf("mount points %v", got)
+	}
+}

@@ -27,6 +27,9 @@ const (
 type UnpackOptions struct {
 	// Logger receives debug messages about skipped entries.
 	Logger *slog.Logger
+	// Ignore lists paths left alone (in-place builds): entries there are
+	// skipped.
+	Ignore *IgnoreList
 }
 
 // Unpack applies the layers of img, lowest first, over root.
@@ -94,19 +97,26 @@ func ApplyTar(root string, r io.Reader, o UnpackOptions) error {
 			}
 			continue
 		}
+		if o.Ignore.Ignored(name) {
+			log.Debug("skipping ignored path while unpacking", "path", name)
+			continue
+		}
 		dir, base := path.Split(name)
 		parent, err := Resolve(root, dir, true)
 		if err != nil {
 			return err
 		}
 		if base == opaqueMarker {
-			if err := clearDir(root, parent, created); err != nil {
+			if err := clearDir(root, parent, created, o.Ignore); err != nil {
 				return fmt.Errorf("opaque directory %s: %w", dir, err)
 			}
 			continue
 		}
 		if strings.HasPrefix(base, whiteoutPrefix) {
 			victim := filepath.Join(parent, strings.TrimPrefix(base, whiteoutPrefix))
+			if rel, err := Rel(root, victim); err != nil || o.Ignore.Ignored(rel) {
+				continue
+			}
 			if err := os.RemoveAll(victim); err != nil {
 				return fmt.Errorf("whiteout %s: %w", name, err)
 			}
@@ -239,7 +249,7 @@ func ModeFromTar(m int64) fs.FileMode {
 
 // clearDir removes what lower layers put in dir, keeping what this layer
 // created.
-func clearDir(root, dir string, created map[string]bool) error {
+func clearDir(root, dir string, created map[string]bool, ignore *IgnoreList) error {
 	ents, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -253,7 +263,7 @@ func clearDir(root, dir string, created map[string]bool) error {
 		if err != nil {
 			return err
 		}
-		if created[rel] {
+		if created[rel] || ignore.Ignored(rel) || ignore.holdsIgnored(rel) {
 			continue
 		}
 		if err := os.RemoveAll(host); err != nil {

@@ -148,6 +148,12 @@ func Run(ctx context.Context, spec Spec, o Options) error {
 		flags |= syscall.CLONE_NEWNET
 	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: flags, Pdeathsig: syscall.SIGKILL}
+	return execute(cmd, o)
+}
+
+// execute runs cmd with its output streamed line by line to o.Output, and
+// turns a failure into an ExitError with the output's tail.
+func execute(cmd *exec.Cmd, o Options) error {
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		return err
@@ -156,7 +162,7 @@ func Run(ctx context.Context, spec Spec, o Options) error {
 	if err := cmd.Start(); err != nil {
 		pr.Close()
 		pw.Close()
-		return fmt.Errorf("starting sandbox: %w", err)
+		return fmt.Errorf("starting %s: %w", cmd.Path, err)
 	}
 	pw.Close()
 	n := o.TailLines
@@ -197,7 +203,7 @@ func Run(ctx context.Context, spec Spec, o Options) error {
 			}
 			return &ExitError{Code: code, Tail: tail}
 		}
-		return fmt.Errorf("running sandbox: %w", err)
+		return fmt.Errorf("running %s: %w", cmd.Path, err)
 	}
 	return nil
 }
