@@ -19,6 +19,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
+	"golang.org/x/sys/unix"
 )
 
 // Entry is one tar entry of a layer.
@@ -29,6 +30,9 @@ type Entry struct {
 	// Source is the file holding a regular file's content; empty means no
 	// content (whiteouts).
 	Source string
+	// Sized says Header.Size is the size Source had when the entry was
+	// made (from a snapshot), so an empty file need not be looked at again.
+	Sized bool
 }
 
 // Compression names a layer compression.
@@ -171,19 +175,13 @@ func WriteTar(ctx context.Context, w io.Writer, entries []Entry, modTime *time.T
 			h.Linkname = strings.TrimPrefix(h.Linkname, "/")
 		}
 		var src *os.File
-		if h.Typeflag == tar.TypeReg && e.Source != "" {
+		knownEmpty := e.Sized && e.Header.Size == 0
+		h.Size = 0
+		if h.Typeflag == tar.TypeReg && e.Source != "" && !knownEmpty {
 			var err error
-			if src, err = os.Open(e.Source); err != nil {
+			if src, h.Size, err = openSource(e.Source); err != nil {
 				return fmt.Errorf("layer entry %s: %w", h.Name, err)
 			}
-			fi, err := src.Stat()
-			if err != nil {
-				src.Close()
-				return fmt.Errorf("layer entry %s: %w", h.Name, err)
-			}
-			h.Size = fi.Size()
-		} else {
-			h.Size = 0
 		}
 		if err := tw.WriteHeader(&h); err != nil {
 			if src != nil {
@@ -206,6 +204,26 @@ func WriteTar(ctx context.Context, w io.Writer, entries []Entry, modTime *time.T
 		return fmt.Errorf("closing layer tar: %w", err)
 	}
 	return nil
+}
+
+// openSource opens a regular file's content for a layer, without following
+// a symlink and without the runtime poller; empty files are not opened.
+func openSource(path string) (*os.File, int64, error) {
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil {
+		return nil, 0, &os.PathError{Op: "lstat", Path: path, Err: err}
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return nil, 0, fmt.Errorf("%s is no longer a regular file", path)
+	}
+	if st.Size == 0 {
+		return nil, 0, nil
+	}
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, 0, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	return os.NewFile(uintptr(fd), path), st.Size, nil
 }
 
 // File is a compressed layer stored in a file, with its hashes known.

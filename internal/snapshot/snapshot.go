@@ -14,7 +14,9 @@ import (
 	"path"
 	"path/filepath"
 	"sort"
+	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -57,6 +59,9 @@ type state struct {
 	mtime, ctime, btime int64 // btime is 0 where the file system has none
 	ino                 uint64
 	dev                 uint64
+	nlink               uint32
+	rdev                uint64
+	rawMode             uint32
 }
 
 // Snapshot is the state of every path under a root at one time.
@@ -81,13 +86,114 @@ func Take(ctx context.Context, root string, o Options) (*Snapshot, error) {
 	if s.mode == "" {
 		s.mode = Full
 	}
-	err := walk(ctx, root, "", o.Ignore, func(p string, st *unix.Statx_t) {
-		s.files[p] = stateOf(st)
-	})
+	results, err := parallelWalk(ctx, root, o.Ignore)
 	if err != nil {
 		return nil, fmt.Errorf("snapshotting %s: %w", root, err)
 	}
+	for _, r := range results {
+		for _, e := range r {
+			s.files[e.path] = e.state
+		}
+	}
 	return s, nil
+}
+
+type walked struct {
+	path  string
+	state state
+}
+
+// parallelWalk stats everything under root with several workers (the
+// walk is bound by system calls, which block), each directory listed by
+// one worker. It returns the workers' results.
+func parallelWalk(ctx context.Context, root string, ignore func(string) bool) ([][]walked, error) {
+	workers := 2 * runtime.GOMAXPROCS(0)
+	if workers < 4 {
+		workers = 4
+	}
+	var (
+		mu      sync.Mutex
+		cond    = sync.NewCond(&mu)
+		queue   = []string{""}
+		pending = 1 // directories queued or being listed
+		firstErr error
+	)
+	results := make([][]walked, workers)
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for {
+				mu.Lock()
+				for len(queue) == 0 && pending > 0 && firstErr == nil {
+					cond.Wait()
+				}
+				if pending == 0 || firstErr != nil {
+					mu.Unlock()
+					cond.Broadcast()
+					return
+				}
+				rel := queue[len(queue)-1]
+				queue = queue[:len(queue)-1]
+				mu.Unlock()
+				subdirs, err := listDir(ctx, root, rel, ignore, &results[w])
+				mu.Lock()
+				if err != nil && firstErr == nil {
+					firstErr = err
+				}
+				queue = append(queue, subdirs...)
+				pending += len(subdirs) - 1
+				mu.Unlock()
+				cond.Broadcast()
+			}
+		}(w)
+	}
+	wg.Wait()
+	return results, firstErr
+}
+
+// listDir stats the entries of one directory, appending them to out, and
+// returns its subdirectories.
+func listDir(ctx context.Context, root, rel string, ignore func(string) bool, out *[]walked) ([]string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	f, err := os.Open(filepath.Join(root, rel))
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	names, err := f.Readdirnames(-1)
+	f.Close()
+	if err != nil {
+		return nil, err
+	}
+	var subdirs []string
+	for _, n := range names {
+		p := n
+		if rel != "" {
+			p = rel + "/" + n
+		}
+		if ignore != nil && ignore(p) {
+			continue
+		}
+		var st unix.Statx_t
+		if err := unix.Statx(unix.AT_FDCWD, filepath.Join(root, p), unix.AT_SYMLINK_NOFOLLOW,
+			unix.STATX_BASIC_STATS|unix.STATX_BTIME, &st); err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				continue
+			}
+			return nil, err
+		}
+		*out = append(*out, walked{p, stateOf(&st)})
+		if uint32(st.Mode)&syscall.S_IFMT == syscall.S_IFDIR {
+			subdirs = append(subdirs, p)
+		}
+	}
+	return subdirs, nil
 }
 
 func nanos(t unix.StatxTimestamp) int64 { return t.Sec*1e9 + int64(t.Nsec) }
@@ -96,7 +202,8 @@ func stateOf(st *unix.Statx_t) state {
 	s := state{
 		mode: fileMode(uint32(st.Mode)), uid: st.Uid, gid: st.Gid, size: int64(st.Size),
 		mtime: nanos(st.Mtime), ctime: nanos(st.Ctime), ino: st.Ino,
-		dev: uint64(unix.Mkdev(st.Dev_major, st.Dev_minor)),
+		dev:   uint64(unix.Mkdev(st.Dev_major, st.Dev_minor)),
+		nlink: st.Nlink, rdev: uint64(unix.Mkdev(st.Rdev_major, st.Rdev_minor)), rawMode: uint32(st.Mode),
 	}
 	if st.Mask&unix.STATX_BTIME != 0 {
 		s.btime = nanos(st.Btime)
@@ -132,50 +239,6 @@ func fileMode(m uint32) fs.FileMode {
 	return mode
 }
 
-// walk visits every path under root (not root itself) in lexical order,
-// parents before children, skipping ignored subtrees and other file systems'
-// mount points below root are visited like directories.
-func walk(ctx context.Context, root, rel string, ignore func(string) bool, fn func(string, *unix.Statx_t)) error {
-	dir := filepath.Join(root, rel)
-	f, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	names, err := f.Readdirnames(-1)
-	f.Close()
-	if err != nil {
-		return err
-	}
-	sort.Strings(names)
-	for _, n := range names {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		p := n
-		if rel != "" {
-			p = rel + "/" + n
-		}
-		if ignore != nil && ignore(p) {
-			continue
-		}
-		var st unix.Statx_t
-		if err := unix.Statx(unix.AT_FDCWD, filepath.Join(root, p), unix.AT_SYMLINK_NOFOLLOW,
-			unix.STATX_BASIC_STATS|unix.STATX_BTIME, &st); err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				continue
-			}
-			return err
-		}
-		fn(p, &st)
-		if uint32(st.Mode)&syscall.S_IFMT == syscall.S_IFDIR {
-			if err := walk(ctx, root, p, ignore, fn); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
-}
-
 // Changes are the differences between two snapshots.
 type Changes struct {
 	// Changed are new or modified paths, sorted.
@@ -186,6 +249,10 @@ type Changes struct {
 	// Opaque are directories that were removed and created again: their
 	// lower contents are gone.
 	Opaque []string
+
+	// after is the state the changes were read from, so Entries need not
+	// stat every file again.
+	after *Snapshot
 }
 
 // Empty reports whether nothing changed.
@@ -262,6 +329,7 @@ func (s *Snapshot) Diff(ctx context.Context, o Options) (Changes, *Snapshot, err
 	sort.Strings(c.Changed)
 	sort.Strings(c.Deleted)
 	sort.Strings(c.Opaque)
+	c.after = after
 	return c, after, nil
 }
 
@@ -279,7 +347,7 @@ func Entries(root string, c Changes) ([]layer.Entry, error) {
 			chain = append(chain, d)
 		}
 		for i := len(chain) - 1; i >= 0; i-- {
-			e, _, err := entry(root, chain[i], links)
+			e, _, err := entry(root, chain[i], links, c.after)
 			if err != nil {
 				return err
 			}
@@ -325,7 +393,7 @@ func Entries(root string, c Changes) ([]layer.Entry, error) {
 		if seen[it.p] {
 			continue
 		}
-		e, ok, err := entry(root, it.p, links)
+		e, ok, err := entry(root, it.p, links, c.after)
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
 				continue // gone since the walk
@@ -342,18 +410,25 @@ func Entries(root string, c Changes) ([]layer.Entry, error) {
 
 // entry builds the layer entry of image path p from the file at root/p.
 // ok is false for files a layer cannot hold (sockets).
-func entry(root, p string, links map[[2]uint64]string) (layer.Entry, bool, error) {
+func entry(root, p string, links map[[2]uint64]string, after *Snapshot) (layer.Entry, bool, error) {
 	host := filepath.Join(root, p)
-	var st syscall.Stat_t
-	if err := syscall.Lstat(host, &st); err != nil {
-		return layer.Entry{}, false, &fs.PathError{Op: "lstat", Path: host, Err: err}
+	st, ok := state{}, false
+	if after != nil {
+		st, ok = after.files[p]
+	}
+	if !ok {
+		var sx unix.Statx_t
+		if err := unix.Statx(unix.AT_FDCWD, host, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_BASIC_STATS, &sx); err != nil {
+			return layer.Entry{}, false, &fs.PathError{Op: "statx", Path: host, Err: err}
+		}
+		st = stateOf(&sx)
 	}
 	h := tar.Header{
-		Name: p, Uid: int(st.Uid), Gid: int(st.Gid), Mode: int64(st.Mode & 0o7777),
-		ModTime: time.Unix(st.Mtim.Sec, st.Mtim.Nsec),
+		Name: p, Uid: int(st.uid), Gid: int(st.gid), Mode: int64(st.rawMode & 0o7777),
+		ModTime: time.Unix(0, st.mtime), Size: st.size,
 	}
 	e := layer.Entry{}
-	switch st.Mode & syscall.S_IFMT {
+	switch st.rawMode & syscall.S_IFMT {
 	case syscall.S_IFDIR:
 		h.Typeflag = tar.TypeDir
 	case syscall.S_IFLNK:
@@ -363,8 +438,8 @@ func entry(root, p string, links map[[2]uint64]string) (layer.Entry, bool, error
 		}
 		h.Typeflag, h.Linkname = tar.TypeSymlink, target
 	case syscall.S_IFREG:
-		key := [2]uint64{uint64(st.Dev), st.Ino}
-		if st.Nlink > 1 {
+		key := [2]uint64{st.dev, st.ino}
+		if st.nlink > 1 {
 			if first, ok := links[key]; ok {
 				h.Typeflag, h.Linkname = tar.TypeLink, first
 				return layer.Entry{Header: h}, true, nil
@@ -373,14 +448,15 @@ func entry(root, p string, links map[[2]uint64]string) (layer.Entry, bool, error
 		}
 		h.Typeflag = tar.TypeReg
 		e.Source = host
+		e.Sized = true
 	case syscall.S_IFIFO:
 		h.Typeflag = tar.TypeFifo
 	case syscall.S_IFCHR, syscall.S_IFBLK:
 		h.Typeflag = tar.TypeChar
-		if st.Mode&syscall.S_IFMT == syscall.S_IFBLK {
+		if st.rawMode&syscall.S_IFMT == syscall.S_IFBLK {
 			h.Typeflag = tar.TypeBlock
 		}
-		h.Devmajor, h.Devminor = int64(unix.Major(st.Rdev)), int64(unix.Minor(st.Rdev))
+		h.Devmajor, h.Devminor = int64(unix.Major(st.rdev)), int64(unix.Minor(st.rdev))
 	default:
 		return e, false, nil
 	}

@@ -42,12 +42,12 @@ func TestDiff(t *testing.T) {
 	os.WriteFile(filepath.Join(root, "etc/passwd"), []byte("CONTENT OF etc/passwd"), 0o644)
 	os.Chtimes(filepath.Join(root, "etc/passwd"), old, old)
 	s.files["etc/passwd"] = func() state { st := s.files["etc/passwd"]; st.mtime = old.UnixNano(); return st }()
-	os.Chmod(filepath.Join(root, "usr/bin/a"), 0o755|os.ModeSetuid)// metadata only
-	os.Remove(filepath.Join(root, "usr/bin/b"))        // deletion
-	os.RemoveAll(filepath.Join(root, "var/lib/x"))     // deleted tree
-	os.RemoveAll(filepath.Join(root, "opaque"))        // replaced directory
-	mkfile(t, root, "opaque/new", "n")                 //
-	mkfile(t, root, "new/dir/file", "f")               // addition
+	os.Chmod(filepath.Join(root, "usr/bin/a"), 0o755|os.ModeSetuid) // metadata only
+	os.Remove(filepath.Join(root, "usr/bin/b"))                     // deletion
+	os.RemoveAll(filepath.Join(root, "var/lib/x"))                  // deleted tree
+	os.RemoveAll(filepath.Join(root, "opaque"))                     // replaced directory
+	mkfile(t, root, "opaque/new", "n")                              //
+	mkfile(t, root, "new/dir/file", "f")                            // addition
 	os.Link(filepath.Join(root, "new/dir/file"), filepath.Join(root, "new/link"))
 	os.Symlink("../etc/group", filepath.Join(root, "new/sym"))
 	l, err := net.Listen("unix", filepath.Join(root, "new/sock"))
