@@ -13,8 +13,8 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"sort"
 	"runtime"
+	"sort"
 	"strings"
 	"sync"
 	"syscall"
@@ -112,10 +112,10 @@ func parallelWalk(ctx context.Context, root string, ignore func(string) bool) ([
 		workers = 4
 	}
 	var (
-		mu      sync.Mutex
-		cond    = sync.NewCond(&mu)
-		queue   = []string{""}
-		pending = 1 // directories queued or being listed
+		mu       sync.Mutex
+		cond     = sync.NewCond(&mu)
+		queue    = []string{""}
+		pending  = 1 // directories queued or being listed
 		firstErr error
 	)
 	results := make([][]walked, workers)
