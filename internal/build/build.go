@@ -20,7 +20,6 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 
 	"github.com/kilnbuild/kiln/internal/buildcontext"
 	"github.com/kilnbuild/kiln/internal/dockerfile"
@@ -63,6 +62,11 @@ type Options struct {
 	IgnorePaths []string
 	// IgnoreVarRun leaves /var/run alone in place.
 	IgnoreVarRun bool
+	// Cleanup empties the in-place root at the end of the build (--cleanup).
+	Cleanup bool
+
+	// inContainer replaces run.InContainer in tests.
+	inContainer func() bool
 	// SnapshotMode is how RUN changes are detected: full (default), redo, time.
 	SnapshotMode string
 	// Secrets are the build secrets RUN --mount=type=secret can use, by id.
@@ -193,6 +197,13 @@ func newBuilder(o Options) (*builder, error) {
 	return b, nil
 }
 
+func (b *builder) isContainer() bool {
+	if b.o.inContainer != nil {
+		return b.o.inContainer()
+	}
+	return run.InContainer()
+}
+
 // setIsolation chooses chroot or in-place isolation and builds the ignore
 // list.
 func (b *builder) setIsolation() error {
@@ -202,36 +213,39 @@ func (b *builder) setIsolation() error {
 	case "in-place":
 		b.inPlace = true
 	case "", "auto":
-		b.inPlace = run.InContainer() && !run.CanChroot()
+		b.inPlace = b.isContainer() && !run.CanChroot()
 	default:
 		return fmt.Errorf("--isolation %q: want auto, chroot or in-place", b.o.Isolation)
 	}
 	if !b.inPlace {
 		return nil
 	}
-	if !b.o.Force && !run.InContainer() {
+	if !b.o.Force && !b.isContainer() {
 		return errors.New("in-place isolation replaces the file system it runs on and this does not look like a container: refusing (pass --force to do it anyway, or use --isolation=chroot)")
 	}
 	if b.o.Root == "" {
 		b.o.Root = "/"
 	}
-	for _, p := range []string{"/proc", "/sys", "/dev", b.o.WorkDir, b.work} {
+	for _, p := range []string{"/proc", "/sys", "/dev"} {
 		b.ignore.Add(p)
-	}
-	if !filepath.IsAbs(b.o.WorkDir) {
-		return fmt.Errorf("in-place isolation needs an absolute work directory, not %s", b.o.WorkDir)
 	}
 	if b.o.IgnoreVarRun {
 		b.ignore.Add("/var/run")
 		b.ignore.Add("/run")
 	}
-	if exe, err := os.Executable(); err == nil {
-		b.ignore.Add(filepath.Dir(exe))
-	}
-	if ctxDir := strings.TrimPrefix(b.o.Context, "dir://"); filepath.IsAbs(ctxDir) {
-		b.ignore.Add(ctxDir)
-	}
 	if b.o.Root == "/" {
+		// Host paths are image paths: keep kiln's own files, its binary,
+		// the context and every mount (workspaces, secrets, hosts files).
+		if !filepath.IsAbs(b.o.WorkDir) {
+			return fmt.Errorf("in-place isolation needs an absolute work directory, not %s", b.o.WorkDir)
+		}
+		b.ignore.Add(b.o.WorkDir)
+		if exe, err := os.Executable(); err == nil {
+			b.ignore.Add(filepath.Dir(exe))
+		}
+		if ctxDir := strings.TrimPrefix(b.o.Context, "dir://"); filepath.IsAbs(ctxDir) {
+			b.ignore.Add(ctxDir)
+		}
 		mps, err := rootfs.MountPoints("/proc/self/mountinfo")
 		if err != nil {
 			return fmt.Errorf("reading mount points: %w", err)
@@ -302,27 +316,15 @@ func (b *builder) run(ctx context.Context) (*Result, error) {
 		b.stages[ps.Index] = st
 		last = st
 	}
+	if b.inPlace && b.o.Cleanup {
+		if err := rootfs.Clear(b.o.Root, b.ignore); err != nil {
+			return nil, fmt.Errorf("--cleanup: %w", err)
+		}
+	}
 	if unused := b.args.Unused(); len(unused) > 0 {
 		b.log.Warn("build args were not consumed", "args", strings.Join(unused, ","))
 	}
 	img := last.img
-	if len(b.o.Labels) > 0 {
-		cf, err := img.ConfigFile()
-		if err != nil {
-			return nil, err
-		}
-		cf = cf.DeepCopy()
-		if cf.Config.Labels == nil {
-			cf.Config.Labels = map[string]string{}
-		}
-		for _, l := range b.o.Labels {
-			k, v, _ := strings.Cut(l, "=")
-			cf.Config.Labels[k] = v
-		}
-		if img, err = mutate.ConfigFile(img, cf); err != nil {
-			return nil, err
-		}
-	}
 	d, err := img.Digest()
 	if err != nil {
 		return nil, fmt.Errorf("computing image digest: %w", err)

@@ -76,11 +76,12 @@ func TestCopy(t *testing.T) {
 		absent     []string
 	}{{
 		name:       "file into directory and to a new name",
-		dockerfile: "FROM REG/base:oci\nCOPY a.txt /dst/\nCOPY a.txt /renamed\n",
+		dockerfile: "FROM REG/base:oci\nCOPY a.txt /dst/\nCOPY a.txt /renamed\nCOPY --link a.txt /linked/\n",
 		files:      map[string]string{"a.txt": "A"},
 		want: map[string]want{
-			"dst/a.txt": {content: str("A"), mode: 0o644, owner: true},
-			"renamed":   {content: str("A")},
+			"dst/a.txt":    {content: str("A"), mode: 0o644, owner: true},
+			"renamed":      {content: str("A")},
+			"linked/a.txt": {content: str("A")},
 		},
 	}, {
 		name:       "directory contents, not the directory",

@@ -264,3 +264,23 @@ func sortedKeys(m map[string]imagetest.Entry) []string {
 	sortStrings(out)
 	return out
 }
+
+func TestRunSupplementaryGroupsAndProxyArgs(t *testing.T) {
+	f := newFixture(t)
+	img := imagetest.Image(t, true, func(cf *v1.ConfigFile) {}, append(imagetest.BusyboxFiles(t),
+		imagetest.Reg("etc/group", "root:x:0:\nappgrp:x:1001:\nstaff:x:50:app\naudio:x:63:nobody,app\n", 0o644, 0, 0)))
+	f.push("busybox:groups", img)
+	fs, cf, _ := f.mustRun(buildSpec{
+		dockerfile: "FROM REG/busybox:groups\nUSER app\nRUN id -G > /tmp/groups && echo \"$HTTP_PROXY\" > /tmp/proxy\n",
+		opts:       func(o *Options) { o.BuildArgs = []string{"HTTP_PROXY=http://proxy.local:3128"} },
+	})
+	checkFiles(t, fs, map[string]want{
+		"tmp/groups": {content: str("1001 50 63\n")},
+		"tmp/proxy":  {content: str("http://proxy.local:3128\n")},
+	}, nil)
+	for _, h := range cf.History {
+		if strings.Contains(h.CreatedBy, "proxy.local") {
+			t.Errorf("proxy ARG in history: %q", h.CreatedBy)
+		}
+	}
+}

@@ -45,6 +45,9 @@ type stage struct {
 	addenda  []mutate.Addendum
 	platform v1.Platform
 	img      v1.Image // the finished image
+	// startInterval is HEALTHCHECK --start-interval, which ggcr's config
+	// type cannot hold; finish patches it in.
+	startInterval time.Duration
 	// snapshot is the root's state after the last RUN, while nothing else
 	// has written to the root since.
 	snapshot *snapshot.Snapshot
@@ -97,6 +100,7 @@ func (b *builder) buildStage(ctx context.Context, ps *dockerfile.Stage) (*stage,
 		st.cfg.OS, st.cfg.Architecture, st.cfg.Variant = st.platform.OS, st.platform.Architecture, st.platform.Variant
 		st.cfg.RootFS.Type = "layers"
 	}
+	st.startInterval = healthStartInterval(st.base)
 	st.imgEnv = dockerfile.NewEnv(st.cfg.Config.Env)
 	st.env = st.imgEnv.Clone()
 	triggers := st.cfg.Config.OnBuild
@@ -154,6 +158,15 @@ func (b *builder) buildStage(ctx context.Context, ps *dockerfile.Stage) (*stage,
 			if err := b.addLayer(ctx, st, "single snapshot of stage "+stageLabel(ps), entries); err != nil {
 				return nil, err
 			}
+		}
+	}
+	if ps.Index == b.plan.Target && len(b.o.Labels) > 0 {
+		if st.cfg.Config.Labels == nil {
+			st.cfg.Config.Labels = map[string]string{}
+		}
+		for _, l := range b.o.Labels {
+			k, v, _ := strings.Cut(l, "=")
+			st.cfg.Config.Labels[k] = v
 		}
 	}
 	if err := st.finish(b.now); err != nil {
@@ -245,6 +258,11 @@ func (st *stage) finish(now time.Time) error {
 	cf.Container, cf.DockerVersion = "", ""
 	if st.img, err = mutate.ConfigFile(img, cf); err != nil {
 		return fmt.Errorf("writing config: %w", err)
+	}
+	if st.startInterval > 0 && cf.Config.Healthcheck != nil {
+		if st.img, err = withHealthStartInterval(st.img, st.startInterval); err != nil {
+			return fmt.Errorf("writing HEALTHCHECK --start-interval: %w", err)
+		}
 	}
 	return nil
 }
@@ -365,6 +383,7 @@ func (b *builder) dispatch(ctx context.Context, st *stage, cmd instructions.Comm
 		c.Healthcheck = &v1.HealthConfig{
 			Test: h.Test, Interval: h.Interval, Timeout: h.Timeout, StartPeriod: h.StartPeriod, Retries: h.Retries,
 		}
+		st.startInterval = h.StartInterval
 	case *instructions.OnbuildCommand:
 		c.OnBuild = append(c.OnBuild, cmd.Expression)
 	case *instructions.WorkdirCommand:

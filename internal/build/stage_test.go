@@ -11,6 +11,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/google/go-containerregistry/pkg/v1/validate"
 
 	"github.com/kilnbuild/kiln/internal/imagetest"
 )
@@ -29,10 +30,10 @@ VOLUME ["/data", "/cache"]
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 CMD echo $A
 STOPSIGNAL SIGQUIT
-HEALTHCHECK --interval=5s --timeout=2s --start-period=1s --retries=4 CMD ["check", "--fast"]
+HEALTHCHECK --interval=5s --timeout=2s --start-period=1s --start-interval=3s --retries=4 CMD ["check", "--fast"]
 ONBUILD COPY trigger.txt /trigger.txt
 `
-	fs, cf, _ := f.mustRun(buildSpec{dockerfile: df})
+	fs, cf, img := f.mustRun(buildSpec{dockerfile: df})
 	c := cf.Config
 	if d := cmp.Diff([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "A=1", "B=two words", "C=1-set-dflt"}, c.Env); d != "" {
 		t.Errorf("Env (-want +got):\n%s", d)
@@ -58,6 +59,13 @@ ONBUILD COPY trigger.txt /trigger.txt
 	wantHC := &v1.HealthConfig{Test: []string{"CMD", "check", "--fast"}, Interval: 5 * time.Second, Timeout: 2 * time.Second, StartPeriod: time.Second, Retries: 4}
 	if d := cmp.Diff(wantHC, c.Healthcheck); d != "" {
 		t.Errorf("Healthcheck:\n%s", d)
+	}
+	raw, _ := img.RawConfigFile()
+	if !strings.Contains(string(raw), `"StartInterval":3000000000`) {
+		t.Errorf("HEALTHCHECK --start-interval missing from the config: %s", raw)
+	}
+	if err := validate.Image(img); err != nil {
+		t.Errorf("image with a patched config is invalid: %v", err)
 	}
 	if d := cmp.Diff([]string{"COPY trigger.txt /trigger.txt"}, c.OnBuild); d != "" {
 		t.Errorf("OnBuild:\n%s", d)
@@ -102,6 +110,18 @@ func TestEntrypointResetsInheritedCmd(t *testing.T) {
 		if d := cmp.Diff(tc.wantEP, cf.Config.Entrypoint); d != "" {
 			t.Errorf("%q Entrypoint:\n%s", tc.df, d)
 		}
+	}
+}
+
+func TestHealthcheckStartIntervalInherited(t *testing.T) {
+	f := newFixture(t)
+	_, _, img := f.mustRun(buildSpec{
+		dockerfile: "FROM REG/base:oci AS a\nHEALTHCHECK --start-interval=2s CMD [\"x\"]\nFROM a\nLABEL b=c\n",
+		opts:       func(o *Options) { o.Labels = []string{"from=flag"} },
+	})
+	raw, _ := img.RawConfigFile()
+	if !strings.Contains(string(raw), `"StartInterval":2000000000`) || !strings.Contains(string(raw), `"from":"flag"`) {
+		t.Errorf("config %s", raw)
 	}
 }
 
@@ -232,6 +252,15 @@ COPY --from=second /etc/passwd /passwd
 	if mt, _ := img.MediaType(); mt != types.OCIManifestSchema1 {
 		t.Errorf("scratch-based image media type %s, want OCI", mt)
 	}
+}
+
+func TestFromDigest(t *testing.T) {
+	f := newFixture(t)
+	img := imagetest.Image(t, true, nil, []imagetest.File{imagetest.Reg("pinned", "yes", 0o644, 0, 0)})
+	f.push("pinned:1", img)
+	d, _ := img.Digest()
+	fs, _, _ := f.mustRun(buildSpec{dockerfile: "FROM REG/pinned@" + d.String() + "\nLABEL a=b\n"})
+	checkFiles(t, fs, map[string]want{"pinned": {content: str("yes")}}, nil)
 }
 
 func TestTargetAndSkipUnused(t *testing.T) {

@@ -111,7 +111,7 @@ func (b *Build) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
 	fs.BoolVar(&b.IgnoreVarRun, "whitelist-var-run", true, "Deprecated alias of --ignore-var-run.")
 	fs.MarkHidden("whitelist-var-run")
 	fs.StringArrayVar(&b.IgnorePaths, "ignore-path", nil, "Path to leave out of snapshots (and, in place, never emptied or unpacked over); repeatable.")
-	fs.BoolVar(&b.Cleanup, "cleanup", false, "Remove the build's file system at the end (kiln always removes its work directory).")
+	fs.BoolVar(&b.Cleanup, "cleanup", false, "In place, empty the file system at the end of the build (kiln always removes its work directory).")
 	fs.BoolVar(&b.Force, "force", false, "Allow in-place isolation outside a container.")
 	kdir := getenv("KANIKO_DIR")
 	if kdir == "" {
@@ -392,6 +392,7 @@ func (b *Build) Job(fs *pflag.FlagSet, getenv func(string) string, lookupEnv fun
 			Force:               b.Force,
 			IgnorePaths:         b.IgnorePaths,
 			IgnoreVarRun:        b.IgnoreVarRun,
+			Cleanup:             b.Cleanup,
 			Secrets:             secrets,
 			Compression:         comp,
 			CompressionLevel:    b.CompressionLevel,
