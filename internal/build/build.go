@@ -16,12 +16,14 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/kilnbuild/kiln/internal/buildcontext"
+	"github.com/kilnbuild/kiln/internal/cache"
 	"github.com/kilnbuild/kiln/internal/dockerfile"
 	"github.com/kilnbuild/kiln/internal/layer"
 	"github.com/kilnbuild/kiln/internal/registry"
@@ -71,6 +73,14 @@ type Options struct {
 	SnapshotMode string
 	// Secrets are the build secrets RUN --mount=type=secret can use, by id.
 	Secrets map[string]Secret
+	// Cache turns the layer cache on; CacheStore holds it.
+	Cache      bool
+	CacheStore cache.Store
+	// CacheCopyLayers and CacheRunLayers say which instructions are cached.
+	CacheCopyLayers, CacheRunLayers bool
+	// BaseImages finds base images stored by warm-cache (--cache-dir)
+	// before the registry is asked; nil means none.
+	BaseImages func(ref string) (v1.Image, bool)
 	// SingleSnapshot writes one layer per stage, at its end.
 	SingleSnapshot bool
 	// Compression and CompressionLevel configure new layers.
@@ -147,6 +157,8 @@ type builder struct {
 	inPlace bool
 	// ignore lists paths snapshots skip (and, in place, Clear and Unpack).
 	ignore *rootfs.IgnoreList
+	// cacheWG tracks cache pushes running alongside the build.
+	cacheWG sync.WaitGroup
 }
 
 func newBuilder(o Options) (*builder, error) {
@@ -183,6 +195,13 @@ func newBuilder(o Options) (*builder, error) {
 	}
 	if o.WorkDir == "" {
 		return nil, errors.New("build: no work directory")
+	}
+	if o.Cache && o.CacheStore == nil {
+		return nil, errors.New("--cache: no cache store")
+	}
+	if o.Cache && o.SingleSnapshot {
+		b.log.Warn("--single-snapshot builds one layer per stage: the layer cache is not used")
+		b.o.Cache = false
 	}
 	if err := os.MkdirAll(o.WorkDir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating work directory: %w", err)
@@ -261,6 +280,7 @@ func (b *builder) setIsolation() error {
 }
 
 func (b *builder) cleanup() {
+	b.cacheWG.Wait()
 	if err := os.RemoveAll(b.work); err != nil {
 		b.log.Warn("removing work directory", "dir", b.work, "error", err)
 	}
@@ -321,6 +341,8 @@ func (b *builder) run(ctx context.Context) (*Result, error) {
 			return nil, fmt.Errorf("--cleanup: %w", err)
 		}
 	}
+	// Cache pushes ran alongside the build; let the last ones finish.
+	b.cacheWG.Wait()
 	if unused := b.args.Unused(); len(unused) > 0 {
 		b.log.Warn("build args were not consumed", "args", strings.Join(unused, ","))
 	}

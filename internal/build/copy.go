@@ -56,6 +56,9 @@ func (b *builder) copySource(ctx context.Context, st *stage, from string) (*sour
 		if !ok {
 			return nil, fmt.Errorf("--from=%s: stage was not built", ref)
 		}
+		if err := b.materialize(ctx, prev); err != nil {
+			return nil, err
+		}
 		return &source{root: prev.root, what: "stage " + ref, owner: true}, nil
 	}
 	if i := b.df.StageIndex(ref, len(b.df.Stages)); i >= 0 {

@@ -18,6 +18,7 @@ import (
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
 
+	"github.com/kilnbuild/kiln/internal/cache"
 	"github.com/kilnbuild/kiln/internal/dockerfile"
 	"github.com/kilnbuild/kiln/internal/layer"
 	"github.com/kilnbuild/kiln/internal/rootfs"
@@ -45,6 +46,12 @@ type stage struct {
 	addenda  []mutate.Addendum
 	platform v1.Platform
 	img      v1.Image // the finished image
+	// key is the cache key of the stage so far.
+	key string
+	// unpacked says the base image is in root; pending are layers taken
+	// from the cache and not yet applied to root.
+	unpacked bool
+	pending  []v1.Layer
 	// startInterval is HEALTHCHECK --start-interval, which ggcr's config
 	// type cannot hold; finish patches it in.
 	startInterval time.Duration
@@ -74,12 +81,21 @@ func (b *builder) buildStage(ctx context.Context, ps *dockerfile.Stage) (*stage,
 		st.base = mutate.MediaType(empty.Image, types.OCIManifestSchema1)
 		st.base = mutate.ConfigMediaType(st.base, types.OCIConfigJSON)
 	default:
+		if img, ok := b.baseFromCacheDir(ps.Base); ok {
+			st.base = img
+			break
+		}
 		if b.o.Registry == nil {
 			return nil, &dockerfile.Error{File: b.df.Name, Line: ps.Line, Err: fmt.Errorf("FROM %s: no registry client", ps.Base)}
 		}
 		st.base, err = b.o.Registry.PullPlatform(ctx, ps.Base, st.platform)
 		if err != nil {
 			return nil, &dockerfile.Error{File: b.df.Name, Line: ps.Line, Err: fmt.Errorf("FROM %s: %w", ps.Base, err)}
+		}
+	}
+	if b.o.Cache {
+		if err := b.initKey(st); err != nil {
+			return nil, err
 		}
 	}
 	mt, err := st.base.MediaType()
@@ -108,20 +124,24 @@ func (b *builder) buildStage(ctx context.Context, ps *dockerfile.Stage) (*stage,
 
 	if b.inPlace {
 		st.root = b.o.Root
-		if err := rootfs.Clear(st.root, b.ignore); err != nil {
-			return nil, err
-		}
 	} else {
 		st.root = b.privateRoot(ps.Index)
 		if err := os.MkdirAll(st.root, 0o755); err != nil {
 			return nil, fmt.Errorf("creating stage root: %w", err)
 		}
 	}
-	if err := b.unpack(ctx, st.root, st.base, ps.Base); err != nil {
-		return nil, &dockerfile.Error{File: b.df.Name, Line: ps.Line, Err: err}
+	if !b.o.Cache {
+		// Without the cache every instruction runs: unpack now. With it,
+		// unpacking waits for the first instruction that needs files.
+		if err := b.materialize(ctx, st); err != nil {
+			return nil, err
+		}
 	}
 	var start *snapshot.Snapshot
 	if b.o.SingleSnapshot {
+		if err := b.materialize(ctx, st); err != nil {
+			return nil, err
+		}
 		if start, err = snapshot.Take(ctx, st.root, b.snapshotOptions(st)); err != nil {
 			return nil, err
 		}
@@ -182,8 +202,86 @@ func (b *builder) buildStage(ctx context.Context, ps *dockerfile.Stage) (*stage,
 		if err := b.unpack(ctx, st.root, st.img, "stage "+stageLabel(ps)); err != nil {
 			return nil, err
 		}
+		st.unpacked, st.pending = true, nil
 	}
 	return st, nil
+}
+
+// materialize brings the stage's root up to date: the base image unpacked
+// (emptying the root first in place), then the layers taken from the cache.
+func (b *builder) materialize(ctx context.Context, st *stage) error {
+	if !st.unpacked {
+		if b.inPlace && st.root == b.o.Root {
+			if err := rootfs.Clear(st.root, b.ignore); err != nil {
+				return err
+			}
+		}
+		if err := b.unpack(ctx, st.root, st.base, st.ps.Base); err != nil {
+			return &dockerfile.Error{File: b.df.Name, Line: st.ps.Line, Err: err}
+		}
+		st.unpacked = true
+	}
+	for _, l := range st.pending {
+		rc, err := l.Uncompressed()
+		if err != nil {
+			return fmt.Errorf("reading cached layer: %w", err)
+		}
+		uo := rootfs.UnpackOptions{Logger: b.log}
+		if b.inPlace && st.root == b.o.Root {
+			uo.Ignore = b.ignore
+		}
+		err = rootfs.ApplyTar(st.root, rc, uo)
+		rc.Close()
+		if err != nil {
+			return fmt.Errorf("applying cached layer: %w", err)
+		}
+	}
+	st.pending = nil
+	return nil
+}
+
+// initKey starts the stage's cache key from its base and the settings
+// that shape every layer.
+func (b *builder) initKey(st *stage) error {
+	base := ""
+	switch {
+	case st.ps.BaseStage >= 0:
+		base = "stage:" + b.stages[st.ps.BaseStage].key
+	default:
+		d, err := st.base.Digest()
+		if err != nil {
+			return err
+		}
+		base = "image:" + d.String()
+	}
+	epoch := ""
+	if b.epoch != nil {
+		epoch = b.epoch.String()
+	}
+	st.key = cache.NewKey(base).Add("platform", platformString(st.platform)).
+		Add("compression", fmt.Sprintf("%s/%d", b.o.Compression, b.o.CompressionLevel)).
+		Add("reproducible", epoch).String()
+	return nil
+}
+
+// baseFromCacheDir finds a base image warm-cache stored.
+func (b *builder) baseFromCacheDir(ref string) (v1.Image, bool) {
+	if b.o.BaseImages == nil {
+		return nil, false
+	}
+	img, ok := b.o.BaseImages(ref)
+	if ok {
+		b.log.Info("base image from the cache directory", "image", ref)
+	}
+	return img, ok
+}
+
+func platformString(p v1.Platform) string {
+	s := p.OS + "/" + p.Architecture
+	if p.Variant != "" {
+		s += "/" + p.Variant
+	}
+	return s
 }
 
 // privateRoot is the root directory of stage i under the work directory.
@@ -284,7 +382,7 @@ func (b *builder) commit(ctx context.Context, st *stage, createdBy string, entri
 
 // addLayer appends a layer of entries with its history entry.
 func (b *builder) addLayer(ctx context.Context, st *stage, createdBy string, entries []layer.Entry) error {
-	h := v1.History{Created: v1.Time{Time: b.now}, CreatedBy: createdBy, Comment: historyComment}
+	h := historyEntry(b.now, createdBy)
 	mt := types.DockerLayer
 	if st.oci {
 		mt = types.OCILayer
@@ -320,12 +418,40 @@ func (b *builder) expand(st *stage, cmd instructions.Command) error {
 }
 
 // dispatch runs one instruction.
-func (b *builder) dispatch(ctx context.Context, st *stage, cmd instructions.Command) error {
+func (b *builder) dispatch(ctx context.Context, st *stage, cmd instructions.Command) (rerr error) {
 	if err := b.expand(st, cmd); err != nil {
 		return fmt.Errorf("%s: %w", strings.ToUpper(cmd.Name()), err)
 	}
 	created := sourceText(cmd)
 	c := &st.cfg.Config
+	if b.o.Cache {
+		key, cacheable, err := b.instructionKey(ctx, st, cmd, created)
+		if err != nil {
+			return err
+		}
+		hist := created
+		if rc, ok := cmd.(*instructions.RunCommand); ok {
+			if argv, _, err := st.runArgs(rc); err == nil {
+				hist = runHistory(st, argv)
+			}
+		}
+		if cacheable && b.cacheHit(ctx, st, key, created, hist) {
+			return nil
+		}
+		before := len(st.addenda)
+		defer func() {
+			st.key = key
+			if cacheable && rerr == nil {
+				b.cachePut(ctx, key, st, before)
+			}
+		}()
+	}
+	switch cmd.(type) {
+	case *instructions.WorkdirCommand, *instructions.CopyCommand, *instructions.AddCommand, *instructions.RunCommand:
+		if err := b.materialize(ctx, st); err != nil {
+			return err
+		}
+	}
 	switch cmd := cmd.(type) {
 	case *instructions.EnvCommand:
 		for _, kv := range cmd.Env {
@@ -523,4 +649,9 @@ func sourceText(cmd instructions.Command) string {
 		return s.String()
 	}
 	return strings.ToUpper(cmd.Name())
+}
+
+// historyEntry is the history of one instruction.
+func historyEntry(now time.Time, createdBy string) v1.History {
+	return v1.History{Created: v1.Time{Time: now}, CreatedBy: createdBy, Comment: historyComment}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/kilnbuild/kiln/internal/build"
+	"github.com/kilnbuild/kiln/internal/cache"
 	"github.com/kilnbuild/kiln/internal/layer"
 	"github.com/kilnbuild/kiln/internal/output"
 	"github.com/kilnbuild/kiln/internal/registry"
@@ -86,7 +87,7 @@ func (b *Build) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
 	fs.MarkHidden("bucket")
 	fs.StringArrayVarP(&b.Destinations, "destination", "d", nil, "Image reference to push to; repeatable. All get the same digest.")
 	fs.BoolVar(&b.NoPush, "no-push", getenv("KANIKO_NO_PUSH") == "true", "Do not push the image (env KANIKO_NO_PUSH).")
-	fs.BoolVar(&b.NoPushCache, "no-push-cache", false, "Do not push cache layers (cache is not supported yet).")
+	fs.BoolVar(&b.NoPushCache, "no-push-cache", false, "Use the layer cache but do not add to it.")
 	fs.StringVar(&b.TarPath, "tar-path", "", "Also write the image as a tarball that docker load reads, tagged with the destinations.")
 	fs.StringVar(&b.TarPath, "tarPath", "", "Deprecated alias of --tar-path.")
 	fs.MarkHidden("tarPath")
@@ -118,13 +119,13 @@ func (b *Build) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
 		kdir = "/kaniko"
 	}
 	fs.StringVar(&b.KanikoDir, "kaniko-dir", kdir, "kiln's own directory (env KANIKO_DIR): .docker/config.json is looked up there; when set, work files go there too.")
-	fs.BoolVar(&b.Cache, "cache", false, "Use the layer cache (not supported yet).")
-	fs.StringVar(&b.CacheRepo, "cache-repo", "", "Cache repository, or oci:/path (not supported yet).")
-	fs.StringVar(&b.CacheDir, "cache-dir", "/cache", "Directory of base images written by warm-cache (not supported yet).")
-	fs.DurationVar(&b.CacheTTL, "cache-ttl", 336*time.Hour, "Cache validity (not supported yet).")
-	fs.BoolVar(&b.CacheCopyLayers, "cache-copy-layers", false, "Cache COPY layers (not supported yet).")
-	fs.BoolVar(&b.CacheRunLayers, "cache-run-layers", true, "Cache RUN layers (not supported yet).")
-	fs.BoolVar(&b.CompressedCaching, "compressed-caching", true, "Compress cached layers (not supported yet).")
+	fs.BoolVar(&b.Cache, "cache", false, "Use the layer cache: RUN (and with --cache-copy-layers COPY/ADD) layers are looked up by key and stored.")
+	fs.StringVar(&b.CacheRepo, "cache-repo", "", "Cache repository (default: <first destination's repository>/cache), or oci:/path for an on-disk OCI layout.")
+	fs.StringVar(&b.CacheDir, "cache-dir", "/cache", "Directory of base images written by warm-cache, used before the registry.")
+	fs.DurationVar(&b.CacheTTL, "cache-ttl", 336*time.Hour, "How long cache entries and warmed base images stay valid.")
+	fs.BoolVar(&b.CacheCopyLayers, "cache-copy-layers", false, "Cache COPY and ADD layers too.")
+	fs.BoolVar(&b.CacheRunLayers, "cache-run-layers", true, "Cache RUN layers.")
+	fs.BoolVar(&b.CompressedCaching, "compressed-caching", true, "Accepted for kaniko compatibility: kiln keeps every layer compressed on disk, never in memory.")
 	fs.StringVar(&b.Compression, "compression", "gzip", "Layer compression: gzip or zstd (zstd needs an OCI base).")
 	fs.IntVar(&b.CompressionLevel, "compression-level", -1, "Compression level (-1: the default).")
 	b.Registry.AddFlags(fs, getenv)
@@ -215,9 +216,7 @@ func (l *LogFlags) AddFlags(fs *pflag.FlagSet) {
 // silently ignored.
 func (b *Build) notYet(fs *pflag.FlagSet) error {
 	for _, f := range []string{
-		"bucket", "no-push-cache", "cache", "cache-repo", "cache-dir", "cache-ttl",
-		"cache-copy-layers", "cache-run-layers", "compressed-caching", "push-ignore-immutable-tag-errors",
-		"git", "force-build-metadata",
+		"bucket", "push-ignore-immutable-tag-errors", "git", "force-build-metadata",
 	} {
 		if fs.Changed(f) {
 			return fmt.Errorf("--%s is not supported yet", f)
@@ -372,6 +371,12 @@ func (b *Build) Job(fs *pflag.FlagSet, getenv func(string) string, lookupEnv fun
 	if err != nil {
 		return build.Job{}, err
 	}
+	var store cache.Store
+	if b.Cache {
+		if store, err = b.cacheStore(client, dests); err != nil {
+			return build.Job{}, err
+		}
+	}
 	work := filepath.Join(os.TempDir(), "kiln")
 	if fs.Changed("kaniko-dir") || getenv("KANIKO_DIR") != "" || b.Isolation == "in-place" {
 		work = filepath.Join(b.KanikoDir, "work")
@@ -393,6 +398,11 @@ func (b *Build) Job(fs *pflag.FlagSet, getenv func(string) string, lookupEnv fun
 			IgnorePaths:         b.IgnorePaths,
 			IgnoreVarRun:        b.IgnoreVarRun,
 			Cleanup:             b.Cleanup,
+			Cache:               b.Cache,
+			CacheStore:          store,
+			CacheCopyLayers:     b.CacheCopyLayers,
+			CacheRunLayers:      b.CacheRunLayers,
+			BaseImages:          cache.BaseImages(b.CacheDir, b.CacheTTL),
 			Secrets:             secrets,
 			Compression:         comp,
 			CompressionLevel:    b.CompressionLevel,
@@ -413,4 +423,30 @@ func (b *Build) Job(fs *pflag.FlagSet, getenv func(string) string, lookupEnv fun
 		},
 		SkipPushPermissionCheck: b.SkipPushPermissionCheck,
 	}, nil
+}
+
+// cacheStore builds the layer cache's store from --cache-repo.
+func (b *Build) cacheStore(client *registry.Client, dests []name.Reference) (cache.Store, error) {
+	var store cache.Store
+	switch {
+	case strings.HasPrefix(b.CacheRepo, "oci:"):
+		store = &cache.Layout{Path: strings.TrimPrefix(b.CacheRepo, "oci:"), TTL: b.CacheTTL}
+	default:
+		repo := b.CacheRepo
+		if repo == "" {
+			if len(dests) == 0 {
+				return nil, errors.New("--cache needs --cache-repo when there is no --destination")
+			}
+			repo = dests[0].Context().Name() + "/cache"
+		}
+		if _, err := name.NewRepository(repo); err != nil {
+			return nil, fmt.Errorf("--cache-repo %q: %w", repo, err)
+		}
+		store = &cache.Registry{Repo: repo, TTL: b.CacheTTL, Pull: client, Push: client,
+			Parse: func(s string) (name.Reference, error) { return client.ParseReference(s, true) }}
+	}
+	if b.NoPushCache {
+		store = cache.ReadOnly{Store: store}
+	}
+	return store, nil
 }

@@ -71,7 +71,7 @@ func TestValidate(t *testing.T) {
 	}{
 		{[]string{"--no-push"}, ""},
 		{[]string{}, "no --destination"},
-		{[]string{"--no-push", "--cache-repo", "r/c"}, "--cache-repo is not supported yet"},
+		{[]string{"--no-push", "--git", "branch=x"}, "--git is not supported yet"},
 		{[]string{"--no-push", "--ignore-var-run=false", "--ignore-path", "/x", "--isolation", "in-place"}, ""},
 		{[]string{"--no-push", "--isolation", "vm"}, "--isolation"},
 		{[]string{"--no-push", "--git", "branch=main"}, "--git is not supported yet"},

@@ -22,7 +22,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	cmd := exec.Command("go", "build", "-o", dir, "github.com/kilnbuild/kiln/cmd/build")
+	cmd := exec.Command("go", "build", "-o", dir+"/", "github.com/kilnbuild/kiln/cmd/build", "github.com/kilnbuild/kiln/cmd/warm-cache")
 	// Static, so the binary also runs inside a bare runc container.
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
@@ -45,7 +45,13 @@ type result struct {
 // kiln runs the build step with args and env (added to a minimal environment).
 func kiln(t *testing.T, env []string, args ...string) result {
 	t.Helper()
-	cmd := exec.Command(filepath.Join(binDir, "build"), args...)
+	return step(t, "build", env, args...)
+}
+
+// step runs one step binary.
+func step(t *testing.T, name string, env []string, args ...string) result {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(binDir, name), args...)
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir(), "TMPDIR=" + t.TempDir()}, env...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb

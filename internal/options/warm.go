@@ -1,0 +1,70 @@
+package options
+
+import (
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/kilnbuild/kiln/internal/build"
+	"github.com/kilnbuild/kiln/internal/cache"
+	"github.com/kilnbuild/kiln/internal/registry"
+)
+
+// WarmCache holds the warm-cache step's flags (kaniko warmer's).
+type WarmCache struct {
+	Images, BuildArgs []string
+	Dockerfile        string
+	CacheDir          string
+	CacheTTL          time.Duration
+	Force             bool
+	CustomPlatform    string
+	Registry          RegistryFlags
+	KanikoDir         string
+	Log               LogFlags
+}
+
+// AddFlags registers kaniko warmer's flags on fs.
+func (w *WarmCache) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
+	fs.StringArrayVarP(&w.Images, "image", "i", nil, "Image to store in the cache directory; repeatable.")
+	fs.StringVarP(&w.Dockerfile, "dockerfile", "d", "", "Store the base images this Dockerfile's FROM lines name.")
+	fs.StringArrayVar(&w.BuildArgs, "build-arg", nil, "Build argument for ARGs used in FROM; repeatable.")
+	fs.StringVarP(&w.CacheDir, "cache-dir", "c", "/cache", "Cache directory (an OCI image layout) that build --cache-dir reads.")
+	fs.DurationVar(&w.CacheTTL, "cache-ttl", 336*time.Hour, "How long a stored image stays fresh.")
+	fs.BoolVarP(&w.Force, "force", "f", false, "Store images even when a fresh copy is there.")
+	fs.StringVar(&w.CustomPlatform, "custom-platform", "", "Platform os/arch[/variant] to store (default: this machine's).")
+	fs.StringVar(&w.CustomPlatform, "customPlatform", "", "Alias of --custom-platform (kaniko warmer's spelling).")
+	fs.MarkHidden("custom-platform")
+	kdir := getenv("KANIKO_DIR")
+	if kdir == "" {
+		kdir = "/kaniko"
+	}
+	fs.StringVar(&w.KanikoDir, "kaniko-dir", kdir, "kiln's directory: .docker/config.json is looked up there.")
+	w.Registry.AddFlags(fs, getenv)
+	w.Log.AddFlags(fs)
+}
+
+// Options validates the flags and returns the engine's options.
+func (w *WarmCache) Options(getenv func(string) string, lookupEnv func(string) (string, bool), log *slog.Logger) (cache.WarmOptions, error) {
+	if len(w.Images) == 0 && w.Dockerfile == "" {
+		return cache.WarmOptions{}, errors.New("give --image or --dockerfile")
+	}
+	platform, err := build.ParsePlatform(w.CustomPlatform)
+	if err != nil {
+		return cache.WarmOptions{}, err
+	}
+	ro, err := w.Registry.RegistryOptions(getenv, w.KanikoDir, log)
+	if err != nil {
+		return cache.WarmOptions{}, err
+	}
+	ro.Platform = platform
+	client, err := registry.New(ro)
+	if err != nil {
+		return cache.WarmOptions{}, err
+	}
+	return cache.WarmOptions{
+		Images: w.Images, Dockerfile: w.Dockerfile, BuildArgs: w.BuildArgs, LookupEnv: lookupEnv,
+		Dir: w.CacheDir, TTL: w.CacheTTL, Force: w.Force, Platform: platform, Pull: client, Logger: log,
+	}, nil
+}

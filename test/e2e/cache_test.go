@@ -1,0 +1,77 @@
+package e2e
+
+import (
+	"io"
+	"log"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/registry"
+
+	"github.com/kilnbuild/kiln/internal/imagetest"
+)
+
+func TestWarmCacheWithRegistryStopped(t *testing.T) {
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	host := strings.TrimPrefix(srv.URL, "http://")
+	base := host + "/busybox:warm"
+	pushTo(t, base, imagetest.Image(t, true, nil, imagetest.BusyboxFiles(t)))
+	ctx := t.TempDir()
+	os.WriteFile(filepath.Join(ctx, "Dockerfile"), []byte("ARG BASE\nFROM ${BASE}\nRUN echo warmed > /w\n"), 0o644)
+	cacheDir := filepath.Join(t.TempDir(), "cache")
+	r := step(t, "warm-cache", nil, "--dockerfile", filepath.Join(ctx, "Dockerfile"), "--build-arg", "BASE="+base,
+		"--cache-dir", cacheDir, "--insecure-pull")
+	if r.code != 0 {
+		t.Fatalf("warm-cache failed:\n%s", r.stderr)
+	}
+	contains(t, r.stderr, "stored base image")
+	r = step(t, "warm-cache", nil, "-i", base, "-c", cacheDir, "--insecure-pull")
+	contains(t, r.stderr, "already in the cache directory")
+	srv.Close() // the registry is gone from here on
+
+	out := t.TempDir()
+	r = kiln(t, nil, "--context", ctx, "--build-arg", "BASE="+base, "--cache-dir", cacheDir, "--no-push",
+		"--tar-path", filepath.Join(out, "img.tar"), "--isolation", "chroot")
+	if r.code != 0 {
+		t.Fatalf("build from the warmed cache failed:\n%s", r.stderr)
+	}
+	contains(t, r.stderr, "base image from the cache directory")
+	r = step(t, "warm-cache", nil, "--cache-dir", cacheDir)
+	if r.code != 2 || !strings.Contains(r.stderr, "--image or --dockerfile") {
+		t.Errorf("warm-cache without images: %d %s", r.code, r.stderr)
+	}
+}
+
+func TestCacheRepoEndToEnd(t *testing.T) {
+	reg := imagetest.Registry(t)
+	base := reg + "/busybox:1"
+	pushTo(t, base, imagetest.Image(t, true, nil, imagetest.BusyboxFiles(t)))
+	ctx := t.TempDir()
+	os.WriteFile(filepath.Join(ctx, "Dockerfile"), []byte("ARG BASE\nFROM ${BASE}\nCOPY f /f\nRUN cat /f > /g\n"), 0o644)
+	os.WriteFile(filepath.Join(ctx, "f"), []byte("F"), 0o644)
+	for _, repo := range []string{reg + "/kiln/cache", "oci:" + filepath.Join(t.TempDir(), "cache")} {
+		t.Run(repo[:3], func(t *testing.T) {
+			var digests []string
+			for i, want := range []string{"cache miss", "cache hit"} {
+				out := t.TempDir()
+				r := kiln(t, nil, "--context", ctx, "-d", reg+"/kiln/cached:1", "--insecure", "--insecure-pull",
+					"--build-arg", "BASE="+base, "--cache", "--cache-repo", repo, "--cache-copy-layers", "--reproducible",
+					"--digest-file", filepath.Join(out, "digest"), "--isolation", "chroot")
+				if r.code != 0 {
+					t.Fatalf("build %d failed:\n%s", i, r.stderr)
+				}
+				if strings.Count(r.stderr, want) != 2 {
+					t.Errorf("build %d: want two %q lines:\n%s", i, want, r.stderr)
+				}
+				d, _ := os.ReadFile(filepath.Join(out, "digest"))
+				digests = append(digests, string(d))
+			}
+			if digests[0] != digests[1] {
+				t.Errorf("cached rebuild digest %s differs from %s", digests[1], digests[0])
+			}
+		})
+	}
+}
