@@ -216,6 +216,12 @@ func newBuilder(o Options) (*builder, error) {
 	return b, nil
 }
 
+// stepImage reports whether this binary runs from a kiln step image.
+func stepImage() bool {
+	exe, err := os.Executable()
+	return err == nil && (strings.HasPrefix(exe, "/kaniko/") || strings.HasPrefix(exe, "/ko-app/"))
+}
+
 func (b *builder) isContainer() bool {
 	if b.o.inContainer != nil {
 		return b.o.inContainer()
@@ -232,7 +238,10 @@ func (b *builder) setIsolation() error {
 	case "in-place":
 		b.inPlace = true
 	case "", "auto":
-		b.inPlace = b.isContainer() && !run.CanChroot()
+		// In place only as a step image (the binary under /kaniko or ko's
+		// /ko-app) in a container that cannot sandbox: never a developer's
+		// own container by surprise.
+		b.inPlace = b.isContainer() && !run.CanChroot() && stepImage()
 	default:
 		return fmt.Errorf("--isolation %q: want auto, chroot or in-place", b.o.Isolation)
 	}

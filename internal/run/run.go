@@ -162,6 +162,9 @@ func execute(cmd *exec.Cmd, o Options) error {
 	if err := cmd.Start(); err != nil {
 		pr.Close()
 		pw.Close()
+		if errors.Is(err, syscall.EPERM) && cmd.SysProcAttr != nil && cmd.SysProcAttr.Cloneflags != 0 {
+			return fmt.Errorf("starting the RUN sandbox: %w (chroot isolation needs CAP_SYS_ADMIN; in a container without it use --isolation=in-place)", err)
+		}
 		return fmt.Errorf("starting %s: %w", cmd.Path, err)
 	}
 	pw.Close()
