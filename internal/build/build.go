@@ -36,8 +36,18 @@ type Options struct {
 	// Dockerfile is the Dockerfile's path (absolute, relative to the working
 	// directory, or relative to the context) or an http(s) URL.
 	Dockerfile string
-	// Context is the build context directory (or dir:// URI).
+	// Context is the build context: a directory, or any URI fetch-context
+	// accepts (tar://, tar://stdin, git, https), fetched into the work
+	// directory first.
 	Context string
+	// ContextSubPath is the sub-directory of the context to use.
+	ContextSubPath string
+	// Git are the --git options for git contexts.
+	Git buildcontext.GitOptions
+	// Stdin serves tar://stdin.
+	Stdin io.Reader
+	// Getenv serves GIT_TOKEN, GIT_USERNAME and GIT_PASSWORD.
+	Getenv func(string) string
 	// BuildArgs are --build-arg values (KEY=VALUE or KEY).
 	BuildArgs []string
 	// Target is the stage to build; empty means the last.
@@ -311,7 +321,34 @@ func ParsePlatform(s string) (v1.Platform, error) {
 	return *p, nil
 }
 
+// fetchContext fetches a remote context into the work directory, as the
+// fetch-context step would, and applies --context-sub-path.
+func (b *builder) fetchContext(ctx context.Context) error {
+	src := b.o.Context
+	local := !strings.Contains(src, "://") || strings.HasPrefix(src, "dir://")
+	if local {
+		if b.o.ContextSubPath != "" {
+			b.o.Context = filepath.Join(strings.TrimPrefix(src, "dir://"), b.o.ContextSubPath)
+		}
+		return nil
+	}
+	dest := filepath.Join(b.work, "context")
+	rec, err := buildcontext.Fetch(ctx, buildcontext.FetchOptions{
+		Source: src, Dest: dest, SubPath: b.o.ContextSubPath, Git: b.o.Git, Stdin: b.o.Stdin,
+		Getenv: b.o.Getenv, HTTPClient: b.http, Retries: 3, Logger: b.log,
+	})
+	if err != nil {
+		return err
+	}
+	b.log.Info("fetched context", "source", rec.Source, "commit", rec.Commit, "sha256", rec.SHA256)
+	b.o.Context = filepath.Join(dest, b.o.ContextSubPath)
+	return nil
+}
+
 func (b *builder) run(ctx context.Context) (*Result, error) {
+	if err := b.fetchContext(ctx); err != nil {
+		return nil, err
+	}
 	dfPath, src, err := b.readDockerfile(ctx)
 	if err != nil {
 		return nil, err

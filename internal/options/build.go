@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/kilnbuild/kiln/internal/build"
+	"github.com/kilnbuild/kiln/internal/buildcontext"
 	"github.com/kilnbuild/kiln/internal/cache"
 	"github.com/kilnbuild/kiln/internal/layer"
 	"github.com/kilnbuild/kiln/internal/output"
@@ -81,7 +82,7 @@ type LogFlags struct {
 // KANIKO_REGISTRY_MAP) give defaults, read through getenv.
 func (b *Build) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
 	fs.StringVarP(&b.Dockerfile, "dockerfile", "f", "Dockerfile", "Path to the Dockerfile: absolute, relative to the working directory or the context, or an http(s) URL.")
-	fs.StringVarP(&b.Context, "context", "c", "/workspace/", "Build context: a directory or dir:// path (other kaniko schemes are not supported yet).")
+	fs.StringVarP(&b.Context, "context", "c", "/workspace/", "Build context: a directory, dir://, tar://path (.tar, .tar.gz, .tar.zst), tar://stdin, git://host/repo.git#ref#commit, an http(s) .git URL, or an https tarball (#sha256= pin).")
 	fs.StringVar(&b.ContextSubPath, "context-sub-path", "", "Sub-directory of the context to use as the context.")
 	fs.StringVarP(&b.Bucket, "bucket", "b", "", "Legacy GCS bucket context (not supported yet).")
 	fs.MarkHidden("bucket")
@@ -133,7 +134,7 @@ func (b *Build) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
 	fs.IntVar(&b.ImageFSExtractRetry, "image-fs-extract-retry", 0, "Retries for extracting a base image.")
 	fs.BoolVar(&b.PushIgnoreImmutableTagErrors, "push-ignore-immutable-tag-errors", false, "Treat immutable-tag push errors as success (not supported yet).")
 	fs.BoolVar(&b.SkipPushPermissionCheck, "skip-push-permission-check", false, "Do not check, before building, that every destination accepts a push.")
-	fs.StringVar(&b.Git, "git", "", "Git context options branch=,single-branch=,recurse-submodules= (not supported yet).")
+	fs.StringVar(&b.Git, "git", "", "Git context options: branch=,single-branch=,recurse-submodules=,depth=,insecure-skip-tls=.")
 	fs.BoolVar(&b.ForceBuildMetadata, "force-build-metadata", false, "Write layers for metadata instructions (not supported yet).")
 	fs.StringArrayVar(&b.Secrets, "secret", nil, "Build secret for RUN --mount=type=secret: id=ID,src=PATH or id=ID,env=VAR; repeatable. Never written to layers, history or logs.")
 	fs.StringVar(&b.Isolation, "isolation", "auto", "How the build is isolated: chroot (a private root directory; RUN in mount and pid namespaces), in-place (kaniko's model: the container's own / is the image root; needs no capability), or auto (in-place only in a container that cannot create namespaces).")
@@ -216,7 +217,7 @@ func (l *LogFlags) AddFlags(fs *pflag.FlagSet) {
 // silently ignored.
 func (b *Build) notYet(fs *pflag.FlagSet) error {
 	for _, f := range []string{
-		"bucket", "push-ignore-immutable-tag-errors", "git", "force-build-metadata",
+		"bucket", "push-ignore-immutable-tag-errors", "force-build-metadata",
 	} {
 		if fs.Changed(f) {
 			return fmt.Errorf("--%s is not supported yet", f)
@@ -253,6 +254,9 @@ func (b *Build) Validate(fs *pflag.FlagSet) error {
 		return err
 	}
 	if _, err := parseSecrets(b.Secrets); err != nil {
+		return err
+	}
+	if _, err := buildcontext.ParseGitOptions(b.Git); err != nil {
 		return err
 	}
 	switch b.Isolation {
@@ -359,12 +363,9 @@ func (b *Build) Job(fs *pflag.FlagSet, getenv func(string) string, lookupEnv fun
 		}
 		dests = append(dests, ref)
 	}
-	ctxDir := strings.TrimPrefix(b.Context, "dir://")
-	if b.ContextSubPath != "" {
-		ctxDir = filepath.Join(ctxDir, b.ContextSubPath)
-	}
-	if strings.Contains(b.Context, "://") && !strings.HasPrefix(b.Context, "dir://") {
-		ctxDir = b.Context // buildcontext names the unsupported scheme
+	gitOpts, err := buildcontext.ParseGitOptions(b.Git)
+	if err != nil {
+		return build.Job{}, err
 	}
 	comp, _ := layer.ParseCompression(b.Compression)
 	secrets, err := parseSecrets(b.Secrets)
@@ -384,7 +385,11 @@ func (b *Build) Job(fs *pflag.FlagSet, getenv func(string) string, lookupEnv fun
 	return build.Job{
 		Build: build.Options{
 			Dockerfile:          b.Dockerfile,
-			Context:             ctxDir,
+			Context:             b.Context,
+			ContextSubPath:      b.ContextSubPath,
+			Git:                 gitOpts,
+			Stdin:               os.Stdin,
+			Getenv:              getenv,
 			BuildArgs:           b.BuildArgs,
 			Target:              b.Target,
 			SkipUnusedStages:    b.SkipUnusedStages,

@@ -71,10 +71,9 @@ func TestValidate(t *testing.T) {
 	}{
 		{[]string{"--no-push"}, ""},
 		{[]string{}, "no --destination"},
-		{[]string{"--no-push", "--git", "branch=x"}, "--git is not supported yet"},
 		{[]string{"--no-push", "--ignore-var-run=false", "--ignore-path", "/x", "--isolation", "in-place"}, ""},
 		{[]string{"--no-push", "--isolation", "vm"}, "--isolation"},
-		{[]string{"--no-push", "--git", "branch=main"}, "--git is not supported yet"},
+		{[]string{"--no-push", "--git", "depth=x"}, "--git depth=x"},
 		{[]string{"--no-push", "--snapshot-mode", "fast"}, "--snapshot-mode"},
 		{[]string{"--no-push", "--compression", "zstd", "--compression-level", "30"}, "--compression-level"},
 		{[]string{"--no-push", "--label", "novalue"}, "--label"},
@@ -98,8 +97,8 @@ func TestJob(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if j.Build.Context != "/src/app" {
-		t.Errorf("context %q", j.Build.Context)
+	if j.Build.Context != "dir:///src" || j.Build.ContextSubPath != "app" {
+		t.Errorf("context %q sub-path %q", j.Build.Context, j.Build.ContextSubPath)
 	}
 	if len(j.Output.Destinations) != 1 || j.Output.Destinations[0].Context().Registry.Scheme() != "http" {
 		t.Errorf("destinations %v", j.Output.Destinations)

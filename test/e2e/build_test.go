@@ -303,7 +303,7 @@ func TestFlags(t *testing.T) {
 	}{
 		{[]string{"--no-such-flag"}, 2, "unknown flag: --no-such-flag"},
 		{[]string{"--no-push", "--cache"}, 2, "--cache needs --cache-repo"},
-		{[]string{"--no-push", "--git", "branch=main"}, 2, "--git is not supported yet"},
+		{[]string{"--no-push", "--git", "colour=red"}, 2, `unknown option "colour"`},
 		{[]string{"--no-push", "--snapshotMode", "fast"}, 2, `--snapshot-mode "fast"`},
 		{[]string{"--no-push", "--compression", "lz4"}, 2, "--compression"},
 		{[]string{"--no-push", "--customPlatform", "linux"}, 2, "--custom-platform"},

@@ -1,0 +1,443 @@
+package buildcontext
+
+import (
+	"archive/tar"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
+)
+
+// Record describes a fetched context, for provenance.
+type Record struct {
+	// Source is the context URI with credentials removed.
+	Source string `json:"source"`
+	// SubPath is --context-sub-path.
+	SubPath string `json:"subPath,omitempty"`
+	// Commit is the git commit checked out.
+	Commit string `json:"commit,omitempty"`
+	// Version is an object version or ETag.
+	Version string `json:"version,omitempty"`
+	// SHA256 is the digest of a canonical tar of the context: sorted
+	// names, zero times and owners, modes and contents kept.
+	SHA256 string `json:"sha256"`
+	// ChainsGitURL and ChainsGitCommit are what Tekton Chains records as
+	// build inputs (CHAINS-GIT_URL, CHAINS-GIT_COMMIT).
+	ChainsGitURL    string `json:"chainsGitURL,omitempty"`
+	ChainsGitCommit string `json:"chainsGitCommit,omitempty"`
+}
+
+// GitOptions are kaniko's --git options.
+type GitOptions struct {
+	Branch            string
+	SingleBranch      bool
+	RecurseSubmodules bool
+	Depth             int
+	InsecureSkipTLS   bool
+}
+
+// ParseGitOptions parses "branch=x,single-branch=true,recurse-submodules=true,depth=1".
+func ParseGitOptions(s string) (GitOptions, error) {
+	var g GitOptions
+	if s == "" {
+		return g, nil
+	}
+	for _, kv := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			return g, fmt.Errorf("--git %q: want key=value pairs", s)
+		}
+		switch k {
+		case "branch":
+			g.Branch = v
+		case "single-branch":
+			g.SingleBranch = v == "true"
+		case "recurse-submodules":
+			g.RecurseSubmodules = v == "true"
+		case "insecure-skip-tls":
+			g.InsecureSkipTLS = v == "true"
+		case "depth":
+			if _, err := fmt.Sscan(v, &g.Depth); err != nil || g.Depth < 0 {
+				return g, fmt.Errorf("--git depth=%s: want a number", v)
+			}
+		default:
+			return g, fmt.Errorf("--git %q: unknown option %q", s, k)
+		}
+	}
+	return g, nil
+}
+
+// FetchOptions configure Fetch.
+type FetchOptions struct {
+	// Source is the context URI (kaniko's forms).
+	Source string
+	// Dest is the directory to place the context in: it must not exist, or
+	// be empty.
+	Dest string
+	// SubPath is --context-sub-path, recorded for the build.
+	SubPath string
+	Git     GitOptions
+	Limits  Limits
+	// Stdin serves tar://stdin.
+	Stdin io.Reader
+	// Getenv reads GIT_TOKEN, GIT_USERNAME and GIT_PASSWORD.
+	Getenv func(string) string
+	// HTTPClient fetches https contexts; nil means a default client.
+	HTTPClient *http.Client
+	// Retries for transient network errors, with backoff from RetryDelay.
+	Retries    int
+	RetryDelay time.Duration
+	Logger     *slog.Logger
+}
+
+// Fetch places the context o.Source names in o.Dest and returns its
+// record. Nothing is left in o.Dest unless the whole fetch succeeded.
+func Fetch(ctx context.Context, o FetchOptions) (*Record, error) {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Getenv == nil {
+		o.Getenv = func(string) string { return "" }
+	}
+	if o.Limits == (Limits{}) {
+		o.Limits = DefaultLimits
+	}
+	if o.HTTPClient == nil {
+		o.HTTPClient = &http.Client{Timeout: time.Hour}
+	}
+	if err := checkDest(o.Dest); err != nil {
+		return nil, err
+	}
+	parent := filepath.Dir(o.Dest)
+	if err := os.MkdirAll(parent, 0o755); err != nil {
+		return nil, err
+	}
+	tmp, err := os.MkdirTemp(parent, "."+filepath.Base(o.Dest)+".kiln-*")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp)
+	rec := &Record{Source: Redact(o.Source), SubPath: o.SubPath}
+	if err := fetchInto(ctx, o, tmp, rec); err != nil {
+		return nil, err
+	}
+	if o.SubPath != "" {
+		if fi, err := os.Stat(filepath.Join(tmp, o.SubPath)); err != nil || !fi.IsDir() {
+			return nil, fmt.Errorf("--context-sub-path %q: not a directory in the context", o.SubPath)
+		}
+	}
+	if rec.SHA256, err = CanonicalDigest(tmp); err != nil {
+		return nil, err
+	}
+	if err := moveInto(tmp, o.Dest); err != nil {
+		return nil, err
+	}
+	return rec, nil
+}
+
+func checkDest(dest string) error {
+	if dest == "" {
+		return errors.New("no destination directory")
+	}
+	ents, err := os.ReadDir(dest)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("destination %s: %w", dest, err)
+	}
+	if len(ents) > 0 {
+		return fmt.Errorf("destination %s is not empty", dest)
+	}
+	return nil
+}
+
+// moveInto renames the finished context into place; a destination that
+// exists (a mounted workspace) gets the entries moved into it.
+func moveInto(tmp, dest string) error {
+	if _, err := os.Stat(dest); errors.Is(err, fs.ErrNotExist) {
+		return os.Rename(tmp, dest)
+	}
+	ents, err := os.ReadDir(tmp)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if err := os.Rename(filepath.Join(tmp, e.Name()), filepath.Join(dest, e.Name())); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func fetchInto(ctx context.Context, o FetchOptions, dir string, rec *Record) error {
+	src := o.Source
+	scheme, rest, hasScheme := strings.Cut(src, "://")
+	switch {
+	case !hasScheme || scheme == "dir":
+		return copyDir(rest, dir, o.Limits, hasScheme, src)
+	case scheme == "tar":
+		var r io.Reader
+		if rest == "stdin" {
+			if o.Stdin == nil {
+				return errors.New("tar://stdin: no standard input")
+			}
+			r = o.Stdin
+		} else {
+			f, err := os.Open(rest)
+			if err != nil {
+				return fmt.Errorf("--context %s: %w", src, err)
+			}
+			defer f.Close()
+			r = f
+		}
+		return extractArchive(r, dir, o.Limits)
+	case IsGit(src):
+		return fetchGit(ctx, o, dir, rec)
+	case scheme == "http" || scheme == "https":
+		return fetchHTTP(ctx, o, dir, rec)
+	case scheme == "s3" || scheme == "gs" || scheme == "az" || scheme == "azblob":
+		return fmt.Errorf("--context %s: %s:// contexts are not supported yet", Redact(src), scheme)
+	}
+	return fmt.Errorf("--context %s: unknown context scheme %q", Redact(src), scheme)
+}
+
+// IsGit reports whether a context URI names a git repository: git://, or
+// an http(s) URL whose path ends in .git.
+func IsGit(src string) bool {
+	if strings.HasPrefix(src, "git://") || strings.HasPrefix(src, "git@") {
+		return true
+	}
+	if !strings.HasPrefix(src, "http://") && !strings.HasPrefix(src, "https://") {
+		return false
+	}
+	u, err := url.Parse(strings.SplitN(src, "#", 2)[0])
+	return err == nil && strings.HasSuffix(u.Path, ".git")
+}
+
+// extractArchive unpacks a (possibly gzip or zstd compressed) tar.
+func extractArchive(r io.Reader, dir string, lim Limits) error {
+	br := newPeeker(r)
+	magic := br.peek(4)
+	var tr io.Reader = br
+	switch {
+	case len(magic) >= 2 && magic[0] == 0x1f && magic[1] == 0x8b:
+		zr, err := gzip.NewReader(br)
+		if err != nil {
+			return err
+		}
+		defer zr.Close()
+		tr = zr
+	case len(magic) == 4 && magic[0] == 0x28 && magic[1] == 0xb5 && magic[2] == 0x2f && magic[3] == 0xfd:
+		zr, err := zstd.NewReader(br)
+		if err != nil {
+			return err
+		}
+		defer zr.Close()
+		tr = zr
+	}
+	return Extract(tr, dir, lim)
+}
+
+type peeker struct {
+	r   io.Reader
+	buf []byte
+}
+
+func newPeeker(r io.Reader) *peeker { return &peeker{r: r} }
+
+func (p *peeker) peek(n int) []byte {
+	for len(p.buf) < n {
+		b := make([]byte, n-len(p.buf))
+		m, err := p.r.Read(b)
+		p.buf = append(p.buf, b[:m]...)
+		if err != nil {
+			break
+		}
+	}
+	return p.buf
+}
+
+func (p *peeker) Read(b []byte) (int, error) {
+	if len(p.buf) > 0 {
+		n := copy(b, p.buf)
+		p.buf = p.buf[n:]
+		return n, nil
+	}
+	return p.r.Read(b)
+}
+
+// copyDir copies a local directory context (fetch-context of a path).
+func copyDir(src, dir string, lim Limits, hasScheme bool, orig string) error {
+	if !hasScheme {
+		src = orig
+	}
+	fi, err := os.Stat(src)
+	if err != nil {
+		return fmt.Errorf("--context %s: %w", orig, err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("--context %s: not a directory", orig)
+	}
+	pr, pw := io.Pipe()
+	go func() {
+		pw.CloseWithError(writeCanonical(pw, src, false))
+	}()
+	return Extract(pr, dir, lim)
+}
+
+// CanonicalDigest is the sha256 of a canonical tar of dir: names sorted,
+// times and owners zeroed, modes, link targets and contents kept.
+func CanonicalDigest(dir string) (string, error) {
+	h := sha256.New()
+	if err := writeCanonical(h, dir, true); err != nil {
+		return "", err
+	}
+	return "sha256:" + hex.EncodeToString(h.Sum(nil)), nil
+}
+
+func writeCanonical(w io.Writer, dir string, zeroTimes bool) error {
+	tw := tar.NewWriter(w)
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if p == dir {
+			return nil
+		}
+		rel, _ := filepath.Rel(dir, p)
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		link := ""
+		if info.Mode()&fs.ModeSymlink != 0 {
+			if link, err = os.Readlink(p); err != nil {
+				return err
+			}
+		}
+		if !info.IsDir() && !info.Mode().IsRegular() && info.Mode()&fs.ModeSymlink == 0 {
+			return nil // sockets and devices have no place in a context
+		}
+		h, err := tar.FileInfoHeader(info, link)
+		if err != nil {
+			return err
+		}
+		h.Name = filepath.ToSlash(rel)
+		if info.IsDir() {
+			h.Name += "/"
+		}
+		h.Uid, h.Gid, h.Uname, h.Gname = 0, 0, "", ""
+		h.AccessTime, h.ChangeTime = time.Time{}, time.Time{}
+		h.Format = tar.FormatPAX
+		if zeroTimes {
+			h.ModTime = time.Unix(0, 0)
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			return err
+		}
+		if info.Mode().IsRegular() {
+			f, err := os.Open(p)
+			if err != nil {
+				return err
+			}
+			_, err = io.Copy(tw, f)
+			f.Close()
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return tw.Close()
+}
+
+// Redact removes credentials (user info, tokens in queries) from a URI.
+func Redact(s string) string {
+	u, err := url.Parse(s)
+	if err != nil || u.Scheme == "" {
+		return s
+	}
+	u.User = nil
+	q := u.Query()
+	for k := range q {
+		lk := strings.ToLower(k)
+		if strings.Contains(lk, "token") || strings.Contains(lk, "sig") || strings.Contains(lk, "key") || strings.Contains(lk, "secret") || strings.Contains(lk, "password") {
+			q.Set(k, "REDACTED")
+		}
+	}
+	u.RawQuery = q.Encode()
+	return u.String()
+}
+
+// retry runs fn with exponential backoff and jitter.
+func retry(ctx context.Context, o FetchOptions, what string, fn func() error) error {
+	delay := o.RetryDelay
+	if delay == 0 {
+		delay = time.Second
+	}
+	var err error
+	for i := 0; ; i++ {
+		if err = fn(); err == nil || i >= o.Retries || !transient(err) {
+			return err
+		}
+		o.Logger.Warn("retrying", "what", what, "attempt", i+1, "error", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(delay + time.Duration(rand.Int64N(int64(delay)/2+1))):
+		}
+		delay *= 2
+	}
+}
+
+// permanentError is a failure a retry cannot fix.
+type permanentError struct{ error }
+
+func (p permanentError) Unwrap() error { return p.error }
+
+func transient(err error) bool {
+	var p permanentError
+	return !errors.As(err, &p)
+}
+
+// WriteRecord writes a record as JSON atomically.
+func WriteRecord(path string, r *Record) error {
+	data, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".kiln-*")
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(append(data, '\n'))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return err
+	}
+	os.Chmod(f.Name(), 0o644)
+	return os.Rename(f.Name(), path)
+}
