@@ -370,6 +370,14 @@ func writeCanonical(w io.Writer, dir string, zeroTimes bool) error {
 
 // Redact removes credentials (user info, tokens in queries) from a URI.
 func Redact(s string) string {
+	s, frag, hasFrag := strings.Cut(s, "#")
+	if hasFrag {
+		return redactURL(s) + "#" + frag
+	}
+	return redactURL(s)
+}
+
+func redactURL(s string) string {
 	u, err := url.Parse(s)
 	if err != nil || u.Scheme == "" {
 		return s

@@ -22,7 +22,8 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	cmd := exec.Command("go", "build", "-o", dir+"/", "github.com/kilnbuild/kiln/cmd/build", "github.com/kilnbuild/kiln/cmd/warm-cache")
+	cmd := exec.Command("go", "build", "-o", dir+"/", "github.com/kilnbuild/kiln/cmd/build", "github.com/kilnbuild/kiln/cmd/warm-cache",
+		"github.com/kilnbuild/kiln/cmd/fetch-context")
 	// Static, so the binary also runs inside a bare runc container.
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
