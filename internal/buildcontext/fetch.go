@@ -209,10 +209,22 @@ func fetchInto(ctx context.Context, o FetchOptions, dir string, rec *Record) err
 		return extractArchive(r, dir, o.Limits)
 	case IsGit(src):
 		return fetchGit(ctx, o, dir, rec)
+	case isAzureBlob(src):
+		return fetchObject(ctx, o, dir, rec, azureBlob(o, strings.SplitN(src, "#", 2)[0]))
 	case scheme == "http" || scheme == "https":
 		return fetchHTTP(ctx, o, dir, rec)
-	case scheme == "s3" || scheme == "gs" || scheme == "az" || scheme == "azblob":
-		return fmt.Errorf("--context %s: %s:// contexts are not supported yet", Redact(src), scheme)
+	case scheme == "s3":
+		bucket, key, err := splitBucket(src, rest)
+		if err != nil {
+			return err
+		}
+		return fetchObject(ctx, o, dir, rec, s3Object(o, bucket, key))
+	case scheme == "gs":
+		bucket, key, err := splitBucket(src, rest)
+		if err != nil {
+			return err
+		}
+		return fetchObject(ctx, o, dir, rec, gcsObject(bucket, key))
 	}
 	return fmt.Errorf("--context %s: unknown context scheme %q", Redact(src), scheme)
 }

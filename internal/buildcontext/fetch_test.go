@@ -104,7 +104,7 @@ func TestFetchArchives(t *testing.T) {
 		}
 	}
 	// A wrong pin and a missing file fail and leave nothing.
-	for _, src := range []string{srv.URL + "/ctx.tgz#sha256=" + strings.Repeat("0", 64), srv.URL + "/missing.tgz", "tar:///nonexistent.tar", "s3://bucket/ctx.tgz"} {
+	for _, src := range []string{srv.URL + "/ctx.tgz#sha256=" + strings.Repeat("0", 64), srv.URL + "/missing.tgz", "tar:///nonexistent.tar", "ftp://host/ctx.tgz", "s3://nokey"} {
 		dest := filepath.Join(t.TempDir(), "ctx")
 		if _, err := Fetch(context.Background(), FetchOptions{Source: src, Dest: dest}); err == nil {
 			t.Errorf("%s: fetched", src)

@@ -1,0 +1,165 @@
+package buildcontext
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"cloud.google.com/go/storage"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blob"
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awsconfig "github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+)
+
+// isAzureBlob reports an Azure Blob Storage URL.
+func isAzureBlob(src string) bool {
+	u, err := url.Parse(src)
+	return err == nil && u.Scheme == "https" && strings.HasSuffix(u.Hostname(), ".blob.core.windows.net")
+}
+
+// objectReader opens one object of a cloud store with its version.
+type objectReader func(ctx context.Context) (io.ReadCloser, string, error)
+
+// fetchObject downloads an object (with retries and progress) to a
+// temporary file and extracts it.
+func fetchObject(ctx context.Context, o FetchOptions, dir string, rec *Record, open objectReader) error {
+	f, err := os.CreateTemp("", "kiln-context-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	err = retry(ctx, o, "download", func() error {
+		if err := f.Truncate(0); err != nil {
+			return err
+		}
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			return err
+		}
+		rc, version, err := open(ctx)
+		if err != nil {
+			return err
+		}
+		defer rc.Close()
+		rec.Version = version
+		pr := &progressReader{r: rc, total: -1, log: o, url: Redact(o.Source), last: time.Now()}
+		_, err = io.Copy(f, pr)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("--context %s: %w", Redact(o.Source), err)
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	return extractArchive(f, dir, o.Limits)
+}
+
+// s3Object opens s3://bucket/key with the AWS SDK's usual configuration
+// (AWS_REGION, credentials chain), and kaniko's S3_ENDPOINT and
+// S3_FORCE_PATH_STYLE for S3-compatible stores.
+func s3Object(o FetchOptions, bucket, key string) objectReader {
+	return func(ctx context.Context) (io.ReadCloser, string, error) {
+		cfg, err := awsconfig.LoadDefaultConfig(ctx)
+		if err != nil {
+			return nil, "", permanentError{err}
+		}
+		if cfg.Region == "" {
+			cfg.Region = "us-east-1"
+		}
+		client := s3.NewFromConfig(cfg, func(so *s3.Options) {
+			if ep := o.Getenv("S3_ENDPOINT"); ep != "" {
+				so.BaseEndpoint = aws.String(ep)
+			}
+			if o.Getenv("S3_FORCE_PATH_STYLE") == "true" {
+				so.UsePathStyle = true
+			}
+		})
+		out, err := client.GetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(bucket), Key: aws.String(key)})
+		if err != nil {
+			return nil, "", err
+		}
+		version := aws.ToString(out.VersionId)
+		if version == "" {
+			version = aws.ToString(out.ETag)
+		}
+		return out.Body, version, nil
+	}
+}
+
+// gcsObject opens gs://bucket/object with Google's client, which honours
+// application default credentials and STORAGE_EMULATOR_HOST.
+func gcsObject(bucket, object string) objectReader {
+	return func(ctx context.Context) (io.ReadCloser, string, error) {
+		client, err := storage.NewClient(ctx, storage.WithJSONReads())
+		if err != nil {
+			return nil, "", permanentError{err}
+		}
+		r, err := client.Bucket(bucket).Object(object).NewReader(ctx)
+		if err != nil {
+			client.Close()
+			return nil, "", err
+		}
+		return &closeBoth{ReadCloser: r, other: client}, fmt.Sprint(r.Attrs.Generation), nil
+	}
+}
+
+type closeBoth struct {
+	io.ReadCloser
+	other io.Closer
+}
+
+func (c *closeBoth) Close() error {
+	err := c.ReadCloser.Close()
+	c.other.Close()
+	return err
+}
+
+// azureBlob opens an Azure Blob URL with the account key from
+// AZURE_STORAGE_ACCESS_KEY, or anonymously without one.
+func azureBlob(o FetchOptions, src string) objectReader {
+	return func(ctx context.Context) (io.ReadCloser, string, error) {
+		u, err := url.Parse(src)
+		if err != nil {
+			return nil, "", permanentError{err}
+		}
+		var client *blob.Client
+		if key := o.Getenv("AZURE_STORAGE_ACCESS_KEY"); key != "" {
+			account, _, _ := strings.Cut(u.Hostname(), ".")
+			cred, err := azblob.NewSharedKeyCredential(account, key)
+			if err != nil {
+				return nil, "", permanentError{fmt.Errorf("AZURE_STORAGE_ACCESS_KEY: %w", err)}
+			}
+			client, err = blob.NewClientWithSharedKeyCredential(src, cred, nil)
+			if err != nil {
+				return nil, "", permanentError{err}
+			}
+		} else if client, err = blob.NewClientWithNoCredential(src, nil); err != nil {
+			return nil, "", permanentError{err}
+		}
+		resp, err := client.DownloadStream(ctx, nil)
+		if err != nil {
+			return nil, "", err
+		}
+		version := ""
+		if resp.ETag != nil {
+			version = string(*resp.ETag)
+		}
+		return resp.Body, version, nil
+	}
+}
+
+// splitBucket splits "bucket/key/path" into bucket and key.
+func splitBucket(src, rest string) (string, string, error) {
+	bucket, key, ok := strings.Cut(rest, "/")
+	if !ok || bucket == "" || key == "" {
+		return "", "", fmt.Errorf("--context %s: want scheme://bucket/path/to/context.tar.gz", Redact(src))
+	}
+	return bucket, key, nil
+}
