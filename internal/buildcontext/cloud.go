@@ -17,10 +17,34 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 )
 
-// isAzureBlob reports an Azure Blob Storage URL.
-func isAzureBlob(src string) bool {
+// isAzureBlob reports an Azure Blob Storage URL: https on
+// *.blob.core.windows.net, or a host listed in AZURE_STORAGE_BLOB_HOSTS
+// (comma-separated host:port; for Azurite, Azure Stack and sovereign
+// clouds), where the account is the first path element.
+func isAzureBlob(src string, getenv func(string) string) bool {
 	u, err := url.Parse(src)
-	return err == nil && u.Scheme == "https" && strings.HasSuffix(u.Hostname(), ".blob.core.windows.net")
+	if err != nil {
+		return false
+	}
+	if u.Scheme == "https" && strings.HasSuffix(u.Hostname(), ".blob.core.windows.net") {
+		return true
+	}
+	for _, h := range strings.Split(getenv("AZURE_STORAGE_BLOB_HOSTS"), ",") {
+		if h != "" && (u.Scheme == "http" || u.Scheme == "https") && u.Host == strings.TrimSpace(h) {
+			return true
+		}
+	}
+	return false
+}
+
+// azureAccount is the storage account of a blob URL.
+func azureAccount(u *url.URL) string {
+	if strings.HasSuffix(u.Hostname(), ".blob.core.windows.net") {
+		account, _, _ := strings.Cut(u.Hostname(), ".")
+		return account
+	}
+	account, _, _ := strings.Cut(strings.TrimPrefix(u.Path, "/"), "/")
+	return account
 }
 
 // objectReader opens one object of a cloud store with its version.
@@ -131,8 +155,7 @@ func azureBlob(o FetchOptions, src string) objectReader {
 		}
 		var client *blob.Client
 		if key := o.Getenv("AZURE_STORAGE_ACCESS_KEY"); key != "" {
-			account, _, _ := strings.Cut(u.Hostname(), ".")
-			cred, err := azblob.NewSharedKeyCredential(account, key)
+			cred, err := azblob.NewSharedKeyCredential(azureAccount(u), key)
 			if err != nil {
 				return nil, "", permanentError{fmt.Errorf("AZURE_STORAGE_ACCESS_KEY: %w", err)}
 			}

@@ -3,6 +3,12 @@ package buildcontext
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"net"
+	"os/exec"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -86,13 +92,80 @@ func TestFetchGCS(t *testing.T) {
 }
 
 func TestAzureURLs(t *testing.T) {
+	env := func(k string) string { return map[string]string{"AZURE_STORAGE_BLOB_HOSTS": "127.0.0.1:10000"}[k] }
 	for src, want := range map[string]bool{
 		"https://acct.blob.core.windows.net/ctx/app.tar.gz": true,
 		"https://example.com/ctx.tar.gz":                    false,
 		"http://acct.blob.core.windows.net/ctx/app.tar.gz":  false,
+		"http://127.0.0.1:10000/devstoreaccount1/c/b.tgz":   true,
 	} {
-		if got := isAzureBlob(src); got != want {
+		if got := isAzureBlob(src, env); got != want {
 			t.Errorf("isAzureBlob(%q) = %v", src, got)
 		}
+	}
+}
+
+// azuriteKey is Azurite's well-known development account key.
+const azuriteKey = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+// TestFetchAzure uses Azurite (npm's azurite; test/run installs it) as the
+// Blob Storage emulator.
+func TestFetchAzure(t *testing.T) {
+	bin, err := exec.LookPath("azurite-blob")
+	if err != nil {
+		t.Fatalf("Azurite is required (npm install -g azurite; test/run installs it): %v", err)
+	}
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	cmd := exec.Command(bin, "--blobHost", "127.0.0.1", "--blobPort", fmt.Sprint(port), "--location", t.TempDir(), "--silent", "--skipApiVersionCheck")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	host := fmt.Sprintf("127.0.0.1:%d", port)
+	base := "http://" + host + "/devstoreaccount1"
+	cred, err := azblob.NewSharedKeyCredential("devstoreaccount1", azuriteKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := azblob.NewClientWithSharedKeyCredential(base, cred, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if _, err = client.CreateContainer(ctx, "contexts", nil); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Azurite did not come up: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if _, err := client.UploadBuffer(ctx, "contexts", "app.tar.gz", gz(goodTar), nil); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"AZURE_STORAGE_BLOB_HOSTS": host, "AZURE_STORAGE_ACCESS_KEY": azuriteKey}
+	var logs bytes.Buffer
+	dest := filepath.Join(t.TempDir(), "ctx")
+	rec, err := Fetch(ctx, FetchOptions{Source: base + "/contexts/app.tar.gz", Dest: dest, Getenv: func(k string) string { return env[k] }, Logger: testLogger(&logs)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := readFile(t, filepath.Join(dest, "src/main.go")); got != "package main\n" {
+		t.Errorf("main.go = %q", got)
+	}
+	if rec.Version == "" {
+		t.Errorf("ETag not recorded: %+v", rec)
+	}
+	if strings.Contains(logs.String(), azuriteKey) {
+		t.Error("the account key leaked into the log")
+	}
+	// A wrong key is refused.
+	env["AZURE_STORAGE_ACCESS_KEY"] = "d3Jvbmc="
+	if _, err := Fetch(ctx, FetchOptions{Source: base + "/contexts/app.tar.gz", Dest: filepath.Join(t.TempDir(), "x"), Getenv: func(k string) string { return env[k] }}); err == nil {
+		t.Error("wrong key accepted")
 	}
 }

@@ -209,7 +209,7 @@ func fetchInto(ctx context.Context, o FetchOptions, dir string, rec *Record) err
 		return extractArchive(r, dir, o.Limits)
 	case IsGit(src):
 		return fetchGit(ctx, o, dir, rec)
-	case isAzureBlob(src):
+	case isAzureBlob(src, o.Getenv):
 		return fetchObject(ctx, o, dir, rec, azureBlob(o, strings.SplitN(src, "#", 2)[0]))
 	case scheme == "http" || scheme == "https":
 		return fetchHTTP(ctx, o, dir, rec)
