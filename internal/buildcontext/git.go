@@ -77,6 +77,7 @@ func fetchGit(ctx context.Context, o FetchOptions, dir string, rec *Record) erro
 				err = fmt.Errorf("git %s: %v: %s", args[0], err, msg)
 				if strings.Contains(msg, "not found") || strings.Contains(msg, "Authentication failed") ||
 					strings.Contains(msg, "could not read Username") || strings.Contains(msg, "terminal prompts disabled") ||
+					strings.Contains(msg, "certificate") ||
 					strings.Contains(msg, "couldn't find remote ref") || strings.Contains(msg, "401") || strings.Contains(msg, "403") {
 					return permanentError{err}
 				}

@@ -18,6 +18,11 @@ import (
 // with git http-backend, behind a token check, and returns its URL and
 // commit.
 func gitRepo(t *testing.T, token string) (string, string) {
+	return gitRepoServer(t, token, false)
+}
+
+// gitRepoServer is gitRepo over HTTPS when tls is set.
+func gitRepoServer(t *testing.T, token string, tls bool) (string, string) {
 	t.Helper()
 	gitPath, err := exec.LookPath("git")
 	if err != nil {
@@ -43,14 +48,19 @@ func gitRepo(t *testing.T, token string) (string, string) {
 	commit := gitc(work, "rev-parse", "HEAD")
 	gitc(root, "clone", "-q", "--bare", work, "repo.git")
 	h := &cgi.Handler{Path: gitPath, Args: []string{"http-backend"}, Env: []string{"GIT_PROJECT_ROOT=" + root, "GIT_HTTP_EXPORT_ALL=1"}}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if _, pass, ok := r.BasicAuth(); !ok || pass != token {
 			w.Header().Set("WWW-Authenticate", `Basic realm="git"`)
 			http.Error(w, "unauthorized", http.StatusUnauthorized)
 			return
 		}
 		h.ServeHTTP(w, r)
-	}))
+	})
+	srv := httptest.NewServer(handler)
+	if tls {
+		srv.Close()
+		srv = httptest.NewTLSServer(handler)
+	}
 	t.Cleanup(srv.Close)
 	return srv.URL + "/repo.git", commit
 }
@@ -146,5 +156,31 @@ func TestFetchContextStdinAndHostile(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(out); len(ents) != 0 {
 		t.Errorf("left behind: %v", ents)
+	}
+}
+
+// TestBuildFromGitScheme uses kaniko's git:// form, which (as in kaniko)
+// means https: the server here has a self-signed certificate, so the test
+// passes --git insecure-skip-tls=true.
+func TestBuildFromGitScheme(t *testing.T) {
+	const token = "git-scheme-token"
+	repo, commit := gitRepoServer(t, token, true)
+	reg := imagetest.Registry(t)
+	base := reg + "/busybox:gitscheme"
+	pushTo(t, base, imagetest.Image(t, true, nil, imagetest.BusyboxFiles(t)))
+	src := "git://" + strings.TrimPrefix(repo, "https://") + "#refs/heads/main#" + commit
+	out := t.TempDir()
+	r := kiln(t, []string{"GIT_TOKEN=" + token}, "--context", src, "--git", "insecure-skip-tls=true,depth=1",
+		"--context-sub-path", "app", "--build-arg", "BASE="+base, "--insecure-pull", "--no-push",
+		"--tar-path", filepath.Join(out, "img.tar"), "--isolation", "chroot")
+	if r.code != 0 {
+		t.Fatalf("build --context git:// failed:\n%s", r.stderr)
+	}
+	contains(t, r.stderr, "fetched context", commit)
+	// Without skipping TLS verification the self-signed server is refused.
+	r = kiln(t, []string{"GIT_TOKEN=" + token}, "--context", src, "--context-sub-path", "app",
+		"--build-arg", "BASE="+base, "--insecure-pull", "--no-push")
+	if r.code == 0 {
+		t.Error("an unverified TLS server was trusted")
 	}
 }
