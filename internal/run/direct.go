@@ -46,12 +46,11 @@ func Direct(ctx context.Context, spec Spec, files []File, o Options) error {
 	subreaper.Do(func() { unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) })
 	var created []stub
 	defer func() {
+		parents := firstTimes(created)
 		for i := len(created) - 1; i >= 0; i-- {
-			s := created[i]
-			if os.Remove(s.path) == nil && !s.mtime.IsZero() {
-				os.Chtimes(filepath.Dir(s.path), s.atime, s.mtime)
-			}
+			os.Remove(created[i].path)
 		}
+		restoreTimes(parents)
 	}()
 	for _, f := range files {
 		if _, err := os.Lstat(f.Path); err == nil {

@@ -293,20 +293,44 @@ func prepareStubs(spec *Spec) ([]stub, error) {
 	return stubs, nil
 }
 
-// removeStubs removes created mount points, deepest first, and gives
-// their directories back their times; a directory something was written
-// into stays.
+// removeStubs removes created mount points, deepest first, then gives
+// the directories they were created in their original times; a directory
+// something was written into stays.
 func removeStubs(stubs []stub) {
-	sort.SliceStable(stubs, func(i, j int) bool { return len(stubs[i].path) > len(stubs[j].path) })
-	for _, s := range stubs {
-		var err error
+	parents := firstTimes(stubs)
+	sorted := append([]stub(nil), stubs...)
+	sort.SliceStable(sorted, func(i, j int) bool { return len(sorted[i].path) > len(sorted[j].path) })
+	for _, s := range sorted {
 		if s.dir {
-			err = os.Remove(s.path) // fails, as wanted, when not empty
-		} else if fi, lerr := os.Lstat(s.path); lerr == nil && fi.Mode().IsRegular() && fi.Size() == 0 {
-			err = os.Remove(s.path)
+			os.Remove(s.path) // fails, as wanted, when not empty
+		} else if fi, err := os.Lstat(s.path); err == nil && fi.Mode().IsRegular() && fi.Size() == 0 {
+			os.Remove(s.path)
 		}
-		if err == nil && !s.mtime.IsZero() {
-			os.Chtimes(filepath.Dir(s.path), s.atime, s.mtime)
+	}
+	restoreTimes(parents)
+}
+
+// firstTimes maps each stub's parent directory to its times before the
+// first stub was created in it.
+func firstTimes(stubs []stub) map[string]stub {
+	out := map[string]stub{}
+	for _, s := range stubs {
+		dir := filepath.Dir(s.path)
+		if _, ok := out[dir]; !ok && !s.mtime.IsZero() {
+			out[dir] = s
 		}
+	}
+	return out
+}
+
+// restoreTimes sets directories' times back, deepest first.
+func restoreTimes(parents map[string]stub) {
+	dirs := make([]string, 0, len(parents))
+	for d := range parents {
+		dirs = append(dirs, d)
+	}
+	sort.Slice(dirs, func(i, j int) bool { return len(dirs[i]) > len(dirs[j]) })
+	for _, d := range dirs {
+		os.Chtimes(d, parents[d].atime, parents[d].mtime)
 	}
 }
