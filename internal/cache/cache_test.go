@@ -3,7 +3,6 @@ package cache
 import (
 	"context"
 	"errors"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -53,9 +52,10 @@ func TestStores(t *testing.T) {
 	reg := imagetest.Registry(t)
 	layer, _ := random.Layer(100, "application/vnd.oci.image.layer.v1.tar+gzip")
 	later := func() time.Time { return time.Now().Add(48 * time.Hour) }
+	layoutDir := filepath.Join(t.TempDir(), "cache")
 	stores := map[string]func(ttl time.Duration, now func() time.Time) Store{
 		"layout": func(ttl time.Duration, now func() time.Time) Store {
-			return &Layout{Path: filepath.Join(os.TempDir(), "kiln-cache-test-"+t.Name()), TTL: ttl, Now: now}
+			return &Layout{Path: layoutDir, TTL: ttl, Now: now}
 		},
 		"registry": func(ttl time.Duration, now func() time.Time) Store {
 			return &Registry{Repo: reg + "/c", TTL: ttl, Now: now, Pull: puller{}, Push: pusher{},
@@ -64,7 +64,6 @@ func TestStores(t *testing.T) {
 	}
 	for kind, mk := range stores {
 		t.Run(kind, func(t *testing.T) {
-			defer os.RemoveAll(filepath.Join(os.TempDir(), "kiln-cache-test-"+t.Name()))
 			ctx := context.Background()
 			s := mk(0, nil)
 			key, empty := NewKey("a").String(), NewKey("b").String()
