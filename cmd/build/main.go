@@ -4,7 +4,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -13,7 +12,6 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/kilnbuild/kiln/internal/build"
-	"github.com/kilnbuild/kiln/internal/logging"
 	"github.com/kilnbuild/kiln/internal/options"
 	sandbox "github.com/kilnbuild/kiln/internal/run"
 )
@@ -30,31 +28,19 @@ func main() {
 
 func run(ctx context.Context, args []string) int {
 	fs := pflag.NewFlagSet("build", pflag.ContinueOnError)
-	fs.Usage = func() {
-		fmt.Fprintf(os.Stderr, "Usage: build [flags]\n\nBuilds a Dockerfile into an OCI image without a daemon.\n\nFlags:\n%s", fs.FlagUsages())
-	}
 	var o options.Build
 	o.AddFlags(fs, os.Getenv)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			return 0
-		}
-		fmt.Fprintf(os.Stderr, "build: %v\n", err)
-		return 2
+	if code, done := options.Parse(fs, "Usage: build [flags]\n\nBuilds a Dockerfile into an OCI image without a daemon.", args, os.Stderr); done {
+		return code
 	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(os.Stderr, "build: unexpected argument %q\n", fs.Arg(0))
-		return 2
-	}
-	log, err := logging.New(os.Stderr, logging.Options{Verbosity: o.Log.Verbosity, Format: o.Log.Format, Timestamp: o.Log.Timestamp})
+	log, err := o.Log.Logger(os.Stderr)
 	if err == nil {
 		err = o.Validate(fs)
 	}
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "build: %v\n", err)
-		return 2
+	var job build.Job
+	if err == nil {
+		job, err = o.Job(fs, os.Getenv, os.LookupEnv, log)
 	}
-	job, err := o.Job(fs, os.Getenv, os.LookupEnv, log)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "build: %v\n", err)
 		return 2

@@ -5,7 +5,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -14,7 +13,6 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/kilnbuild/kiln/internal/buildcontext"
-	"github.com/kilnbuild/kiln/internal/logging"
 	"github.com/kilnbuild/kiln/internal/options"
 )
 
@@ -27,40 +25,25 @@ func main() {
 
 func run(ctx context.Context, args []string) int {
 	fs := pflag.NewFlagSet("fetch-context", pflag.ContinueOnError)
-	fs.Usage = func() {
-		fmt.Fprintf(os.Stderr, "Usage: fetch-context --context SOURCE --dest DIR [flags]\n\nFlags:\n%s", fs.FlagUsages())
-	}
 	var o options.FetchContext
 	o.AddFlags(fs)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			return 0
-		}
-		fmt.Fprintf(os.Stderr, "fetch-context: %v\n", err)
-		return 2
+	if code, done := options.Parse(fs, "Usage: fetch-context --context SOURCE --dest DIR [flags]", args, os.Stderr); done {
+		return code
 	}
-	log, err := logging.New(os.Stderr, logging.Options{Verbosity: o.Log.Verbosity, Format: o.Log.Format, Timestamp: o.Log.Timestamp})
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "fetch-context: %v\n", err)
-		return 2
-	}
-	fo, record, err := o.Options(os.Getenv, os.Stdin, log)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "fetch-context: %v\n", err)
-		return 2
-	}
-	rec, err := buildcontext.Fetch(ctx, fo)
+	log, err := o.Log.Logger(os.Stderr)
+	var fo buildcontext.FetchOptions
+	var record string
 	if err == nil {
-		err = buildcontext.WriteRecord(record, rec)
-	}
-	if err == nil {
-		err = buildcontext.WriteChainsResults(o.ResultsDir, rec)
+		fo, record, err = o.Options(os.Getenv, os.Stdin, log)
 	}
 	if err != nil {
+		fmt.Fprintf(os.Stderr, "fetch-context: %v\n", err)
+		return 2
+	}
+	if err := buildcontext.FetchAndRecord(ctx, fo, record, o.ResultsDir); err != nil {
 		log.Error("fetch-context failed", "error", err.Error())
 		fmt.Fprintf(os.Stderr, "fetch-context: error: %v\n", err)
 		return 1
 	}
-	log.Info("context fetched", "dest", fo.Dest, "sha256", rec.SHA256, "commit", rec.Commit)
 	return 0
 }

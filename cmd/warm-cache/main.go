@@ -4,7 +4,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -13,7 +12,6 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/kilnbuild/kiln/internal/cache"
-	"github.com/kilnbuild/kiln/internal/logging"
 	"github.com/kilnbuild/kiln/internal/options"
 )
 
@@ -26,24 +24,16 @@ func main() {
 
 func run(ctx context.Context, args []string) int {
 	fs := pflag.NewFlagSet("warm-cache", pflag.ContinueOnError)
-	fs.Usage = func() {
-		fmt.Fprintf(os.Stderr, "Usage: warm-cache [flags]\n\nStores base images in a cache directory for build --cache-dir.\n\nFlags:\n%s", fs.FlagUsages())
-	}
 	var o options.WarmCache
 	o.AddFlags(fs, os.Getenv)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			return 0
-		}
-		fmt.Fprintf(os.Stderr, "warm-cache: %v\n", err)
-		return 2
+	if code, done := options.Parse(fs, "Usage: warm-cache [flags]\n\nStores base images in a cache directory for build --cache-dir.", args, os.Stderr); done {
+		return code
 	}
-	log, err := logging.New(os.Stderr, logging.Options{Verbosity: o.Log.Verbosity, Format: o.Log.Format, Timestamp: o.Log.Timestamp})
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "warm-cache: %v\n", err)
-		return 2
+	log, err := o.Log.Logger(os.Stderr)
+	var wo cache.WarmOptions
+	if err == nil {
+		wo, err = o.Options(os.Getenv, os.LookupEnv, log)
 	}
-	wo, err := o.Options(os.Getenv, os.LookupEnv, log)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "warm-cache: %v\n", err)
 		return 2

@@ -2,6 +2,8 @@ package buildcontext
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"net/url"
@@ -51,8 +53,9 @@ func azureAccount(u *url.URL) string {
 type objectReader func(ctx context.Context) (io.ReadCloser, string, error)
 
 // fetchObject downloads an object (with retries and progress) to a
-// temporary file and extracts it.
-func fetchObject(ctx context.Context, o FetchOptions, dir string, rec *Record, open objectReader) error {
+// temporary file, checks it against wantSHA256 when that is set, and
+// extracts it.
+func fetchObject(ctx context.Context, o FetchOptions, dir string, rec *Record, open objectReader, wantSHA256 string) error {
 	f, err := os.CreateTemp("", "kiln-context-*")
 	if err != nil {
 		return err
@@ -78,6 +81,18 @@ func fetchObject(ctx context.Context, o FetchOptions, dir string, rec *Record, o
 	})
 	if err != nil {
 		return fmt.Errorf("--context %s: %w", Redact(o.Source), err)
+	}
+	if wantSHA256 != "" {
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			return err
+		}
+		h := sha256.New()
+		if _, err := io.Copy(h, f); err != nil {
+			return err
+		}
+		if got := hex.EncodeToString(h.Sum(nil)); got != wantSHA256 {
+			return fmt.Errorf("--context %s: sha256 mismatch: want %s, got %s", Redact(o.Source), wantSHA256, got)
+		}
 	}
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return err

@@ -210,7 +210,7 @@ func fetchInto(ctx context.Context, o FetchOptions, dir string, rec *Record) err
 	case IsGit(src):
 		return fetchGit(ctx, o, dir, rec)
 	case isAzureBlob(src, o.Getenv):
-		return fetchObject(ctx, o, dir, rec, azureBlob(o, strings.SplitN(src, "#", 2)[0]))
+		return fetchObject(ctx, o, dir, rec, azureBlob(o, strings.SplitN(src, "#", 2)[0]), "")
 	case scheme == "http" || scheme == "https":
 		return fetchHTTP(ctx, o, dir, rec)
 	case scheme == "s3":
@@ -218,13 +218,13 @@ func fetchInto(ctx context.Context, o FetchOptions, dir string, rec *Record) err
 		if err != nil {
 			return err
 		}
-		return fetchObject(ctx, o, dir, rec, s3Object(o, bucket, key))
+		return fetchObject(ctx, o, dir, rec, s3Object(o, bucket, key), "")
 	case scheme == "gs":
 		bucket, key, err := splitBucket(src, rest)
 		if err != nil {
 			return err
 		}
-		return fetchObject(ctx, o, dir, rec, gcsObject(bucket, key))
+		return fetchObject(ctx, o, dir, rec, gcsObject(bucket, key), "")
 	}
 	return fmt.Errorf("--context %s: unknown context scheme %q", Redact(src), scheme)
 }

@@ -2,12 +2,9 @@ package buildcontext
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"strings"
 	"time"
 )
@@ -27,58 +24,30 @@ func fetchHTTP(ctx context.Context, o FetchOptions, dir string, rec *Record) err
 		}
 		want = strings.ToLower(v)
 	}
-	f, err := os.CreateTemp("", "kiln-context-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	defer f.Close()
-	err = retry(ctx, o, "download", func() error {
-		if err := f.Truncate(0); err != nil {
-			return err
-		}
-		if _, err := f.Seek(0, io.SeekStart); err != nil {
-			return err
-		}
+	return fetchObject(ctx, o, dir, rec, httpObject(o, u), want)
+}
+
+// httpObject opens an http(s) URL; client errors are not retried.
+func httpObject(o FetchOptions, u string) objectReader {
+	return func(ctx context.Context) (io.ReadCloser, string, error) {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 		if err != nil {
-			return permanentError{err}
+			return nil, "", permanentError{err}
 		}
 		resp, err := o.HTTPClient.Do(req)
 		if err != nil {
-			return fmt.Errorf("GET %s: %w", Redact(u), unwrapURL(err))
+			return nil, "", fmt.Errorf("GET %s: %w", Redact(u), unwrapURL(err))
 		}
-		defer resp.Body.Close()
 		if resp.StatusCode != http.StatusOK {
+			resp.Body.Close()
 			err := fmt.Errorf("GET %s: %s", Redact(u), resp.Status)
 			if resp.StatusCode < 500 && resp.StatusCode != http.StatusTooManyRequests {
-				return permanentError{err}
+				return nil, "", permanentError{err}
 			}
-			return err
+			return nil, "", err
 		}
-		rec.Version = resp.Header.Get("ETag")
-		pr := &progressReader{r: resp.Body, total: resp.ContentLength, log: o, url: Redact(u), last: time.Now()}
-		_, err = io.Copy(f, pr)
-		return err
-	})
-	if err != nil {
-		return err
+		return resp.Body, resp.Header.Get("ETag"), nil
 	}
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return err
-	}
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return err
-	}
-	got := hex.EncodeToString(h.Sum(nil))
-	if want != "" && got != want {
-		return fmt.Errorf("--context %s: sha256 mismatch: want %s, got %s", Redact(o.Source), want, got)
-	}
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return err
-	}
-	return extractArchive(f, dir, o.Limits)
 }
 
 func unwrapURL(err error) error {

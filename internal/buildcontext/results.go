@@ -1,6 +1,8 @@
 package buildcontext
 
 import (
+	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 )
@@ -37,4 +39,23 @@ func writeAtomic(path string, data []byte) error {
 	}
 	os.Chmod(f.Name(), 0o644)
 	return os.Rename(f.Name(), path)
+}
+
+// FetchAndRecord is the fetch-context step: it fetches the context, then
+// writes its record and, for git, the Chains results.
+func FetchAndRecord(ctx context.Context, o FetchOptions, record, resultsDir string) error {
+	rec, err := Fetch(ctx, o)
+	if err != nil {
+		return err
+	}
+	if err := WriteRecord(record, rec); err != nil {
+		return fmt.Errorf("writing %s: %w", record, err)
+	}
+	if err := WriteChainsResults(resultsDir, rec); err != nil {
+		return fmt.Errorf("writing results: %w", err)
+	}
+	if o.Logger != nil {
+		o.Logger.Info("context fetched", "dest", o.Dest, "sha256", rec.SHA256, "commit", rec.Commit)
+	}
+	return nil
 }
