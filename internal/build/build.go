@@ -5,7 +5,10 @@ package build
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -26,6 +29,7 @@ import (
 	"github.com/kilnbuild/kiln/internal/cache"
 	"github.com/kilnbuild/kiln/internal/dockerfile"
 	"github.com/kilnbuild/kiln/internal/layer"
+	"github.com/kilnbuild/kiln/internal/record"
 	"github.com/kilnbuild/kiln/internal/registry"
 	"github.com/kilnbuild/kiln/internal/rootfs"
 	"github.com/kilnbuild/kiln/internal/run"
@@ -118,6 +122,15 @@ type Result struct {
 	Image v1.Image
 	// Digest is the image's manifest digest.
 	Digest v1.Hash
+	// Materials are the images the build read, by digest.
+	Materials []record.Material
+	// Dockerfile is the Dockerfile's location and sha256.
+	Dockerfile record.File
+	// Context is the context's record (from fetch-context, the fetch, or
+	// computed for a local directory).
+	Context *buildcontext.Record
+	// StartedOn is when the build began.
+	StartedOn time.Time
 
 	cleanup func()
 }
@@ -163,6 +176,11 @@ type builder struct {
 	http     *http.Client
 	// secretValues are the secrets read so far, hidden in RUN output.
 	secretValues []string
+	// materials are the images pulled, for the build record.
+	materials []record.Material
+	// ctxRecord describes the context.
+	ctxRecord *buildcontext.Record
+	started   time.Time
 	// inPlace says the stage root is the container's own file system.
 	inPlace bool
 	// ignore lists paths snapshots skip (and, in place, Clear and Unpack).
@@ -172,7 +190,7 @@ type builder struct {
 }
 
 func newBuilder(o Options) (*builder, error) {
-	b := &builder{o: o, log: o.Logger, stages: map[int]*stage{}, images: map[string]string{}, http: o.HTTPClient}
+	b := &builder{o: o, log: o.Logger, stages: map[int]*stage{}, images: map[string]string{}, http: o.HTTPClient, started: time.Now().UTC()}
 	if b.log == nil {
 		b.log = slog.New(slog.DiscardHandler)
 	}
@@ -327,8 +345,23 @@ func (b *builder) fetchContext(ctx context.Context) error {
 	src := b.o.Context
 	local := !strings.Contains(src, "://") || strings.HasPrefix(src, "dir://")
 	if local {
+		dir := strings.TrimPrefix(src, "dir://")
+		// fetch-context leaves its record beside the context directory.
+		if data, err := os.ReadFile(filepath.Join(filepath.Dir(filepath.Clean(dir)), "context.json")); err == nil {
+			var rec buildcontext.Record
+			if json.Unmarshal(data, &rec) == nil && rec.SHA256 != "" {
+				b.ctxRecord = &rec
+			}
+		}
 		if b.o.ContextSubPath != "" {
-			b.o.Context = filepath.Join(strings.TrimPrefix(src, "dir://"), b.o.ContextSubPath)
+			b.o.Context = filepath.Join(dir, b.o.ContextSubPath)
+		}
+		if b.ctxRecord == nil {
+			if abs, err := filepath.Abs(b.o.Context); err == nil {
+				if d, err := buildcontext.CanonicalDigest(abs); err == nil {
+					b.ctxRecord = &buildcontext.Record{Source: abs, SHA256: d}
+				}
+			}
 		}
 		return nil
 	}
@@ -341,6 +374,7 @@ func (b *builder) fetchContext(ctx context.Context) error {
 		return err
 	}
 	b.log.Info("fetched context", "source", rec.Source, "commit", rec.Commit, "sha256", rec.SHA256)
+	b.ctxRecord = rec
 	b.o.Context = filepath.Join(dest, b.o.ContextSubPath)
 	return nil
 }
@@ -397,7 +431,11 @@ func (b *builder) run(ctx context.Context) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("computing image digest: %w", err)
 	}
-	return &Result{Image: img, Digest: d}, nil
+	sum := sha256.Sum256(src)
+	return &Result{
+		Image: img, Digest: d, Materials: record.SortMaterials(b.materials), Context: b.ctxRecord, StartedOn: b.started,
+		Dockerfile: record.File{Path: displayName(dfPath), SHA256: "sha256:" + hex.EncodeToString(sum[:])},
+	}, nil
 }
 
 func stageLabel(s *dockerfile.Stage) string {
@@ -481,4 +519,11 @@ func (b *builder) pullImage(ctx context.Context, ref string) (v1.Image, error) {
 		return nil, fmt.Errorf("invalid image reference %q: %w", ref, err)
 	}
 	return b.o.Registry.Pull(ctx, ref)
+}
+
+// material records an image the build read.
+func (b *builder) material(ref string, img v1.Image, use string) {
+	if d, err := img.Digest(); err == nil {
+		b.materials = append(b.materials, record.Material{Ref: ref, Digest: d.String(), Use: use})
+	}
 }

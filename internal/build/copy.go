@@ -73,6 +73,7 @@ func (b *builder) copySource(ctx context.Context, st *stage, from string) (*sour
 			}
 			return nil, fmt.Errorf("--from=%s: %w", ref, err)
 		}
+		b.material(ref, img, "copy")
 		root = filepath.Join(b.work, "image-"+strconv.Itoa(len(b.images)))
 		if err := os.MkdirAll(root, 0o755); err != nil {
 			return nil, err

@@ -93,6 +93,9 @@ func (b *builder) buildStage(ctx context.Context, ps *dockerfile.Stage) (*stage,
 			return nil, &dockerfile.Error{File: b.df.Name, Line: ps.Line, Err: fmt.Errorf("FROM %s: %w", ps.Base, err)}
 		}
 	}
+	if ps.BaseStage < 0 && !strings.EqualFold(ps.Base, "scratch") {
+		b.material(ps.Base, st.base, "base")
+	}
 	if b.o.Cache {
 		if err := b.initKey(st); err != nil {
 			return nil, err

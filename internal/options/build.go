@@ -20,6 +20,7 @@ import (
 	"github.com/kilnbuild/kiln/internal/cache"
 	"github.com/kilnbuild/kiln/internal/layer"
 	"github.com/kilnbuild/kiln/internal/output"
+	"github.com/kilnbuild/kiln/internal/record"
 	"github.com/kilnbuild/kiln/internal/registry"
 )
 
@@ -55,6 +56,7 @@ type Build struct {
 	Git                                         string
 	ForceBuildMetadata                          bool
 	Secrets                                     []string
+	BuildRecord                                 string
 	Isolation                                   string
 	Log                                         LogFlags
 }
@@ -136,6 +138,7 @@ func (b *Build) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
 	fs.BoolVar(&b.SkipPushPermissionCheck, "skip-push-permission-check", false, "Do not check, before building, that every destination accepts a push.")
 	fs.StringVar(&b.Git, "git", "", "Git context options: branch=,single-branch=,recurse-submodules=,depth=,insecure-skip-tls=.")
 	fs.BoolVar(&b.ForceBuildMetadata, "force-build-metadata", false, "Write layers for metadata instructions (not supported yet).")
+	fs.StringVar(&b.BuildRecord, "build-record", "", "Write the build record (JSON: images, digests, Dockerfile, context, base images, masked build args, platform, times) here; default: build.json beside --digest-file, or inside --oci-layout-path; \"-\" for none.")
 	fs.StringArrayVar(&b.Secrets, "secret", nil, "Build secret for RUN --mount=type=secret: id=ID,src=PATH or id=ID,env=VAR; repeatable. Never written to layers, history or logs.")
 	fs.StringVar(&b.Isolation, "isolation", "auto", "How the build is isolated: chroot (a private root directory; RUN in mount and pid namespaces), in-place (kaniko's model: the container's own / is the image root; needs no capability), or auto (in-place only in a container that cannot create namespaces).")
 	b.Log.AddFlags(fs)
@@ -425,8 +428,10 @@ func (b *Build) Job(fs *pflag.FlagSet, getenv func(string) string, lookupEnv fun
 			DigestFile:                 b.DigestFile,
 			ImageNameWithDigestFile:    b.ImageNameWithDigestFile,
 			ImageNameTagWithDigestFile: b.ImageNameTagWithDigestFile,
+			BuildRecord:                b.buildRecordPath(),
 		},
 		SkipPushPermissionCheck: b.SkipPushPermissionCheck,
+		SecretIDs:               secretIDs(secrets),
 	}, nil
 }
 
@@ -454,4 +459,23 @@ func (b *Build) cacheStore(client *registry.Client, dests []name.Reference) (cac
 		store = cache.ReadOnly{Store: store}
 	}
 	return store, nil
+}
+
+// buildRecordPath is --build-record, or its default.
+func (b *Build) buildRecordPath() string {
+	switch b.BuildRecord {
+	case "-":
+		return ""
+	case "":
+		return record.DefaultPath(b.DigestFile, b.OCILayoutPath)
+	}
+	return b.BuildRecord
+}
+
+func secretIDs(m map[string]build.Secret) []string {
+	var out []string
+	for id := range m {
+		out = append(out, id)
+	}
+	return out
 }

@@ -38,6 +38,9 @@ type Options struct {
 	ImageNameWithDigestFile string
 	// ImageNameTagWithDigestFile receives "repo:tag@sha256:<hex>" per destination.
 	ImageNameTagWithDigestFile string
+	// BuildRecord receives BuildRecordData (the build record).
+	BuildRecord     string
+	BuildRecordData []byte
 }
 
 // Pusher writes an image to a registry.
@@ -104,6 +107,11 @@ func Write(ctx context.Context, img v1.Image, o Options, p Pusher, log *slog.Log
 			return err
 		}
 	}
+	if o.BuildRecord != "" {
+		if err := stage(stageFile(o.BuildRecord, "--build-record", string(o.BuildRecordData))); err != nil {
+			return err
+		}
+	}
 	if !o.NoPush {
 		for _, d := range o.Destinations {
 			log.Info("pushing", "destination", d.String())
@@ -128,10 +136,21 @@ type staged struct {
 	abort  func()
 }
 
+// tempBeside creates a temporary file on the target's file system: in its
+// directory, or, while that does not exist yet (a layout about to be
+// renamed into place), in the nearest directory that does. Nothing is
+// created at the target's path before the commit.
 func tempBeside(target, flag string) (*os.File, error) {
 	dir := filepath.Dir(target)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("%s %s: %w", flag, target, err)
+	for {
+		if fi, err := os.Stat(dir); err == nil && fi.IsDir() {
+			break
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			break
+		}
+		dir = parent
 	}
 	f, err := os.CreateTemp(dir, "."+filepath.Base(target)+".kiln-*")
 	if err != nil {
@@ -143,6 +162,10 @@ func tempBeside(target, flag string) (*os.File, error) {
 func renameStage(tmp, target, flag string) *staged {
 	return &staged{
 		commit: func() error {
+			if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
+				os.RemoveAll(tmp)
+				return fmt.Errorf("%s %s: %w", flag, target, err)
+			}
 			if err := os.Rename(tmp, target); err != nil {
 				os.Remove(tmp)
 				return fmt.Errorf("%s %s: %w", flag, target, err)

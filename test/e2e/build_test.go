@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"archive/tar"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/validate"
 
 	"github.com/kilnbuild/kiln/internal/imagetest"
+	"github.com/kilnbuild/kiln/internal/record"
 )
 
 // fullContext copies testdata/full and adds what git cannot carry: an
@@ -195,7 +197,7 @@ func TestBuildInProcessRegistry(t *testing.T) {
 				return []string{
 					"--context", ctx, "--dockerfile", "Dockerfile",
 					"--destination", dest1, "-d", dest2, "--insecure", "--insecure-pull",
-					"--build-arg", "BASE=" + base, "--build-arg", "VERSION=1.2.3",
+					"--build-arg", "BASE=" + base, "--build-arg", "VERSION=1.2.3", "--build-arg", "NPM_TOKEN=npm-s3cret",
 					"--label", "extra=from-flag", "--reproducible",
 					"--digest-file", filepath.Join(out, n+".digest"),
 					"--image-name-with-digest-file", filepath.Join(out, n+".names"),
@@ -220,6 +222,7 @@ func TestBuildInProcessRegistry(t *testing.T) {
 				}
 			}
 			checkFullImage(t, pull(t, dest1), tc.want)
+			checkRecord(t, filepath.Join(out, "build.json"), string(digest), base, []string{dest1, dest2})
 			names, _ := os.ReadFile(filepath.Join(out, "one.names"))
 			if want := reg + "/kiln/full@" + string(digest) + "\n" + reg + "/mirror/full@" + string(digest) + "\n"; string(names) != want {
 				t.Errorf("names %q, want %q", names, want)
@@ -389,5 +392,50 @@ func TestMirrorAndSubPath(t *testing.T) {
 	fs := imagetest.Flatten(t, img)
 	if fs["f"].Content != "sub" || fs["etc/passwd"].Content == "" {
 		t.Errorf("f = %q; base files present: %v", fs["f"].Content, fs["etc/passwd"].Content != "")
+	}
+}
+
+// checkRecord asserts the build record written beside the digest file.
+func checkRecord(t *testing.T, path, digest, base string, dests []string) {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("build record: %v", err)
+	}
+	if strings.Contains(string(data), "npm-s3cret") {
+		t.Error("a secret build arg is in the build record")
+	}
+	rec, err := record.Read(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Digest != digest || !rec.Pushed || rec.Platform != "linux/amd64" || !strings.HasPrefix(rec.Builder, "kiln@") {
+		t.Errorf("record %+v", rec)
+	}
+	var refs []string
+	for _, im := range rec.Images {
+		refs = append(refs, im.Ref)
+		if im.Digest != digest {
+			t.Errorf("image %s digest %s", im.Ref, im.Digest)
+		}
+	}
+	if strings.Join(refs, ",") != strings.Join(dests, ",") {
+		t.Errorf("images %v, want %v", refs, dests)
+	}
+	baseImg := pull(t, base)
+	bd, _ := baseImg.Digest()
+	if len(rec.Materials) != 1 || rec.Materials[0].Ref != base || rec.Materials[0].Digest != bd.String() {
+		t.Errorf("materials %+v, want %s@%s", rec.Materials, base, bd)
+	}
+	if rec.BuildArgs["NPM_TOKEN"] != record.Masked || rec.BuildArgs["VERSION"] != "1.2.3" {
+		t.Errorf("build args %v", rec.BuildArgs)
+	}
+	var ctxRec struct{ Source, SHA256 string }
+	json.Unmarshal(rec.Context, &ctxRec)
+	if !strings.HasPrefix(rec.Dockerfile.SHA256, "sha256:") || !strings.HasPrefix(ctxRec.SHA256, "sha256:") {
+		t.Errorf("dockerfile %+v context %s", rec.Dockerfile, rec.Context)
+	}
+	if rec.FinishedOn.Before(rec.StartedOn) {
+		t.Errorf("times %v %v", rec.StartedOn, rec.FinishedOn)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/kilnbuild/kiln/internal/imagetest"
+	"github.com/kilnbuild/kiln/internal/record"
 )
 
 // gitRepo serves a bare repository (one commit: a Dockerfile and a file)
@@ -106,6 +107,16 @@ func TestFetchContextAndBuildFromGit(t *testing.T) {
 		"--insecure-pull", "--no-push", "--digest-file", filepath.Join(out, "d1"), "--reproducible", "--isolation", "chroot")
 	if r.code != 0 {
 		t.Fatalf("build from the fetched context failed:\n%s", r.stderr)
+	}
+	// The build record carries fetch-context's record of the context.
+	br, err := record.Read(filepath.Join(out, "build.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ctxRec map[string]string
+	json.Unmarshal(br.Context, &ctxRec)
+	if ctxRec["commit"] != commit || ctxRec["chainsGitURL"] != repo {
+		t.Errorf("build record context %s", br.Context)
 	}
 
 	// The kaniko way: build --context straight from git.
