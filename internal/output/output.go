@@ -338,3 +338,42 @@ func readIndex(p string, into *v1.IndexManifest) error {
 	}
 	return json.Unmarshal(data, into)
 }
+
+// Batch is a set of small files written together: each is prepared under a
+// temporary name, and Commit renames them all into place; Abort removes
+// what was prepared. Steps use it to write results all or nothing.
+type Batch struct {
+	pending []*staged
+}
+
+// Add prepares a file; flag names it in errors.
+func (b *Batch) Add(path, flag, content string) error {
+	s, err := stageFile(path, flag, content)
+	if err != nil {
+		return err
+	}
+	b.pending = append(b.pending, s)
+	return nil
+}
+
+// Commit renames every prepared file into place.
+func (b *Batch) Commit() error {
+	for i, s := range b.pending {
+		if err := s.commit(); err != nil {
+			for _, rest := range b.pending[i+1:] {
+				rest.abort()
+			}
+			return err
+		}
+	}
+	b.pending = nil
+	return nil
+}
+
+// Abort removes every prepared file.
+func (b *Batch) Abort() {
+	for _, s := range b.pending {
+		s.abort()
+	}
+	b.pending = nil
+}

@@ -223,6 +223,18 @@ func TestBuildInProcessRegistry(t *testing.T) {
 			}
 			checkFullImage(t, pull(t, dest1), tc.want)
 			checkRecord(t, filepath.Join(out, "build.json"), string(digest), base, []string{dest1, dest2})
+			res := filepath.Join(out, "results")
+			r = step(t, "emit-results", nil, "--build-record", filepath.Join(out, "build.json"), "--digest-file", filepath.Join(out, "one.digest"),
+				"--oci-layout-path", filepath.Join(out, "one-layout"), "--tekton-results-dir", res)
+			if r.code != 0 {
+				t.Fatalf("emit-results failed:\n%s", r.stderr)
+			}
+			if got, _ := os.ReadFile(filepath.Join(res, "IMAGE_DIGEST")); string(got) != string(digest) {
+				t.Errorf("IMAGE_DIGEST = %q", got)
+			}
+			if got, _ := os.ReadFile(filepath.Join(res, "IMAGE_URL")); string(got) != dest1 {
+				t.Errorf("IMAGE_URL = %q, want %s", got, dest1)
+			}
 			names, _ := os.ReadFile(filepath.Join(out, "one.names"))
 			if want := reg + "/kiln/full@" + string(digest) + "\n" + reg + "/mirror/full@" + string(digest) + "\n"; string(names) != want {
 				t.Errorf("names %q, want %q", names, want)
