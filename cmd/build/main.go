@@ -30,9 +30,10 @@ func run(ctx context.Context, args []string) int {
 	fs := pflag.NewFlagSet("build", pflag.ContinueOnError)
 	var o options.Build
 	o.AddFlags(fs, os.Getenv)
-	if code, done := options.Parse(fs, "Usage: build [flags]\n\nBuilds a Dockerfile into an OCI image without a daemon.", args, os.Stderr); done {
+	if code, done := options.Parse(fs, "Usage: build [flags] [-- KEY=VALUE ...]\n\nBuilds a Dockerfile into an OCI image without a daemon.\nArguments after -- are build arguments, like --build-arg.", args, os.Stderr, true); done {
 		return code
 	}
+	o.BuildArgs = append(o.BuildArgs, fs.Args()...)
 	log, err := o.Log.Logger(os.Stderr)
 	if err == nil {
 		err = o.Validate(fs)

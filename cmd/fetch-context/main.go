@@ -31,6 +31,10 @@ func run(ctx context.Context, args []string) int {
 		return code
 	}
 	log, err := o.Log.Logger(os.Stderr)
+	if err == nil && o.Skip() {
+		log.Info("no context source given: nothing to fetch")
+		return 0
+	}
 	var fo buildcontext.FetchOptions
 	var record string
 	if err == nil {

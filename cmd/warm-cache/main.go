@@ -30,6 +30,10 @@ func run(ctx context.Context, args []string) int {
 		return code
 	}
 	log, err := o.Log.Logger(os.Stderr)
+	if err == nil && o.Skip() {
+		log.Info("no image to warm: nothing to do")
+		return 0
+	}
 	var wo cache.WarmOptions
 	if err == nil {
 		wo, err = o.Options(os.Getenv, os.LookupEnv, log)

@@ -46,6 +46,9 @@ type Options struct {
 	Context string
 	// ContextSubPath is the sub-directory of the context to use.
 	ContextSubPath string
+	// ContextRecord is fetch-context's record of a local context; empty
+	// means context.json beside the context directory, if there.
+	ContextRecord string
 	// Git are the --git options for git contexts.
 	Git buildcontext.GitOptions
 	// Stdin serves tar://stdin.
@@ -347,7 +350,11 @@ func (b *builder) fetchContext(ctx context.Context) error {
 	if local {
 		dir := strings.TrimPrefix(src, "dir://")
 		// fetch-context leaves its record beside the context directory.
-		if data, err := os.ReadFile(filepath.Join(filepath.Dir(filepath.Clean(dir)), "context.json")); err == nil {
+		recPath := b.o.ContextRecord
+		if recPath == "" {
+			recPath = filepath.Join(filepath.Dir(filepath.Clean(dir)), "context.json")
+		}
+		if data, err := os.ReadFile(recPath); err == nil {
 			var rec buildcontext.Record
 			if json.Unmarshal(data, &rec) == nil && rec.SHA256 != "" {
 				b.ctxRecord = &rec

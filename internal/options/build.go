@@ -57,6 +57,7 @@ type Build struct {
 	ForceBuildMetadata                          bool
 	Secrets                                     []string
 	BuildRecord                                 string
+	ContextRecord                               string
 	Isolation                                   string
 	Log                                         LogFlags
 }
@@ -139,6 +140,7 @@ func (b *Build) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
 	fs.StringVar(&b.Git, "git", "", "Git context options: branch=,single-branch=,recurse-submodules=,depth=,insecure-skip-tls=.")
 	fs.BoolVar(&b.ForceBuildMetadata, "force-build-metadata", false, "Write layers for metadata instructions (not supported yet).")
 	fs.StringVar(&b.BuildRecord, "build-record", "", "Write the build record (JSON: images, digests, Dockerfile, context, base images, masked build args, platform, times) here; default: build.json beside --digest-file, or inside --oci-layout-path; \"-\" for none.")
+	fs.StringVar(&b.ContextRecord, "context-record", "", "fetch-context's record of the context, for the build record, when it is not context.json beside the context.")
 	fs.StringArrayVar(&b.Secrets, "secret", nil, "Build secret for RUN --mount=type=secret: id=ID,src=PATH or id=ID,env=VAR; repeatable. Never written to layers, history or logs.")
 	fs.StringVar(&b.Isolation, "isolation", "auto", "How the build is isolated: chroot (a private root directory; RUN in mount and pid namespaces), in-place (kaniko's model: the container's own / is the image root; needs no capability), or auto (in-place only in a container that cannot create namespaces).")
 	b.Log.AddFlags(fs)
@@ -390,6 +392,7 @@ func (b *Build) Job(fs *pflag.FlagSet, getenv func(string) string, lookupEnv fun
 			Dockerfile:          b.Dockerfile,
 			Context:             b.Context,
 			ContextSubPath:      b.ContextSubPath,
+			ContextRecord:       b.ContextRecord,
 			Git:                 gitOpts,
 			Stdin:               os.Stdin,
 			Getenv:              getenv,

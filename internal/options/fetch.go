@@ -17,6 +17,7 @@ type FetchContext struct {
 	Context, ContextSubPath, Dest, Record, Git, ResultsDir string
 	MaxSize                                                int64
 	MaxFiles, Retries                                      int
+	IfSet                                                  bool
 	Log                                                    LogFlags
 }
 
@@ -30,9 +31,14 @@ func (f *FetchContext) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&f.ResultsDir, "results-dir", "", "Also write Tekton Chains' CHAINS-GIT_URL and CHAINS-GIT_COMMIT results here (git contexts).")
 	fs.Int64Var(&f.MaxSize, "max-context-size", buildcontext.DefaultLimits.MaxBytes, "Most bytes of file content a context may unpack to.")
 	fs.IntVar(&f.MaxFiles, "max-context-files", buildcontext.DefaultLimits.MaxFiles, "Most files a context may unpack to.")
+	fs.BoolVar(&f.IfSet, "if-set", false, "Do nothing, successfully, when --context is empty (for optional pipeline steps).")
 	fs.IntVar(&f.Retries, "retries", 3, "Retries for transient network errors, with exponential backoff.")
 	f.Log.AddFlags(fs)
 }
+
+// Skip reports whether the step has nothing to do (--if-set with no
+// --context).
+func (f *FetchContext) Skip() bool { return f.IfSet && f.Context == "" }
 
 // Options validates the flags and returns the engine's options and the
 // record path.

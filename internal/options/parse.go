@@ -13,7 +13,8 @@ import (
 
 // Parse parses a step's flags. When done is true the step ends with code:
 // 0 after --help, 2 for a bad flag or a stray argument (printed to stderr).
-func Parse(fs *pflag.FlagSet, usage string, args []string, stderr io.Writer) (code int, done bool) {
+// Arguments after "--" are left in fs.Args() when allowRest is set.
+func Parse(fs *pflag.FlagSet, usage string, args []string, stderr io.Writer, allowRest ...bool) (code int, done bool) {
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "%s\n\nFlags:\n%s", usage, fs.FlagUsages())
@@ -25,7 +26,7 @@ func Parse(fs *pflag.FlagSet, usage string, args []string, stderr io.Writer) (co
 		fmt.Fprintf(stderr, "%s: %v\n", fs.Name(), err)
 		return 2, true
 	}
-	if fs.NArg() > 0 {
+	if fs.NArg() > 0 && !(len(allowRest) > 0 && allowRest[0] && fs.ArgsLenAtDash() == 0) {
 		fmt.Fprintf(stderr, "%s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
 		return 2, true
 	}

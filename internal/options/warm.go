@@ -22,8 +22,13 @@ type WarmCache struct {
 	CustomPlatform    string
 	Registry          RegistryFlags
 	KanikoDir         string
+	IfSet             bool
 	Log               LogFlags
 }
+
+// Skip reports whether the step has nothing to do (--if-set with no image
+// and no Dockerfile).
+func (w *WarmCache) Skip() bool { return w.IfSet && len(w.Images) == 0 && w.Dockerfile == "" }
 
 // AddFlags registers kaniko warmer's flags on fs.
 func (w *WarmCache) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
@@ -32,6 +37,7 @@ func (w *WarmCache) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
 	fs.StringArrayVar(&w.BuildArgs, "build-arg", nil, "Build argument for ARGs used in FROM; repeatable.")
 	fs.StringVarP(&w.CacheDir, "cache-dir", "c", "/cache", "Cache directory (an OCI image layout) that build --cache-dir reads.")
 	fs.DurationVar(&w.CacheTTL, "cache-ttl", 336*time.Hour, "How long a stored image stays fresh.")
+	fs.BoolVar(&w.IfSet, "if-set", false, "Do nothing, successfully, when no --image or --dockerfile is given (for optional pipeline steps).")
 	fs.BoolVarP(&w.Force, "force", "f", false, "Store images even when a fresh copy is there.")
 	fs.StringVar(&w.CustomPlatform, "custom-platform", "", "Platform os/arch[/variant] to store (default: this machine's).")
 	fs.StringVar(&w.CustomPlatform, "customPlatform", "", "Alias of --custom-platform (kaniko warmer's spelling).")
