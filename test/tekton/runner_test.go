@@ -1,0 +1,221 @@
+package tekton
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	gcrv1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/tektoncd/pipeline/pkg/apis/config"
+	v1 "github.com/tektoncd/pipeline/pkg/apis/pipeline/v1"
+	"github.com/tektoncd/pipeline/pkg/reconciler/taskrun/resources"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
+)
+
+// binDir holds the step binaries built from this tree.
+var binDir string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "kiln-tekton-bin-")
+	if err != nil {
+		panic(err)
+	}
+	cmd := exec.Command("go", "build", "-o", dir+"/", "./cmd/build", "./cmd/fetch-context", "./cmd/warm-cache", "./cmd/emit-results")
+	cmd.Dir = "../.."
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building step binaries:", err)
+		os.Exit(1)
+	}
+	binDir = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// busyboxImage is a base image holding Debian's static busybox.
+func busyboxImage(t *testing.T) gcrv1.Image {
+	data, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		t.Fatalf("busybox-static is required: %v", err)
+	}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	tw.WriteHeader(&tar.Header{Name: "bin/", Typeflag: tar.TypeDir, Mode: 0o755})
+	tw.WriteHeader(&tar.Header{Name: "bin/busybox", Typeflag: tar.TypeReg, Mode: 0o755, Size: int64(len(data))})
+	tw.Write(data)
+	for _, a := range []string{"sh", "echo", "cat"} {
+		tw.WriteHeader(&tar.Header{Name: "bin/" + a, Typeflag: tar.TypeSymlink, Linkname: "busybox", Mode: 0o777})
+	}
+	tw.Close()
+	b := buf.Bytes()
+	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
+	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
+	img, err = mutate.Append(img, mutate.Addendum{Layer: l, MediaType: types.OCILayer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, _ := img.ConfigFile()
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", "amd64"
+	img, _ = mutate.ConfigFile(img, cf)
+	return img
+}
+
+// runTask runs a Task as Tekton's controller prepares it: the TaskRun's
+// parameters, contexts, results and workspaces substituted with Tekton's own
+// functions in the controller's order, then each step's command run with
+// the binaries from this tree. Workspaces and /tekton/results live in
+// temporary directories. It returns the results directory.
+func runTask(t *testing.T, taskFile string, tr *v1.TaskRun) string {
+	t.Helper()
+	data, err := os.ReadFile(taskFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var task v1.Task
+	if err := yaml.UnmarshalStrict(data, &task); err != nil {
+		t.Fatal(err)
+	}
+	ctx := config.ToContext(context.Background(), config.FromContextOrDefaults(context.Background()))
+	task.SetDefaults(ctx)
+	if err := task.Validate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tr.SetDefaults(ctx)
+	ts := task.Spec.DeepCopy()
+	ts = resources.ApplyParameters(ts, tr, ts.Params...)
+	ts = resources.ApplyContexts(ts, task.Name, tr)
+	ts = resources.ApplyResults(ts)
+	ts = resources.ApplyWorkspaces(ctx, ts, ts.Workspaces, tr.Spec.Workspaces, nil)
+
+	root := t.TempDir()
+	results := filepath.Join(root, "tekton", "results")
+	os.MkdirAll(results, 0o755)
+	paths := map[string]string{"/tekton/results": results, "/tekton/home": filepath.Join(root, "home")}
+	for _, w := range ts.Workspaces {
+		for _, b := range tr.Spec.Workspaces {
+			if b.Name == w.Name {
+				dir := filepath.Join(root, "workspace", w.Name)
+				os.MkdirAll(dir, 0o755)
+				paths[w.GetMountPath()] = dir
+			}
+		}
+	}
+	local := func(s string) string {
+		for from, to := range paths {
+			s = strings.ReplaceAll(s, from, to)
+		}
+		return s
+	}
+	for _, step := range ts.Steps {
+		if len(step.Command) != 1 || !strings.HasPrefix(step.Command[0], "/ko-app/") {
+			t.Fatalf("step %s: command %v is not a kiln step binary", step.Name, step.Command)
+		}
+		var args []string
+		for _, a := range step.Args {
+			args = append(args, local(a))
+		}
+		cmd := exec.Command(filepath.Join(binDir, strings.TrimPrefix(step.Command[0], "/ko-app/")), args...)
+		cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "TMPDIR=" + t.TempDir()}
+		for _, e := range append(ts.StepTemplate.Env, step.Env...) {
+			cmd.Env = append(cmd.Env, e.Name+"="+local(e.Value))
+		}
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		start := time.Now()
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("step %s failed (%v) after %v:\n%s\nargs: %q", step.Name, err, time.Since(start), out.String(), args)
+		}
+		t.Logf("step %s ok", step.Name)
+	}
+	return results
+}
+
+func TestKilnBuildTask(t *testing.T) {
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	defer srv.Close()
+	reg := strings.TrimPrefix(srv.URL, "http://")
+	base, _ := name.ParseReference(reg + "/busybox:1")
+	if err := remote.Write(base, busyboxImage(t)); err != nil {
+		t.Fatal(err)
+	}
+	// The context arrives as a tarball fetched by the fetch-context step.
+	var ctxTar bytes.Buffer
+	tw := tar.NewWriter(&ctxTar)
+	df := "ARG BASE\nFROM ${BASE}\nARG GREETING\nRUN echo \"$GREETING\" > /greeting\n"
+	tw.WriteHeader(&tar.Header{Name: "Dockerfile", Mode: 0o644, Size: int64(len(df)), Typeflag: tar.TypeReg})
+	tw.Write([]byte(df))
+	tw.Close()
+	tarPath := filepath.Join(t.TempDir(), "ctx.tar")
+	os.WriteFile(tarPath, ctxTar.Bytes(), 0o644)
+
+	image := reg + "/team/app:1"
+	tr := &v1.TaskRun{
+		ObjectMeta: metav1.ObjectMeta{Name: "kiln-build-run", Namespace: "default"},
+		Spec: v1.TaskRunSpec{
+			Params: v1.Params{
+				{Name: "IMAGE", Value: *v1.NewStructuredValues(image)},
+				{Name: "CONTEXT", Value: *v1.NewStructuredValues("src")},
+				{Name: "CONTEXT_SOURCE", Value: *v1.NewStructuredValues("tar://" + tarPath)},
+				{Name: "BUILD_ARGS", Value: *v1.NewStructuredValues("BASE="+reg+"/busybox:1", "GREETING=hello from tekton")},
+				{Name: "EXTRA_ARGS", Value: *v1.NewStructuredValues("--insecure", "--insecure-pull", "--isolation=chroot", "--reproducible")},
+			},
+			Workspaces: []v1.WorkspaceBinding{{Name: "source", EmptyDir: &corev1EmptyDir}},
+		},
+	}
+	results := runTask(t, "../../tasks/kiln-build.yaml", tr)
+	read := func(n string) string {
+		b, err := os.ReadFile(filepath.Join(results, n))
+		if err != nil {
+			t.Fatalf("result %s: %v", n, err)
+		}
+		return string(b)
+	}
+	ref, _ := name.ParseReference(image)
+	img, err := remote.Image(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, _ := img.Digest()
+	if got := read("IMAGE_DIGEST"); got != d.String() {
+		t.Errorf("IMAGE_DIGEST %s, registry %s", got, d)
+	}
+	if got := read("IMAGE_URL"); got != image {
+		t.Errorf("IMAGE_URL %q", got)
+	}
+	if got := read("IMAGES"); got != reg+"/team/app@"+d.String() {
+		t.Errorf("IMAGES %q", got)
+	}
+	if got := read("IMAGE_ARTIFACT_OUTPUTS"); !strings.Contains(got, `"uri":"`+reg+`/team/app"`) {
+		t.Errorf("IMAGE_ARTIFACT_OUTPUTS %q", got)
+	}
+	ls, _ := img.Layers()
+	rc, _ := ls[len(ls)-1].Uncompressed()
+	b, _ := io.ReadAll(rc)
+	if !bytes.Contains(b, []byte("hello from tekton")) {
+		t.Error("the RUN's output is not in the pushed image")
+	}
+}
