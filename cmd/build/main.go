@@ -13,6 +13,7 @@ import (
 
 	"github.com/kilnbuild/kiln/internal/build"
 	"github.com/kilnbuild/kiln/internal/options"
+	"github.com/kilnbuild/kiln/internal/options/buildopt"
 	sandbox "github.com/kilnbuild/kiln/internal/run"
 )
 
@@ -28,7 +29,7 @@ func main() {
 
 func run(ctx context.Context, args []string) int {
 	fs := pflag.NewFlagSet("build", pflag.ContinueOnError)
-	var o options.Build
+	var o buildopt.Build
 	o.AddFlags(fs, os.Getenv)
 	if code, done := options.Parse(fs, "Usage: build [flags] [-- KEY=VALUE ...]\n\nBuilds a Dockerfile into an OCI image without a daemon.\nArguments after -- are build arguments, like --build-arg.", args, os.Stderr, true); done {
 		return code

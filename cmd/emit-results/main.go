@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/kilnbuild/kiln/internal/options"
+	"github.com/kilnbuild/kiln/internal/options/emitopt"
 	"github.com/kilnbuild/kiln/internal/results"
 )
 
@@ -25,7 +26,7 @@ func main() {
 
 func run(args []string) int {
 	fs := pflag.NewFlagSet("emit-results", pflag.ContinueOnError)
-	var o options.EmitResults
+	var o emitopt.EmitResults
 	o.AddFlags(fs)
 	if code, done := options.Parse(fs, "Usage: emit-results --build-record FILE [outputs]", args, os.Stderr); done {
 		return code

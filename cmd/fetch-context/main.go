@@ -14,6 +14,7 @@ import (
 
 	"github.com/kilnbuild/kiln/internal/buildcontext"
 	"github.com/kilnbuild/kiln/internal/options"
+	"github.com/kilnbuild/kiln/internal/options/fetchopt"
 )
 
 func main() {
@@ -25,7 +26,7 @@ func main() {
 
 func run(ctx context.Context, args []string) int {
 	fs := pflag.NewFlagSet("fetch-context", pflag.ContinueOnError)
-	var o options.FetchContext
+	var o fetchopt.FetchContext
 	o.AddFlags(fs)
 	if code, done := options.Parse(fs, "Usage: fetch-context --context SOURCE --dest DIR [flags]", args, os.Stderr); done {
 		return code

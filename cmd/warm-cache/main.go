@@ -13,6 +13,7 @@ import (
 
 	"github.com/kilnbuild/kiln/internal/cache"
 	"github.com/kilnbuild/kiln/internal/options"
+	"github.com/kilnbuild/kiln/internal/options/warmopt"
 )
 
 func main() {
@@ -24,7 +25,7 @@ func main() {
 
 func run(ctx context.Context, args []string) int {
 	fs := pflag.NewFlagSet("warm-cache", pflag.ContinueOnError)
-	var o options.WarmCache
+	var o warmopt.WarmCache
 	o.AddFlags(fs, os.Getenv)
 	if code, done := options.Parse(fs, "Usage: warm-cache [flags]\n\nStores base images in a cache directory for build --cache-dir.", args, os.Stderr); done {
 		return code

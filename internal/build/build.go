@@ -16,7 +16,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -327,20 +326,7 @@ func (b *builder) cleanup() {
 }
 
 // ParsePlatform parses os/arch[/variant]; empty means the host platform.
-func ParsePlatform(s string) (v1.Platform, error) {
-	if s == "" {
-		p := v1.Platform{OS: runtime.GOOS, Architecture: runtime.GOARCH}
-		if p.Architecture == "arm" {
-			p.Variant = "v7"
-		}
-		return p, nil
-	}
-	p, err := v1.ParsePlatform(s)
-	if err != nil || p.OS == "" || p.Architecture == "" {
-		return v1.Platform{}, fmt.Errorf("--custom-platform %q: want os/arch[/variant]", s)
-	}
-	return *p, nil
-}
+func ParsePlatform(s string) (v1.Platform, error) { return registry.ParsePlatform(s) }
 
 // fetchContext fetches a remote context into the work directory, as the
 // fetch-context step would, and applies --context-sub-path.

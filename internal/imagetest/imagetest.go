@@ -165,6 +165,7 @@ type Entry struct {
 
 // Flatten applies img's layers in order (whiteouts and opaque directories
 // included) and returns the resulting files by path without leading slash.
+// A layer's whiteouts and opaque markers apply to the layers below it only.
 func Flatten(t testing.TB, img v1.Image) map[string]Entry {
 	t.Helper()
 	layers, err := img.Layers()
@@ -177,7 +178,10 @@ func Flatten(t testing.TB, img v1.Image) map[string]Entry {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for name, e := range ReadTar(t, rc) {
+		entries := ReadTar(t, rc)
+		rc.Close()
+		added := map[string]Entry{}
+		for name, e := range entries {
 			dir, base := path.Split(name)
 			dir = strings.TrimSuffix(dir, "/")
 			switch {
@@ -195,10 +199,12 @@ func Flatten(t testing.TB, img v1.Image) map[string]Entry {
 					}
 				}
 			default:
-				fs[name] = e
+				added[name] = e
 			}
 		}
-		rc.Close()
+		for name, e := range added {
+			fs[name] = e
+		}
 	}
 	return fs
 }

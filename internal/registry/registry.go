@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"strings"
 	"time"
 
@@ -173,6 +174,14 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// RemoteOptions are the client's options for pushes, for code that talks
+// to registries through go-containerregistry directly (cosign).
+func (c *Client) RemoteOptions() []remote.Option {
+	return []remote.Option{
+		remote.WithAuthFromKeychain(c.keychain), remote.WithTransport(c.pushTr), remote.WithUserAgent(c.userAgent),
+	}
 }
 
 // ParseReference parses s, allowing plain HTTP where the options say so
@@ -342,4 +351,20 @@ func (c *Client) retry(ctx context.Context, n int, what string, fn func() error)
 		}
 		delay *= 2
 	}
+}
+
+// ParsePlatform parses os/arch[/variant]; empty means the host platform.
+func ParsePlatform(s string) (v1.Platform, error) {
+	if s == "" {
+		p := v1.Platform{OS: runtime.GOOS, Architecture: runtime.GOARCH}
+		if p.Architecture == "arm" {
+			p.Variant = "v7"
+		}
+		return p, nil
+	}
+	p, err := v1.ParsePlatform(s)
+	if err != nil || p.OS == "" || p.Architecture == "" {
+		return v1.Platform{}, fmt.Errorf("--custom-platform %q: want os/arch[/variant]", s)
+	}
+	return *p, nil
 }

@@ -38,7 +38,7 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		panic(err)
 	}
-	cmd := exec.Command("go", "build", "-o", dir+"/", "./cmd/build", "./cmd/fetch-context", "./cmd/warm-cache", "./cmd/emit-results")
+	cmd := exec.Command("go", "build", "-o", dir+"/", "./cmd/build", "./cmd/fetch-context", "./cmd/warm-cache", "./cmd/emit-results", "./cmd/sign")
 	cmd.Dir = "../.."
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
@@ -89,7 +89,7 @@ func busyboxImage(t *testing.T) gcrv1.Image {
 // functions in the controller's order, then each step's command run with
 // the binaries from this tree. Workspaces and /tekton/results live in
 // temporary directories. It returns the results directory.
-func runTask(t *testing.T, taskFile string, tr *v1.TaskRun) string {
+func runTask(t *testing.T, taskFile string, tr *v1.TaskRun, setup ...func(workspace func(string) string)) string {
 	t.Helper()
 	data, err := os.ReadFile(taskFile)
 	if err != nil {
@@ -124,6 +124,9 @@ func runTask(t *testing.T, taskFile string, tr *v1.TaskRun) string {
 			}
 		}
 	}
+	for _, f := range setup {
+		f(func(name string) string { return filepath.Join(root, "workspace", name) })
+	}
 	local := func(s string) string {
 		for from, to := range paths {
 			s = strings.ReplaceAll(s, from, to)
@@ -155,6 +158,12 @@ func runTask(t *testing.T, taskFile string, tr *v1.TaskRun) string {
 }
 
 func TestKilnBuildTask(t *testing.T) {
+	for _, signed := range []bool{false, true} {
+		t.Run(fmt.Sprintf("signed=%v", signed), func(t *testing.T) { testKilnBuildTask(t, signed) })
+	}
+}
+
+func testKilnBuildTask(t *testing.T, signed bool) {
 	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
 	defer srv.Close()
 	reg := strings.TrimPrefix(srv.URL, "http://")
@@ -186,7 +195,18 @@ func TestKilnBuildTask(t *testing.T) {
 			Workspaces: []v1.WorkspaceBinding{{Name: "source", EmptyDir: &corev1EmptyDir}},
 		},
 	}
-	results := runTask(t, "../../tasks/kiln-build.yaml", tr)
+	var setup []func(func(string) string)
+	if signed {
+		tr.Spec.Workspaces = append(tr.Spec.Workspaces, v1.WorkspaceBinding{Name: "signing-secrets", EmptyDir: &corev1EmptyDir})
+		tr.Spec.Params = append(tr.Spec.Params,
+			v1.Param{Name: "SIGNING_KEY", Value: *v1.NewStructuredValues("/workspace/signing-secrets/cosign.key")},
+			v1.Param{Name: "SIGNING_PASSWORD_FILE", Value: *v1.NewStructuredValues("/workspace/signing-secrets/cosign.password")},
+			v1.Param{Name: "SIGN_ARGS", Value: *v1.NewStructuredValues("--insecure")})
+		setup = append(setup, func(ws func(string) string) {
+			writeTestKey(t, ws("signing-secrets"))
+		})
+	}
+	results := runTask(t, "../../tasks/kiln-build.yaml", tr, setup...)
 	read := func(n string) string {
 		b, err := os.ReadFile(filepath.Join(results, n))
 		if err != nil {
@@ -217,5 +237,24 @@ func TestKilnBuildTask(t *testing.T) {
 	b, _ := io.ReadAll(rc)
 	if !bytes.Contains(b, []byte("hello from tekton")) {
 		t.Error("the RUN's output is not in the pushed image")
+	}
+	// Signed runs leave cosign's signature and attestation tags.
+	for _, suffix := range []string{".sig", ".att"} {
+		tag, _ := name.ParseReference(reg + "/team/app:" + strings.Replace(d.String(), ":", "-", 1) + suffix)
+		_, err := remote.Head(tag)
+		if signed != (err == nil) {
+			t.Errorf("%s present = %v, want %v", tag, err == nil, signed)
+		}
+	}
+}
+
+// writeTestKey writes a cosign key pair into dir with test/keygen.
+func writeTestKey(t *testing.T, dir string) {
+	t.Helper()
+	os.MkdirAll(dir, 0o755)
+	cmd := exec.Command("go", "run", "./test/keygen", "-out", dir, "-password", "tekton-test-pass")
+	cmd.Dir = "../.."
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("keygen: %v\n%s", err, out)
 	}
 }

@@ -1,4 +1,4 @@
-package options
+package buildopt
 
 import (
 	"log/slog"

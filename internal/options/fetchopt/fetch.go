@@ -1,8 +1,9 @@
-package options
+package fetchopt
 
 import (
 	"errors"
 	"fmt"
+	"github.com/kilnbuild/kiln/internal/options"
 	"io"
 	"log/slog"
 	"path/filepath"
@@ -18,7 +19,7 @@ type FetchContext struct {
 	MaxSize                                                int64
 	MaxFiles, Retries                                      int
 	IfSet                                                  bool
-	Log                                                    LogFlags
+	Log                                                    options.LogFlags
 }
 
 // AddFlags registers the fetch-context flags.

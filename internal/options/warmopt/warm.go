@@ -1,13 +1,13 @@
-package options
+package warmopt
 
 import (
 	"errors"
+	"github.com/kilnbuild/kiln/internal/options"
 	"log/slog"
 	"time"
 
 	"github.com/spf13/pflag"
 
-	"github.com/kilnbuild/kiln/internal/build"
 	"github.com/kilnbuild/kiln/internal/cache"
 	"github.com/kilnbuild/kiln/internal/registry"
 )
@@ -20,10 +20,10 @@ type WarmCache struct {
 	CacheTTL          time.Duration
 	Force             bool
 	CustomPlatform    string
-	Registry          RegistryFlags
+	Registry          options.RegistryFlags
 	KanikoDir         string
 	IfSet             bool
-	Log               LogFlags
+	Log               options.LogFlags
 }
 
 // Skip reports whether the step has nothing to do (--if-set with no image
@@ -56,7 +56,7 @@ func (w *WarmCache) Options(getenv func(string) string, lookupEnv func(string) (
 	if len(w.Images) == 0 && w.Dockerfile == "" {
 		return cache.WarmOptions{}, errors.New("give --image or --dockerfile")
 	}
-	platform, err := build.ParsePlatform(w.CustomPlatform)
+	platform, err := registry.ParsePlatform(w.CustomPlatform)
 	if err != nil {
 		return cache.WarmOptions{}, err
 	}

@@ -1,6 +1,7 @@
-package options
+package emitopt
 
 import (
+	"github.com/kilnbuild/kiln/internal/options"
 	"github.com/spf13/pflag"
 
 	"github.com/kilnbuild/kiln/internal/results"
@@ -9,7 +10,7 @@ import (
 // EmitResults holds the emit-results step's flags.
 type EmitResults struct {
 	Results results.Options
-	Log     LogFlags
+	Log     options.LogFlags
 }
 
 // AddFlags registers the emit-results flags.

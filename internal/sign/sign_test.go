@@ -1,0 +1,180 @@
+package sign
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/sigstore/cosign/v2/pkg/cosign"
+	ociremote "github.com/sigstore/cosign/v2/pkg/oci/remote"
+	sigs "github.com/sigstore/cosign/v2/pkg/signature"
+
+	"github.com/kilnbuild/kiln/internal/imagetest"
+	"github.com/kilnbuild/kiln/internal/record"
+)
+
+const password = "correct horse battery staple"
+
+// keyPair writes an encrypted cosign key pair and returns the key paths.
+func keyPair(t *testing.T, pass string) (priv, pub string) {
+	t.Helper()
+	kb, err := cosign.GenerateKeyPair(func(bool) ([]byte, error) { return []byte(pass), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	priv, pub = filepath.Join(dir, "cosign.key"), filepath.Join(dir, "cosign.pub")
+	os.WriteFile(priv, kb.PrivateBytes, 0o600)
+	os.WriteFile(pub, kb.PublicBytes, 0o644)
+	return priv, pub
+}
+
+// pushed pushes a random image and returns its record.
+func pushed(t *testing.T, reg, repo string) *record.Build {
+	t.Helper()
+	img, _ := random.Image(256, 2)
+	ref, _ := name.ParseReference(reg + "/" + repo + ":1")
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := img.Digest()
+	return &record.Build{
+		Digest: d.String(), Pushed: true, Images: []record.Image{{Ref: ref.String(), Digest: d.String()}},
+		Dockerfile: record.File{Path: "Dockerfile", SHA256: "sha256:" + strings.Repeat("d", 64)},
+		Context:    json.RawMessage(`{"source":"git://example/app.git#main","sha256":"sha256:` + strings.Repeat("c", 64) + `","commit":"abc"}`),
+		Materials:  []record.Material{{Ref: "example.com/base:1", Digest: "sha256:" + strings.Repeat("b", 64), Use: "base"}},
+		Platform:   "linux/amd64", Builder: "kiln@test",
+		StartedOn: time.Unix(1700000000, 0), FinishedOn: time.Unix(1700000100, 0),
+	}
+}
+
+func verifyOpts(t *testing.T, pub string) *cosign.CheckOpts {
+	t.Helper()
+	v, err := sigs.LoadPublicKey(context.Background(), pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &cosign.CheckOpts{
+		SigVerifier: v, IgnoreTlog: true, IgnoreSCT: true, ClaimVerifier: cosign.SimpleClaimVerifier,
+		RegistryClientOpts: []ociremote.Option{ociremote.WithRemoteOptions()},
+	}
+}
+
+func TestSignAndAttest(t *testing.T) {
+	ctx := context.Background()
+	reg := imagetest.Registry(t)
+	priv, pub := keyPair(t, password)
+	rec := pushed(t, reg, "app")
+	err := Sign(ctx, Options{Record: rec, Key: priv, Password: []byte(password), Attest: true, BuilderID: "https://ci.example.com/kiln"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, _ := name.ParseReference(rec.Images[0].Ref)
+	digest := ref.Context().Digest(rec.Digest)
+	co := verifyOpts(t, pub)
+	sigsFound, _, err := cosign.VerifyImageSignatures(ctx, digest, co)
+	if err != nil || len(sigsFound) != 1 {
+		t.Fatalf("signature verification: %d signatures, %v", len(sigsFound), err)
+	}
+	co.ClaimVerifier = cosign.IntotoSubjectClaimVerifier
+	atts, _, err := cosign.VerifyImageAttestations(ctx, digest, co)
+	if err != nil || len(atts) != 1 {
+		t.Fatalf("attestation verification: %d attestations, %v", len(atts), err)
+	}
+	// A policy on the predicate: builder id and the resolved base digest.
+	pl, err := atts[0].Payload()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var env struct{ Payload string }
+	json.Unmarshal(pl, &env)
+	stmt, _ := base64.StdEncoding.DecodeString(env.Payload)
+	var st struct {
+		PredicateType string `json:"predicateType"`
+		Subject       []struct {
+			Digest map[string]string `json:"digest"`
+		} `json:"subject"`
+		Predicate Predicate `json:"predicate"`
+	}
+	if err := json.Unmarshal(stmt, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.PredicateType != PredicateType || st.Predicate.RunDetails.Builder.ID != "https://ci.example.com/kiln" {
+		t.Errorf("statement %s", stmt)
+	}
+	if len(st.Subject) != 1 || "sha256:"+st.Subject[0].Digest["sha256"] != rec.Digest {
+		t.Errorf("subject %+v, want %s", st.Subject, rec.Digest)
+	}
+	foundBase := false
+	for _, d := range st.Predicate.BuildDefinition.ResolvedDependencies {
+		if d.URI == "oci://example.com/base:1" && d.Digest["sha256"] == strings.Repeat("b", 64) {
+			foundBase = true
+		}
+	}
+	if !foundBase {
+		t.Errorf("resolved dependencies %+v lack the base image", st.Predicate.BuildDefinition.ResolvedDependencies)
+	}
+
+	// Another image (a new digest) carries no signature; another key does
+	// not verify this one.
+	other := pushed(t, reg, "other")
+	oref, _ := name.ParseReference(other.Images[0].Ref)
+	if _, _, err := cosign.VerifyImageSignatures(ctx, oref.Context().Digest(other.Digest), verifyOpts(t, pub)); err == nil {
+		t.Error("an unsigned digest verified")
+	}
+	_, wrongPub := keyPair(t, "other")
+	if _, _, err := cosign.VerifyImageSignatures(ctx, digest, verifyOpts(t, wrongPub)); err == nil {
+		t.Error("the signature verified with another key")
+	}
+}
+
+func TestSignErrors(t *testing.T) {
+	ctx := context.Background()
+	reg := imagetest.Registry(t)
+	priv, _ := keyPair(t, password)
+	rec := pushed(t, reg, "app")
+	for _, tc := range []struct {
+		name string
+		o    Options
+		want string
+	}{
+		{"wrong password", Options{Record: rec, Key: priv, Password: []byte("wrong-pass-123")}, "wrong COSIGN_PASSWORD"},
+		{"missing key", Options{Record: rec, Key: filepath.Join(t.TempDir(), "cosign.key")}, "no such file"},
+		{"no identity", Options{Record: rec}, "no signing identity"},
+		{"tlog upload", Options{Record: rec, Key: priv, TlogUpload: true}, "--tlog-upload=false"},
+		{"kms provider", Options{Record: rec, Key: "awskms:///alias/kiln"}, "awskms"},
+		{"keyless without a token", Options{Record: rec, IdentityTokenFile: filepath.Join(t.TempDir(), "token")}, "no OIDC token"},
+		{"keyless, Fulcio unreachable", Options{Record: rec, IdentityTokenFile: writeToken(t), FulcioURL: "http://127.0.0.1:9"}, "unreachable"},
+		{"no pushed image", Options{Record: &record.Build{}, Key: priv}, "no pushed image"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := Sign(ctx, tc.o)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want %q", err, tc.want)
+			}
+			if strings.Contains(err.Error(), "wrong-pass-123") {
+				t.Error("the password is in the error")
+			}
+		})
+	}
+	// Nothing was written: no signature tag dangles.
+	ref, _ := name.ParseReference(rec.Images[0].Ref)
+	tag, _ := ociremote.SignatureTag(ref.Context().Digest(rec.Digest))
+	if _, err := remote.Head(tag); err == nil {
+		t.Errorf("a failed signing left %s behind", tag)
+	}
+}
+
+func writeToken(t *testing.T) string {
+	p := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(p, []byte("eyJhbGciOi.fake.token"), 0o600)
+	return p
+}
