@@ -58,11 +58,15 @@ type Options struct {
 	Remote []remote.Option
 	// NameOptions parse the image references (plain HTTP registries).
 	NameOptions []name.Option
-	Logger      *slog.Logger
+	// LayoutPath and SignedLayoutPath, when SignedLayoutPath is set, sign
+	// the image in the build's OCI layout instead of the registry, writing
+	// a cosign layout (see SignLayout).
+	LayoutPath, SignedLayoutPath string
+	Logger                       *slog.Logger
 }
 
-// signed is one image's prepared signature and attestation.
-type signed struct {
+// preparedSig is one image's prepared signature and attestation.
+type preparedSig struct {
 	digest name.Digest
 	se     oci.SignedEntity
 }
@@ -75,8 +79,15 @@ func Sign(ctx context.Context, o Options) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	if o.SignedLayoutPath != "" {
+		if err := SignLayout(ctx, o, o.LayoutPath, o.SignedLayoutPath); err != nil {
+			return err
+		}
+		log.Info("signed the layout's image", "digest", o.Record.Digest, "signed-layout", o.SignedLayoutPath)
+		return nil
+	}
 	if o.Record == nil || len(o.Record.Images) == 0 {
-		return errors.New("the build record names no pushed image to sign (a --no-push build is signed by Tekton Chains from its layout)")
+		return errors.New("the build record names no pushed image to sign (sign a --no-push build from its layout with --oci-layout-path and --signed-layout-path)")
 	}
 	if o.TlogUpload {
 		return errors.New("--tlog-upload=true: uploading to a transparency log is not supported yet; pass --tlog-upload=false")
@@ -86,7 +97,7 @@ func Sign(ctx context.Context, o Options) error {
 		return err
 	}
 	ropts := []ociremote.Option{ociremote.WithRemoteOptions(append([]remote.Option{remote.WithContext(ctx)}, o.Remote...)...)}
-	var prepared []signed
+	var prepared []preparedSig
 	for _, im := range o.Record.Images {
 		ref, err := name.ParseReference(im.Ref, o.NameOptions...)
 		if err != nil {
@@ -113,7 +124,7 @@ func Sign(ctx context.Context, o Options) error {
 				return err
 			}
 		}
-		prepared = append(prepared, signed{digest, se})
+		prepared = append(prepared, preparedSig{digest, se})
 	}
 	for _, p := range prepared {
 		if err := ociremote.WriteSignatures(p.digest.Repository, p.se, ropts...); err != nil {

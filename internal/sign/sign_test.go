@@ -1,6 +1,7 @@
 package sign
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -11,9 +12,12 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/sigstore/cosign/v2/pkg/cosign"
+	cosignlayout "github.com/sigstore/cosign/v2/pkg/oci/layout"
 	ociremote "github.com/sigstore/cosign/v2/pkg/oci/remote"
 	sigs "github.com/sigstore/cosign/v2/pkg/signature"
 
@@ -177,4 +181,56 @@ func writeToken(t *testing.T) string {
 	p := filepath.Join(t.TempDir(), "token")
 	os.WriteFile(p, []byte("eyJhbGciOi.fake.token"), 0o600)
 	return p
+}
+
+func TestSignLayout(t *testing.T) {
+	ctx := context.Background()
+	priv, pub := keyPair(t, password)
+	src := filepath.Join(t.TempDir(), "image")
+	img, _ := random.Image(128, 1)
+	p, err := layout.Write(src, empty.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.AppendImage(img)
+	d, _ := img.Digest()
+	rec := &record.Build{Digest: d.String(), Images: []record.Image{{Ref: "registry.example.com/team/app:1", Digest: d.String()}},
+		StartedOn: time.Now(), FinishedOn: time.Now()}
+	dst := filepath.Join(t.TempDir(), "signed")
+	if err := SignLayout(ctx, Options{Record: rec, Key: priv, Password: []byte(password), Attest: true}, src, dst); err != nil {
+		t.Fatal(err)
+	}
+	sii, err := cosignlayout.SignedImageIndex(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sii.SignedImage(d); err != nil {
+		t.Fatalf("the image is not in the signed layout: %v", err)
+	}
+	ss, _ := sii.Signatures()
+	list, _ := ss.Get()
+	if len(list) != 1 {
+		t.Fatalf("%d signatures in the layout", len(list))
+	}
+	v, _ := sigs.LoadPublicKey(ctx, pub)
+	pl, _ := list[0].Payload()
+	b64, _ := list[0].Base64Signature()
+	raw, _ := base64.StdEncoding.DecodeString(b64)
+	if err := v.VerifySignature(bytes.NewReader(raw), bytes.NewReader(pl)); err != nil {
+		t.Errorf("layout signature does not verify: %v", err)
+	}
+	atts, _ := sii.Attestations()
+	al, _ := atts.Get()
+	if len(al) != 1 {
+		t.Errorf("%d attestations in the layout", len(al))
+	}
+	// A layout without the image is a clear error and writes nothing.
+	other := filepath.Join(t.TempDir(), "signed")
+	rec.Digest = "sha256:" + strings.Repeat("0", 64)
+	if err := SignLayout(ctx, Options{Record: rec, Key: priv, Password: []byte(password)}, src, other); err == nil || !strings.Contains(err.Error(), "does not hold") {
+		t.Errorf("err = %v", err)
+	}
+	if _, err := os.Stat(other); err == nil {
+		t.Error("a failed signing wrote the layout")
+	}
 }

@@ -19,7 +19,7 @@ import (
 // Sign holds the sign step's flags.
 type Sign struct {
 	BuildRecord, Key, IdentityTokenFile, FulcioURL, RekorURL string
-	PasswordFile                                             string
+	PasswordFile, LayoutPath, SignedLayoutPath               string
 	BuilderID, InvocationID                                  string
 	TlogUpload, Attest, IfSet                                bool
 	KanikoDir                                                string
@@ -31,6 +31,8 @@ type Sign struct {
 func (s *Sign) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
 	fs.StringVar(&s.BuildRecord, "build-record", "", "The build record (build.json): its images are signed. Required.")
 	fs.StringVar(&s.Key, "key", "", "cosign private key: a file (password in COSIGN_PASSWORD), k8s://namespace/secret, or a KMS URI (awskms://, gcpkms://, azurekms://, hashivault://).")
+	fs.StringVar(&s.LayoutPath, "oci-layout-path", "", "The build's OCI layout, for signing a --no-push build (with --signed-layout-path).")
+	fs.StringVar(&s.SignedLayoutPath, "signed-layout-path", "", "Sign the image in --oci-layout-path and write it with its signature and provenance here, as a cosign layout (cosign load --dir pushes it).")
 	fs.StringVar(&s.PasswordFile, "password-file", "", "A file holding the key's password (instead of COSIGN_PASSWORD), e.g. from a mounted secret.")
 	fs.StringVar(&s.IdentityTokenFile, "identity-token-file", "", "Keyless: a file holding an OIDC token (a projected service account token).")
 	fs.StringVar(&s.FulcioURL, "fulcio-url", "https://fulcio.sigstore.dev", "Keyless: the Fulcio certificate authority.")
@@ -77,6 +79,10 @@ func (s *Sign) Options(getenv func(string) string, log *slog.Logger) (sign.Optio
 		Record: rec, Key: s.Key, IdentityTokenFile: s.IdentityTokenFile, FulcioURL: s.FulcioURL, RekorURL: s.RekorURL,
 		TlogUpload: s.TlogUpload, Attest: s.Attest, BuilderID: s.BuilderID, InvocationID: s.InvocationID,
 		Remote: client.RemoteOptions(), NameOptions: nameOpts, Logger: log,
+		LayoutPath: s.LayoutPath, SignedLayoutPath: s.SignedLayoutPath,
+	}
+	if s.SignedLayoutPath != "" && s.LayoutPath == "" {
+		return sign.Options{}, errors.New("--signed-layout-path needs --oci-layout-path")
 	}
 	if pw, ok := lookup(getenv, "COSIGN_PASSWORD"); ok {
 		o.Password = []byte(pw)
