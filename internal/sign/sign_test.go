@@ -154,7 +154,7 @@ func TestSignErrors(t *testing.T) {
 		{"missing key", Options{Record: rec, Key: filepath.Join(t.TempDir(), "cosign.key")}, "no such file"},
 		{"no identity", Options{Record: rec}, "no signing identity"},
 		{"tlog upload", Options{Record: rec, Key: priv, TlogUpload: true}, "--tlog-upload=false"},
-		{"kms provider", Options{Record: rec, Key: "awskms:///alias/kiln"}, "awskms"},
+		{"unlinked KMS provider", Options{Record: rec, Key: "gcpkms://projects/p/locations/l/keyRings/r/cryptoKeys/k"}, "gcpkms"},
 		{"keyless without a token", Options{Record: rec, IdentityTokenFile: filepath.Join(t.TempDir(), "token")}, "no OIDC token"},
 		{"keyless, Fulcio unreachable", Options{Record: rec, IdentityTokenFile: writeToken(t), FulcioURL: "http://127.0.0.1:9"}, "unreachable"},
 		{"no pushed image", Options{Record: &record.Build{}, Key: priv}, "no pushed image"},
@@ -232,5 +232,32 @@ func TestSignLayout(t *testing.T) {
 	}
 	if _, err := os.Stat(other); err == nil {
 		t.Error("a failed signing wrote the layout")
+	}
+}
+
+// TestKMSUnreachable signs with KMS keys whose services are not there: the
+// providers are linked in and fail clearly, without any network but
+// loopback.
+func TestKMSUnreachable(t *testing.T) {
+	t.Setenv("AWS_ACCESS_KEY_ID", "test")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "test")
+	t.Setenv("AWS_REGION", "us-east-1")
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	t.Setenv("VAULT_ADDR", "http://127.0.0.1:9")
+	t.Setenv("VAULT_TOKEN", "test-token")
+	reg := imagetest.Registry(t)
+	rec := pushed(t, reg, "kms")
+	for _, key := range []string{"awskms://127.0.0.1:9/alias/kiln", "hashivault://kiln"} {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		err := Sign(ctx, Options{Record: rec, Key: key})
+		cancel()
+		if err == nil || !(strings.Contains(err.Error(), "refused") || strings.Contains(err.Error(), "127.0.0.1:9")) {
+			t.Errorf("%s: err = %v, want the unreachable service named", key, err)
+		}
+	}
+	ref, _ := name.ParseReference(rec.Images[0].Ref)
+	tag, _ := ociremote.SignatureTag(ref.Context().Digest(rec.Digest))
+	if _, err := remote.Head(tag); err == nil {
+		t.Error("a failed KMS signing left a signature tag")
 	}
 }
