@@ -86,7 +86,7 @@ func (b *builder) extract(w *writer, host, dest string) error {
 		return err
 	}
 	defer done()
-	if _, err := w.mkdirAll(dest, false); err != nil {
+	if _, err := w.mkdirAll(dest); err != nil {
 		return err
 	}
 	tr := tar.NewReader(r)

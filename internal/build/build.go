@@ -21,7 +21,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/kilnbuild/kiln/internal/buildcontext"
@@ -175,7 +174,9 @@ type builder struct {
 	work     string
 	stages   map[int]*stage
 	images   map[string]string // --from image ref -> unpacked root
-	http     *http.Client
+	// fromImages are the --from images pulled so far.
+	fromImages map[string]v1.Image
+	http       *http.Client
 	// secretValues are the secrets read so far, hidden in RUN output.
 	secretValues []string
 	// materials are the images pulled, for the build record.
@@ -192,7 +193,7 @@ type builder struct {
 }
 
 func newBuilder(o Options) (*builder, error) {
-	b := &builder{o: o, log: o.Logger, stages: map[int]*stage{}, images: map[string]string{}, http: o.HTTPClient, started: time.Now().UTC()}
+	b := &builder{o: o, log: o.Logger, stages: map[int]*stage{}, images: map[string]string{}, fromImages: map[string]v1.Image{}, http: o.HTTPClient, started: time.Now().UTC()}
 	if b.log == nil {
 		b.log = slog.New(slog.DiscardHandler)
 	}
@@ -503,15 +504,19 @@ func (b *builder) download(ctx context.Context, url string, limit int64) ([]byte
 	return data, nil
 }
 
-// pullImage fetches a base or --from image for the target platform.
-func (b *builder) pullImage(ctx context.Context, ref string) (v1.Image, error) {
-	if b.o.Registry == nil {
-		return nil, fmt.Errorf("pulling %s: no registry client", ref)
+// fromImage pulls a --from image once per build, for the cache key and
+// for the copy alike.
+func (b *builder) fromImage(ctx context.Context, ref string, platform v1.Platform) (v1.Image, error) {
+	if img, ok := b.fromImages[ref]; ok {
+		return img, nil
 	}
-	if _, err := name.ParseReference(ref); err != nil {
-		return nil, fmt.Errorf("invalid image reference %q: %w", ref, err)
+	img, err := b.o.Registry.PullPlatform(ctx, ref, platform)
+	if err != nil {
+		return nil, err
 	}
-	return b.o.Registry.Pull(ctx, ref)
+	b.fromImages[ref] = img
+	b.material(ref, img, "copy")
+	return img, nil
 }
 
 // material records an image the build read.

@@ -109,7 +109,7 @@ func (b *builder) readDigest(ctx context.Context, st *stage, from string, source
 			}
 			return "stage:" + prev.key + "\x00" + strings.Join(sources, "\x00"), nil
 		}
-		img, err := b.o.Registry.PullPlatform(ctx, ref, st.platform)
+		img, err := b.fromImage(ctx, ref, st.platform)
 		if err != nil {
 			return "", fmt.Errorf("--from=%s: %w", ref, err)
 		}

@@ -66,14 +66,13 @@ func (b *builder) copySource(ctx context.Context, st *stage, from string) (*sour
 	}
 	root, ok := b.images[ref]
 	if !ok {
-		img, err := b.o.Registry.PullPlatform(ctx, ref, st.platform)
+		img, err := b.fromImage(ctx, ref, st.platform)
 		if err != nil {
 			if !strings.ContainsAny(ref, "/:@") {
 				return nil, fmt.Errorf("--from=%s: no stage named %q before this one, and pulling it as an image failed: %w", ref, ref, err)
 			}
 			return nil, fmt.Errorf("--from=%s: %w", ref, err)
 		}
-		b.material(ref, img, "copy")
 		root = filepath.Join(b.work, "image-"+strconv.Itoa(len(b.images)))
 		if err := os.MkdirAll(root, 0o755); err != nil {
 			return nil, err
@@ -279,7 +278,7 @@ func (b *builder) copyDir(w *writer, src *source, host, rel, dest string, fi fs.
 		if err := w.copyFrom(host, fi, dest); err != nil {
 			return err
 		}
-	} else if _, err := w.mkdirAll(dest, false); err != nil {
+	} else if _, err := w.mkdirAll(dest); err != nil {
 		return err
 	}
 	return filepath.WalkDir(host, func(p string, d fs.DirEntry, err error) error {

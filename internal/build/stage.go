@@ -637,7 +637,7 @@ func (b *builder) workdir(st *stage, p string) ([]layer.Entry, error) {
 		}
 	}
 	w := b.newWriter(st, writerOptions{createOwner: owner})
-	if _, err := w.mkdirAll(c.WorkingDir, false); err != nil {
+	if _, err := w.mkdirAll(c.WorkingDir); err != nil {
 		return nil, fmt.Errorf("WORKDIR %s: %w", p, err)
 	}
 	if !w.createdAny {

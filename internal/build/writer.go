@@ -108,7 +108,7 @@ func (w *writer) recordExisting(img, host string) error {
 // elements owned by the writer's create owner (or chown), and records the
 // whole chain. Existing directories keep their mode and owner. It returns
 // the directory's host path.
-func (w *writer) mkdirAll(dir string, _ bool) (string, error) {
+func (w *writer) mkdirAll(dir string) (string, error) {
 	clean := path.Clean("/" + dir)
 	if clean == "/" {
 		return w.root, nil
@@ -208,7 +208,7 @@ func (w *writer) metaFor(fi fs.FileInfo) meta {
 // image paths.
 func (w *writer) target(dest string) (string, string, error) {
 	dir, base := path.Split(path.Clean("/" + dest))
-	parent, err := w.mkdirAll(dir, false)
+	parent, err := w.mkdirAll(dir)
 	if err != nil {
 		return "", "", err
 	}
