@@ -70,6 +70,10 @@ type Options struct {
 	// file system), or "auto"/"" (in-place only in a container that cannot
 	// create namespaces).
 	Isolation string
+	// UserNS is how chroot isolation maps ids: "auto"/"" (a user namespace
+	// with run.DefaultIDMap where the kernel allows one, else none),
+	// "none", or "HOSTID[:SIZE]" (required).
+	UserNS string
 	// Root is the in-place root; empty means "/".
 	Root string
 	// Force allows in-place isolation outside a container.
@@ -186,6 +190,9 @@ type builder struct {
 	started   time.Time
 	// inPlace says the stage root is the container's own file system.
 	inPlace bool
+	// userns, in chroot isolation, is the user namespace RUN runs in;
+	// nil runs it with the host's ids.
+	userns *run.UserNS
 	// ignore lists paths snapshots skip (and, in place, Clear and Unpack).
 	ignore *rootfs.IgnoreList
 	// cacheWG tracks cache pushes running alongside the build.
@@ -277,7 +284,10 @@ func (b *builder) setIsolation() error {
 		return fmt.Errorf("--isolation %q: want auto, chroot or in-place", b.o.Isolation)
 	}
 	if !b.inPlace {
-		return nil
+		return b.setUserNS()
+	}
+	if b.o.UserNS != "" && b.o.UserNS != "auto" && b.o.UserNS != "none" {
+		return fmt.Errorf("--userns %s needs chroot isolation", b.o.UserNS)
 	}
 	if !b.o.Force && !b.isContainer() {
 		return errors.New("in-place isolation replaces the file system it runs on and this does not look like a container: refusing (pass --force to do it anyway, or use --isolation=chroot)")
@@ -319,8 +329,42 @@ func (b *builder) setIsolation() error {
 	return nil
 }
 
+// setUserNS prepares chroot isolation's user namespace: one for the whole
+// build, checked against the file system holding the stage roots.
+func (b *builder) setUserNS() error {
+	m := run.DefaultIDMap()
+	switch b.o.UserNS {
+	case "none":
+		b.log.Info("chroot isolation without a user namespace (--userns=none): root in a RUN is root in the sandbox")
+		return nil
+	case "", "auto":
+	default:
+		var err error
+		if m, err = run.ParseIDMap(b.o.UserNS); err != nil {
+			return fmt.Errorf("--userns: %w", err)
+		}
+	}
+	ns, err := run.NewUserNS(m, "")
+	if err == nil {
+		if err = ns.Check(b.work); err != nil {
+			ns.Close()
+		}
+	}
+	if err != nil {
+		if b.o.UserNS != "" && b.o.UserNS != "auto" {
+			return fmt.Errorf("--userns %s: %w", b.o.UserNS, err)
+		}
+		b.log.Info("chroot isolation without a user namespace: this kernel or file system does not allow one here; root in a RUN is root in the sandbox", "reason", err.Error())
+		return nil
+	}
+	b.userns = ns
+	b.log.Debug("RUN runs in a user namespace", "ids", m.String())
+	return nil
+}
+
 func (b *builder) cleanup() {
 	b.cacheWG.Wait()
+	b.userns.Close()
 	if err := os.RemoveAll(b.work); err != nil {
 		b.log.Warn("removing work directory", "dir", b.work, "error", err)
 	}

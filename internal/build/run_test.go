@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"golang.org/x/sys/unix"
 
 	"github.com/kilnbuild/kiln/internal/imagetest"
 )
@@ -282,5 +283,67 @@ func TestRunSupplementaryGroupsAndProxyArgs(t *testing.T) {
 		if strings.Contains(h.CreatedBy, "proxy.local") {
 			t.Errorf("proxy ARG in history: %q", h.CreatedBy)
 		}
+	}
+}
+
+// TestRunUserNamespace: chroot isolation runs RUN in a user namespace by
+// default (root inside is an unused host uid, with no privilege over the
+// host's mounts), and --userns chooses the mapping or turns it off.
+func TestRunUserNamespace(t *testing.T) {
+	f := newFixture(t)
+	const df = `FROM REG/busybox:1
+RUN read a b c < /proc/self/uid_map && echo $a $b $c > /map && mkdir /mnt && (mount -t tmpfs none /mnt 2>/dev/null && echo mounted || echo refused) > /mount
+RUN --mount=type=cache,target=/cache,uid=1000,gid=1001 chown 1000:1001 /map && su app -c 'echo $(id -u) > /cache/who && cat /cache/who' > /who
+`
+	tests := []struct {
+		userns, wantMap, wantMount string
+	}{
+		{"", "0 2147483648 2147483647\n", "refused\n"},
+		{"auto", "0 2147483648 2147483647\n", "refused\n"},
+		{"100000:65536", "0 100000 65536\n", "refused\n"},
+		{"none", "0 0 4294967295\n", "mounted\n"},
+	}
+	for _, tt := range tests {
+		t.Run("userns="+tt.userns, func(t *testing.T) {
+			fs, _, _ := f.mustRun(buildSpec{dockerfile: df, opts: func(o *Options) { o.UserNS = tt.userns }})
+			checkFiles(t, fs, map[string]want{
+				"map":   {content: str(tt.wantMap), uid: 1000, gid: 1001, owner: true},
+				"mount": {content: str(tt.wantMount)},
+				"who":   {content: str("1000\n")},
+			}, []string{"cache", "cache/who"})
+		})
+	}
+	for _, bad := range []string{"0:10", "x", "4294967290:100"} {
+		_, err := f.run(buildSpec{dockerfile: "FROM REG/busybox:1\nRUN true\n", opts: func(o *Options) { o.UserNS = bad }})
+		if err == nil || !strings.Contains(err.Error(), "--userns") {
+			t.Errorf("--userns %s: %v", bad, err)
+		}
+	}
+}
+
+// TestRunUserNamespaceFallback: where the work directory's file system
+// cannot be id-mapped (ramfs), auto builds without a user namespace and
+// says so, and an explicit mapping is a clear error.
+func TestRunUserNamespaceFallback(t *testing.T) {
+	f := newFixture(t)
+	work := filepath.Join(t.TempDir(), "ramfs")
+	os.Mkdir(work, 0o700)
+	if err := unix.Mount("none", work, "ramfs", 0, "mode=0700"); err != nil {
+		t.Fatalf("mounting a ramfs work directory: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(work, unix.MNT_DETACH) })
+	const df = "FROM REG/busybox:1\nRUN read a b c < /proc/self/uid_map && echo $a $b $c > /map\n"
+	var logs bytes.Buffer
+	fs, _, _ := f.mustRun(buildSpec{dockerfile: df, opts: func(o *Options) {
+		o.WorkDir = work
+		o.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	}})
+	checkFiles(t, fs, map[string]want{"map": {content: str("0 0 4294967295\n")}}, nil)
+	if !strings.Contains(logs.String(), "without a user namespace") {
+		t.Errorf("the fallback is not logged:\n%s", logs.String())
+	}
+	_, err := f.run(buildSpec{dockerfile: df, opts: func(o *Options) { o.WorkDir = work; o.UserNS = "100000:65536" }})
+	if err == nil || !strings.Contains(err.Error(), "--userns 100000:65536") || !strings.Contains(err.Error(), "id-mapping") {
+		t.Errorf("explicit mapping on ramfs: %v", err)
 	}
 }

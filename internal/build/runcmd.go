@@ -159,6 +159,7 @@ func (b *builder) runInstruction(ctx context.Context, st *stage, c *instructions
 	label := stageLabel(st.ps)
 	ro := run.Options{
 		WorkDir: b.work,
+		UserNS:  b.userns,
 		Output:  func(line string) { b.log.Info(b.redact(line), "stage", label, "run", true) },
 	}
 	if b.inPlace {

@@ -18,12 +18,20 @@ import (
 // command; its last output line says why.
 const initFailure = 125
 
-// IsSandbox reports whether this process was started as a sandbox init.
-func IsSandbox() bool { return os.Getenv(specEnv) != "" }
+// usernsFD is the init's descriptor of the user namespace to map with
+// (Run's ExtraFiles[0]).
+const usernsFD = 3
+
+// IsSandbox reports whether this process was started as a sandbox init
+// (or as a user namespace holder).
+func IsSandbox() bool { return os.Getenv(specEnv) != "" || os.Getenv(holderEnv) != "" }
 
 // SandboxMain is the sandbox init: call it first thing in main (and in
 // TestMain) when IsSandbox is true; it returns the exit status.
 func SandboxMain() int {
+	if os.Getenv(holderEnv) != "" {
+		return holdMain()
+	}
 	code, err := sandbox()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "kiln sandbox: %v\n", err)
@@ -44,11 +52,25 @@ func sandbox() (int, error) {
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return 0, fmt.Errorf("making mounts private: %w", err)
 	}
-	if err := setupMounts(&s); err != nil {
+	userns := -1
+	if s.IDMap != nil {
+		userns = usernsFD
+		unix.CloseOnExec(userns)
+	}
+	// The root becomes a mount of its own (id-mapped in a user namespace),
+	// so that it can be pivoted into.
+	if userns >= 0 {
+		if err := idmapMount(s.Root, s.Root, userns, false); err != nil {
+			return 0, err
+		}
+	} else if err := unix.Mount(s.Root, s.Root, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return 0, fmt.Errorf("binding %s: %w", s.Root, err)
+	}
+	if err := setupMounts(&s, userns); err != nil {
 		return 0, err
 	}
-	if err := unix.Chroot(s.Root); err != nil {
-		return 0, fmt.Errorf("chroot %s: %w", s.Root, err)
+	if err := enterRoot(s.Root); err != nil {
+		return 0, err
 	}
 	dir := s.Dir
 	if dir == "" {
@@ -84,6 +106,15 @@ func sandbox() (int, error) {
 			Setsid:     true,
 		},
 	}
+	if s.IDMap != nil {
+		// A user namespace of the same mapping as the root's id-mapped
+		// mount: the command's ids are the image's, its host ids are not
+		// the host's users', and its capabilities end at the namespace.
+		cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWUSER
+		cmd.SysProcAttr.UidMappings = s.IDMap.idMaps()
+		cmd.SysProcAttr.GidMappings = s.IDMap.idMaps()
+		cmd.SysProcAttr.GidMappingsEnableSetgroups = true
+	}
 	if err := cmd.Start(); err != nil {
 		return 0, fmt.Errorf("starting %s: %w", s.Args[0], err)
 	}
@@ -115,18 +146,42 @@ func sandbox() (int, error) {
 	}
 }
 
-func setupMounts(s *Spec) error {
+// enterRoot makes root the process's "/": pivot_root, with the host's
+// tree detached so no path leads back to it, or chroot where pivot_root
+// is refused (an initramfs root).
+func enterRoot(root string) error {
+	if err := unix.Chdir(root); err != nil {
+		return fmt.Errorf("entering %s: %w", root, err)
+	}
+	if err := unix.PivotRoot(".", "."); err == nil {
+		if err := unix.Unmount(".", unix.MNT_DETACH); err != nil {
+			return fmt.Errorf("detaching the host's file system: %w", err)
+		}
+	} else if err := unix.Chroot(root); err != nil {
+		return fmt.Errorf("chroot %s: %w", root, err)
+	}
+	return unix.Chdir("/")
+}
+
+// setupMounts provides /proc, /dev, the hosts files and RUN's mounts. With
+// a user namespace (userns >= 0) tmpfs mounts belong to its root and bind
+// mounts are id-mapped like the root.
+func setupMounts(s *Spec, userns int) error {
 	mnt := func(src, target, fstype string, flags uintptr, data string) error {
 		if err := unix.Mount(src, target, fstype, flags, data); err != nil {
 			return fmt.Errorf("mounting %s on %s: %w", fstype+src, target, err)
 		}
 		return nil
 	}
+	owner := ""
+	if s.IDMap != nil {
+		owner = fmt.Sprintf(",uid=%d,gid=%d", s.IDMap.HostID, s.IDMap.HostID)
+	}
 	if err := mnt("proc", s.Targets["/proc"], "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
 		return err
 	}
 	dev := s.Targets["/dev"]
-	if err := mnt("tmpfs", dev, "tmpfs", unix.MS_NOSUID, "mode=755,size=65536k"); err != nil {
+	if err := mnt("tmpfs", dev, "tmpfs", unix.MS_NOSUID, "mode=755,size=65536k"+owner); err != nil {
 		return err
 	}
 	for _, d := range []string{"null", "zero", "full", "random", "urandom", "tty"} {
@@ -139,7 +194,7 @@ func setupMounts(s *Spec) error {
 		}
 	}
 	os.Mkdir(filepath.Join(dev, "shm"), 0o1777)
-	mnt("shm", filepath.Join(dev, "shm"), "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=1777,size=65536k")
+	mnt("shm", filepath.Join(dev, "shm"), "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=1777,size=65536k"+owner)
 	os.Mkdir(filepath.Join(dev, "pts"), 0o755)
 	if mnt("devpts", filepath.Join(dev, "pts"), "devpts", unix.MS_NOSUID|unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620") == nil {
 		os.Symlink("pts/ptmx", filepath.Join(dev, "ptmx"))
@@ -170,7 +225,7 @@ func setupMounts(s *Spec) error {
 	for _, m := range s.Mounts {
 		switch m.Type {
 		case "tmpfs":
-			opts := "mode=755"
+			opts := "mode=755" + owner
 			if m.Size > 0 {
 				opts += fmt.Sprintf(",size=%d", m.Size)
 			}
@@ -178,6 +233,11 @@ func setupMounts(s *Spec) error {
 				return err
 			}
 		case "bind":
+			// A source whose file system cannot be id-mapped is bound as
+			// it is: its files then show as nobody's in the namespace.
+			if userns >= 0 && idmapMount(m.Source, m.Target, userns, m.ReadOnly) == nil {
+				continue
+			}
 			if m.ReadOnly {
 				if err := bindRO(m.Source, m.Target); err != nil {
 					return err

@@ -1,8 +1,12 @@
 // Package run executes RUN commands in a sandbox that emulates a
 // container: new mount and pid namespaces (and a new network namespace for
-// --network=none), chrooted into the stage's root directory, with /proc,
-// /dev, /etc/hosts and /etc/resolv.conf provided. Nothing is mounted in the
-// caller's mount namespace, and nothing outside the root is written.
+// --network=none), pivoted into the stage's root directory with the host's
+// tree detached, with /proc, /dev, /etc/hosts and /etc/resolv.conf
+// provided, and, given a UserNS, the command in a user namespace whose
+// root is an unprivileged host uid (the root id-mapped, so files keep the
+// image's owners). Nothing is mounted in the caller's mount namespace, and
+// nothing outside the root is written. Direct runs a command in place
+// instead, kaniko's way.
 package run
 
 import (
@@ -75,6 +79,10 @@ type Spec struct {
 	HostsFile  string `json:"hostsFile,omitempty"`
 	ResolvFile string `json:"resolvFile,omitempty"`
 
+	// IDMap, set by Run from Options.UserNS, runs the command in a user
+	// namespace with this mapping, its root and bind mounts id-mapped.
+	IDMap *IDMap `json:"idmap,omitempty"`
+
 	// targets are the resolved host paths of /proc, /dev, /etc/hosts and
 	// /etc/resolv.conf, filled in by Run.
 	Targets map[string]string `json:"targets,omitempty"`
@@ -107,6 +115,10 @@ type Options struct {
 	Executable string
 	// TailLines is how many output lines an ExitError keeps (default 20).
 	TailLines int
+	// UserNS, when set, runs the command in a user namespace mapped like
+	// it, so that root in a RUN is not root on the host; nil runs it with
+	// the host's ids.
+	UserNS *UserNS
 }
 
 // Run executes spec in a sandbox and waits for it. Mount points the
@@ -120,6 +132,12 @@ func Run(ctx context.Context, spec Spec, o Options) error {
 	defer removeStubs(stubs)
 	if err != nil {
 		return err
+	}
+	if o.UserNS != nil {
+		if o.UserNS.f == nil {
+			return errors.New("the user namespace is closed")
+		}
+		spec.IDMap = &o.UserNS.Map
 	}
 	data, err := json.Marshal(spec)
 	if err != nil {
@@ -143,6 +161,9 @@ func Run(ctx context.Context, spec Spec, o Options) error {
 	}
 	cmd := exec.CommandContext(ctx, exe)
 	cmd.Env = []string{specEnv + "=" + f.Name()}
+	if o.UserNS != nil {
+		cmd.ExtraFiles = []*os.File{o.UserNS.f} // fd 3 in the init
+	}
 	flags := uintptr(syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC)
 	if spec.NoNetwork {
 		flags |= syscall.CLONE_NEWNET

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -83,5 +84,106 @@ func TestDirectRefusesAnotherRoot(t *testing.T) {
 	err := Direct(context.Background(), Spec{Root: t.TempDir(), Args: []string{"true"}}, nil, Options{})
 	if err == nil || !strings.Contains(err.Error(), "runs with / as root") {
 		t.Errorf("err = %v", err)
+	}
+}
+
+// TestRunUserNS runs as root in a user namespace: the image's ids inside,
+// mapped host ids outside, files stored with the image's owners, and no
+// privilege over the host (mounting is refused).
+func TestRunUserNS(t *testing.T) {
+	r := root(t)
+	ns, err := NewUserNS(DefaultIDMap(), "")
+	if err != nil {
+		t.Fatalf("user namespaces are required: %v", err)
+	}
+	defer ns.Close()
+	if err := ns.Check(r); err != nil {
+		t.Fatalf("id-mapped mounts are required: %v", err)
+	}
+	for _, a := range []string{"touch", "chown", "mount", "stat", "mkdir"} {
+		os.Symlink("busybox", filepath.Join(r, "bin", a))
+	}
+	os.MkdirAll(filepath.Join(r, "owned"), 0o755)
+	os.Chown(filepath.Join(r, "owned"), 1000, 1000)
+	cache := t.TempDir()
+	os.Chown(cache, 33, 33)
+	tests := []struct {
+		name   string
+		spec   Spec
+		want   string
+		onDisk map[string][2]int // path in the root -> uid, gid
+	}{{
+		name: "root inside, mapped outside",
+		spec: Spec{Args: []string{"/bin/sh", "-c", "read a b c < /proc/self/uid_map; echo $a $b $c; id -u; touch /new; mkdir /tree; chown 7:8 /tree; stat -c %u:%g /owned"}},
+		want: "0 2147483648 2147483647,0,1000:1000",
+		onDisk: map[string][2]int{
+			"new": {0, 0}, "tree": {7, 8},
+		},
+	}, {
+		name: "a user of the image",
+		spec: Spec{Args: []string{"/bin/sh", "-c", "id -u; id -G; touch /owned/mine"}, UID: 1000, GID: 1000, Groups: []uint32{1000, 27}},
+		want: "1000,1000 27",
+		onDisk: map[string][2]int{
+			"owned/mine": {1000, 1000},
+		},
+	}, {
+		name: "bind and tmpfs mounts owned as inside",
+		spec: Spec{
+			Args:   []string{"/bin/sh", "-c", "stat -c %u:%g /cache /tmpfs; touch /cache/x"},
+			Mounts: []Mount{{Type: "bind", Source: cache, Target: "/cache"}, {Type: "tmpfs", Target: "/tmpfs"}},
+			UID:    33, GID: 33,
+		},
+		want: "33:33,0:0",
+	}, {
+		name: "no privilege over the host",
+		spec: Spec{Args: []string{"/bin/sh", "-c", "mount -t tmpfs none /owned 2>&1 || echo refused"}},
+		want: "mount: permission denied (are you root?),refused",
+	}}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var lines []string
+			spec := tc.spec
+			spec.Root, spec.Env = r, []string{"PATH=/bin"}
+			err := Run(context.Background(), spec, Options{WorkDir: t.TempDir(), UserNS: ns, Output: func(l string) { lines = append(lines, l) }})
+			if got := strings.Join(lines, ","); got != tc.want || err != nil {
+				t.Errorf("output %q, want %q (err %v)", got, tc.want, err)
+			}
+			for p, ids := range tc.onDisk {
+				var st syscall.Stat_t
+				if err := syscall.Lstat(filepath.Join(r, p), &st); err != nil {
+					t.Errorf("%s: %v", p, err)
+				} else if int(st.Uid) != ids[0] || int(st.Gid) != ids[1] {
+					t.Errorf("%s owned %d:%d on disk, want %d:%d", p, st.Uid, st.Gid, ids[0], ids[1])
+				}
+			}
+		})
+	}
+	if _, err := os.Stat(filepath.Join(cache, "x")); err != nil {
+		t.Errorf("cache mount not writable by its owner: %v", err)
+	}
+}
+
+func TestParseIDMap(t *testing.T) {
+	tests := []struct {
+		in   string
+		want IDMap
+		err  bool
+	}{
+		{in: "100000:65536", want: IDMap{HostID: 100000, Size: 65536}},
+		{in: "2147483648", want: IDMap{HostID: 1 << 31, Size: 1<<31 - 1}},
+		{in: "0:65536", err: true},         // host root
+		{in: "100000:0", err: true},        // empty
+		{in: "4294967000:1000", err: true}, // past the last id
+		{in: "x:1", err: true},
+		{in: "", err: true},
+	}
+	for _, tt := range tests {
+		got, err := ParseIDMap(tt.in)
+		if (err != nil) != tt.err || (!tt.err && got != tt.want) {
+			t.Errorf("ParseIDMap(%q) = %v, %v", tt.in, got, err)
+		}
+	}
+	if DefaultIDMap().String() != "2147483648:2147483647" {
+		t.Errorf("default map %s", DefaultIDMap())
 	}
 }

@@ -107,6 +107,9 @@ func TestRunChroot(t *testing.T) {
 		t.Fatalf("build failed:\n%s", r.stderr)
 	}
 	checkRunImage(t, pull(t, dest), r.stderr)
+	// RUN's root is not the host's: a user namespace maps it (where
+	// permitted, as on this machine kind).
+	contains(t, r.stderr, "RUN runs in a user namespace", "2147483648:2147483647")
 
 	// A failing RUN leaves nothing behind.
 	bad := t.TempDir()

@@ -79,6 +79,10 @@ func TestValidate(t *testing.T) {
 		{[]string{"--no-push", "--label", "novalue"}, "--label"},
 		{[]string{"--no-push", "--custom-platform", "linux"}, "--custom-platform"},
 		{[]string{"--no-push", "--use-new-run", "--cleanup", "--force", "--single-snapshot"}, ""},
+		{[]string{"--no-push", "--userns", "none"}, ""},
+		{[]string{"--no-push", "--userns", "100000:65536", "--isolation", "chroot"}, ""},
+		{[]string{"--no-push", "--userns", "0:65536"}, "--userns"},
+		{[]string{"--no-push", "--userns", "100000:65536", "--isolation", "in-place"}, "needs chroot isolation"},
 	}
 	for _, tt := range tests {
 		_, _, err := parse(t, nil, tt.args...)
