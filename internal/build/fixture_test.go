@@ -60,6 +60,7 @@ type buildSpec struct {
 	files      map[string]string // context files; "dir/" makes a directory
 	opts       func(*Options)
 	env        map[string]string
+	ctx        context.Context // nil: context.Background()
 }
 
 // run builds s. BASE in the Dockerfile is replaced by the OCI base's ref.
@@ -87,7 +88,11 @@ func (f *fixture) run(s buildSpec) (*Result, error) {
 	if s.opts != nil {
 		s.opts(&o)
 	}
-	res, err := Build(context.Background(), o)
+	ctx := s.ctx
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	res, err := Build(ctx, o)
 	if err == nil {
 		f.t.Cleanup(res.Close)
 	}

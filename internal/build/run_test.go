@@ -3,11 +3,15 @@ package build
 import (
 	"archive/tar"
 	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -346,4 +350,60 @@ func TestRunUserNamespaceFallback(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "--userns 100000:65536") || !strings.Contains(err.Error(), "id-mapping") {
 		t.Errorf("explicit mapping on ramfs: %v", err)
 	}
+}
+
+// TestRunCacheMountSharing: while another build holds a cache mount,
+// sharing=shared uses it too, private takes an instance of its own and
+// locked waits for it.
+func TestRunCacheMountSharing(t *testing.T) {
+	f := newFixture(t)
+	work := t.TempDir()
+	sum := sha256.Sum256([]byte("deps"))
+	dir := filepath.Join(work, "run-cache", hex.EncodeToString(sum[:8]))
+	os.MkdirAll(dir, 0o755)
+	os.WriteFile(filepath.Join(dir, "seeded"), []byte("x"), 0o644)
+	other, err := os.OpenFile(dir+".lock", os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	df := func(sharing string) string {
+		return "FROM REG/busybox:1\nRUN --mount=type=cache,id=deps,target=/c,sharing=" + sharing + " ls /c > /seen && touch /c/" + sharing + "\n"
+	}
+	build := func(ctx context.Context, sharing string) (map[string]imagetest.Entry, error) {
+		res, err := f.run(buildSpec{dockerfile: df(sharing), ctx: ctx, opts: func(o *Options) { o.WorkDir = work }})
+		if err != nil {
+			return nil, err
+		}
+		return imagetest.Flatten(t, res.Image), nil
+	}
+
+	unix.Flock(int(other.Fd()), unix.LOCK_SH)
+	fs, err := build(context.Background(), "shared")
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkFiles(t, fs, map[string]want{"seen": {content: str("seeded\n")}}, nil)
+
+	unix.Flock(int(other.Fd()), unix.LOCK_EX)
+	if fs, err = build(context.Background(), "private"); err != nil {
+		t.Fatal(err)
+	}
+	checkFiles(t, fs, map[string]want{"seen": {content: str("")}}, nil)
+	if _, err := os.Stat(dir + "-1/private"); err != nil {
+		t.Errorf("private instance not kept: %v", err)
+	}
+	if _, err := os.Stat(dir + "/private"); err == nil {
+		t.Error("a private mount wrote into the instance another build holds")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if _, err := build(ctx, "locked"); err == nil || !strings.Contains(err.Error(), "another build holds") {
+		t.Errorf("locked while held: %v", err)
+	}
+	unix.Flock(int(other.Fd()), unix.LOCK_UN)
+	if fs, err = build(context.Background(), "locked"); err != nil {
+		t.Fatal(err)
+	}
+	checkFiles(t, fs, map[string]want{"seen": {content: str("seeded\nshared\n")}}, nil)
 }

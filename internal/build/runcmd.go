@@ -220,9 +220,13 @@ func (b *builder) redact(line string) string {
 func (b *builder) runMounts(ctx context.Context, st *stage, c *instructions.RunCommand, spec *run.Spec) ([]run.File, func(), error) {
 	var files []run.File
 	var temps []string
+	var releases []func()
 	cleanup := func() {
 		for _, t := range temps {
 			os.RemoveAll(t)
+		}
+		for _, r := range releases {
+			r()
 		}
 	}
 	for _, m := range instructions.GetMounts(c) {
@@ -242,7 +246,15 @@ func (b *builder) runMounts(ctx context.Context, st *stage, c *instructions.RunC
 				return nil, cleanup, fmt.Errorf("--mount=type=cache,from=%s is not supported yet", m.From)
 			}
 			sum := sha256.Sum256([]byte(id))
-			dir := filepath.Join(b.o.WorkDir, "run-cache", hex.EncodeToString(sum[:8]))
+			caches := filepath.Join(b.o.WorkDir, "run-cache")
+			if err := os.MkdirAll(caches, 0o700); err != nil {
+				return nil, cleanup, err
+			}
+			dir, release, err := cacheMountDir(ctx, filepath.Join(caches, hex.EncodeToString(sum[:8])), m.CacheSharing)
+			if err != nil {
+				return nil, cleanup, fmt.Errorf("--mount=type=cache,id=%s: %w", id, err)
+			}
+			releases = append(releases, release)
 			if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
 				mode := os.FileMode(0o755)
 				if m.Mode != nil {
