@@ -24,9 +24,6 @@ func SignLayout(ctx context.Context, o Options, src, dst string) error {
 	if o.Record == nil || o.Record.Digest == "" {
 		return errors.New("the build record names no image digest")
 	}
-	if o.TlogUpload {
-		return errors.New("--tlog-upload=true: uploading to a transparency log is not supported yet; pass --tlog-upload=false")
-	}
 	h, err := v1.NewHash(o.Record.Digest)
 	if err != nil {
 		return err
@@ -39,7 +36,11 @@ func SignLayout(ctx context.Context, o Options, src, dst string) error {
 	if err != nil {
 		return fmt.Errorf("--oci-layout-path %s does not hold %s: %w", src, h, err)
 	}
-	sv, err := o.signer(ctx)
+	id, err := o.identity(ctx)
+	if err != nil {
+		return err
+	}
+	tl, err := o.tlog()
 	if err != nil {
 		return err
 	}
@@ -55,7 +56,7 @@ func SignLayout(ctx context.Context, o Options, src, dst string) error {
 		return err
 	}
 	var si oci.SignedImage = signed.Image(img)
-	sig, err := signImage(ctx, sv, digest)
+	sig, err := signImage(ctx, id, tl, digest)
 	if err != nil {
 		return err
 	}
@@ -63,7 +64,7 @@ func SignLayout(ctx context.Context, o Options, src, dst string) error {
 		return err
 	}
 	if o.Attest {
-		att, err := o.attestation(ctx, sv, digest)
+		att, err := o.attestation(ctx, id, tl, digest)
 		if err != nil {
 			return err
 		}

@@ -11,10 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
-	"os"
 	"strings"
-	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -23,14 +20,8 @@ import (
 	"github.com/sigstore/cosign/v2/pkg/oci/mutate"
 	ociremote "github.com/sigstore/cosign/v2/pkg/oci/remote"
 	"github.com/sigstore/cosign/v2/pkg/oci/static"
-	sigs "github.com/sigstore/cosign/v2/pkg/signature"
 	"github.com/sigstore/cosign/v2/pkg/types"
-	"github.com/sigstore/sigstore/pkg/signature"
 	"github.com/sigstore/sigstore/pkg/signature/dsse"
-	// KMS providers for --key awskms:// and hashivault:// (gcpkms:// and
-	// azurekms:// are not linked in yet).
-	_ "github.com/sigstore/sigstore/pkg/signature/kms/aws"
-	_ "github.com/sigstore/sigstore/pkg/signature/kms/hashivault"
 	sigopts "github.com/sigstore/sigstore/pkg/signature/options"
 	"github.com/sigstore/sigstore/pkg/signature/payload"
 
@@ -50,10 +41,18 @@ type Options struct {
 	Key string
 	// Password decrypts a key file (COSIGN_PASSWORD).
 	Password []byte
-	// IdentityTokenFile, FulcioURL and RekorURL configure keyless signing.
-	IdentityTokenFile, FulcioURL, RekorURL string
-	// TlogUpload uploads signatures to the transparency log (Rekor).
+	// IdentityTokenFile (an OIDC token, e.g. a projected service account
+	// token) and FulcioURL configure keyless signing: an ephemeral key
+	// certified by Fulcio for the token's identity.
+	IdentityTokenFile, FulcioURL string
+	// InsecureSkipSCTVerify accepts a Fulcio certificate without checking
+	// its certificate transparency timestamp (private Fulcio, testing).
+	InsecureSkipSCTVerify bool
+	// TlogUpload enters every signature and attestation in the Rekor
+	// transparency log at RekorURL, the entry kept in the signature
+	// (cosign's bundle) for offline verification.
 	TlogUpload bool
+	RekorURL   string
 	// Attest also attaches SLSA provenance.
 	Attest bool
 	// BuilderID is the SLSA builder id; InvocationID identifies the run.
@@ -93,10 +92,11 @@ func Sign(ctx context.Context, o Options) error {
 	if o.Record == nil || len(o.Record.Images) == 0 {
 		return errors.New("the build record names no pushed image to sign (sign a --no-push build from its layout with --oci-layout-path and --signed-layout-path)")
 	}
-	if o.TlogUpload {
-		return errors.New("--tlog-upload=true: uploading to a transparency log is not supported yet; pass --tlog-upload=false")
+	id, err := o.identity(ctx)
+	if err != nil {
+		return err
 	}
-	sv, err := o.signer(ctx)
+	tl, err := o.tlog()
 	if err != nil {
 		return err
 	}
@@ -112,7 +112,7 @@ func Sign(ctx context.Context, o Options) error {
 		if err != nil {
 			return fmt.Errorf("reading %s: %w", digest, err)
 		}
-		sig, err := signImage(ctx, sv, digest)
+		sig, err := signImage(ctx, id, tl, digest)
 		if err != nil {
 			return err
 		}
@@ -120,7 +120,7 @@ func Sign(ctx context.Context, o Options) error {
 			return err
 		}
 		if o.Attest {
-			att, err := o.attestation(ctx, sv, digest)
+			att, err := o.attestation(ctx, id, tl, digest)
 			if err != nil {
 				return err
 			}
@@ -144,66 +144,31 @@ func Sign(ctx context.Context, o Options) error {
 	return nil
 }
 
-// signer loads the signing identity without revealing it in errors.
-func (o Options) signer(ctx context.Context) (signature.SignerVerifier, error) {
-	switch {
-	case o.Key != "" && o.IdentityTokenFile != "":
-		return nil, errors.New("give a key or a keyless identity, not both")
-	case o.Key != "":
-		if !strings.Contains(o.Key, "://") {
-			if _, err := os.Stat(o.Key); err != nil {
-				return nil, fmt.Errorf("--key %s: %w", o.Key, err)
-			}
-		}
-		pf := func(bool) ([]byte, error) { return o.Password, nil }
-		sv, err := sigs.SignerVerifierFromKeyRef(ctx, o.Key, pf, nil)
-		if err != nil {
-			msg := err.Error()
-			if o.Password != nil {
-				msg = strings.ReplaceAll(msg, string(o.Password), "***")
-			}
-			if strings.Contains(msg, "decrypt") {
-				return nil, fmt.Errorf("--key %s: cannot decrypt the key: wrong COSIGN_PASSWORD? (%s)", o.Key, msg)
-			}
-			return nil, fmt.Errorf("--key %s: %s", o.Key, msg)
-		}
-		return sv, nil
-	case o.IdentityTokenFile != "":
-		tok, err := os.ReadFile(o.IdentityTokenFile)
-		if err != nil || len(bytes.TrimSpace(tok)) == 0 {
-			return nil, fmt.Errorf("--identity-token-file %s: no OIDC token there (%v)", o.IdentityTokenFile, err)
-		}
-		fulcio := o.FulcioURL
-		if fulcio == "" {
-			fulcio = "https://fulcio.sigstore.dev"
-		}
-		client := &http.Client{Timeout: 10 * time.Second}
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(fulcio, "/")+"/api/v2/configuration", nil)
-		resp, err := client.Do(req)
-		if err != nil {
-			return nil, fmt.Errorf("keyless signing: Fulcio at %s is unreachable: %v", fulcio, err)
-		}
-		resp.Body.Close()
-		return nil, fmt.Errorf("keyless signing through Fulcio (%s) is not supported yet", fulcio)
-	}
-	return nil, errors.New("no signing identity: give --key (a file, k8s://, or a KMS URI) or --identity-token-file")
-}
-
-// signImage makes a cosign "simple signing" signature of digest.
-func signImage(ctx context.Context, sv signature.SignerVerifier, digest name.Digest) (oci.Signature, error) {
+// signImage makes a cosign "simple signing" signature of digest, entered
+// in the transparency log when tl is set.
+func signImage(ctx context.Context, id *identity, tl *tlog, digest name.Digest) (oci.Signature, error) {
 	pl, err := (&payload.Cosign{Image: digest}).MarshalJSON()
 	if err != nil {
 		return nil, err
 	}
-	raw, err := sv.SignMessage(bytes.NewReader(pl), sigopts.WithContext(ctx))
+	raw, err := id.sv.SignMessage(bytes.NewReader(pl), sigopts.WithContext(ctx))
 	if err != nil {
 		return nil, fmt.Errorf("signing %s: %w", digest, err)
 	}
-	return static.NewSignature(pl, base64.StdEncoding.EncodeToString(raw))
+	opts := id.staticOptions()
+	if tl != nil {
+		b, err := tl.uploadSignature(ctx, id, raw, pl)
+		if err != nil {
+			return nil, fmt.Errorf("signing %s: %w", digest, err)
+		}
+		opts = append(opts, static.WithBundle(b))
+	}
+	return static.NewSignature(pl, base64.StdEncoding.EncodeToString(raw), opts...)
 }
 
-// attestation makes the DSSE-wrapped SLSA provenance statement of digest.
-func (o Options) attestation(ctx context.Context, sv signature.SignerVerifier, digest name.Digest) (oci.Signature, error) {
+// attestation makes the DSSE-wrapped SLSA provenance statement of digest,
+// entered in the transparency log when tl is set.
+func (o Options) attestation(ctx context.Context, id *identity, tl *tlog, digest name.Digest) (oci.Signature, error) {
 	pred, err := json.Marshal(NewPredicate(o.Record, o.BuilderID, o.InvocationID))
 	if err != nil {
 		return nil, err
@@ -219,10 +184,18 @@ func (o Options) attestation(ctx context.Context, sv signature.SignerVerifier, d
 	if err != nil {
 		return nil, err
 	}
-	env, err := dsse.WrapSigner(sv, types.IntotoPayloadType).SignMessage(bytes.NewReader(pl), sigopts.WithContext(ctx))
+	env, err := dsse.WrapSigner(id.sv, types.IntotoPayloadType).SignMessage(bytes.NewReader(pl), sigopts.WithContext(ctx))
 	if err != nil {
 		return nil, fmt.Errorf("attesting %s: %w", digest, err)
 	}
-	return static.NewAttestation(env, static.WithLayerMediaType(types.DssePayloadType),
+	opts := append(id.staticOptions(), static.WithLayerMediaType(types.DssePayloadType),
 		static.WithAnnotations(map[string]string{"predicateType": PredicateType}))
+	if tl != nil {
+		b, err := tl.uploadAttestation(ctx, id, env)
+		if err != nil {
+			return nil, fmt.Errorf("attesting %s: %w", digest, err)
+		}
+		opts = append(opts, static.WithBundle(b))
+	}
+	return static.NewAttestation(env, opts...)
 }

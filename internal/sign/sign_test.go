@@ -153,10 +153,13 @@ func TestSignErrors(t *testing.T) {
 		{"wrong password", Options{Record: rec, Key: priv, Password: []byte("wrong-pass-123")}, "wrong COSIGN_PASSWORD"},
 		{"missing key", Options{Record: rec, Key: filepath.Join(t.TempDir(), "cosign.key")}, "no such file"},
 		{"no identity", Options{Record: rec}, "no signing identity"},
-		{"tlog upload", Options{Record: rec, Key: priv, TlogUpload: true}, "--tlog-upload=false"},
-		{"unlinked KMS provider", Options{Record: rec, Key: "gcpkms://projects/p/locations/l/keyRings/r/cryptoKeys/k"}, "gcpkms"},
+		{"Rekor unreachable", Options{Record: rec, Key: priv, Password: []byte(password), TlogUpload: true, RekorURL: "http://127.0.0.1:9"}, "transparency log at http://127.0.0.1:9"},
+		{"bad GCP KMS reference", Options{Record: rec, Key: "gcpkms://projects/p/keyRings/r"}, "gcpkms://projects/[PROJECT_ID]"},
+		{"bad Azure KMS reference", Options{Record: rec, Key: "azurekms://vault"}, "azurekms://[VAULT_NAME]"},
 		{"keyless without a token", Options{Record: rec, IdentityTokenFile: filepath.Join(t.TempDir(), "token")}, "no OIDC token"},
-		{"keyless, Fulcio unreachable", Options{Record: rec, IdentityTokenFile: writeToken(t), FulcioURL: "http://127.0.0.1:9"}, "unreachable"},
+		{"keyless, not a JWT", Options{Record: rec, IdentityTokenFile: writeFile(t, "not-a-token")}, "not an OIDC token"},
+		{"keyless, Fulcio unreachable", Options{Record: rec, IdentityTokenFile: writeToken(t), FulcioURL: "http://127.0.0.1:9"}, "Fulcio at http://127.0.0.1:9"},
+		{"key and keyless", Options{Record: rec, Key: priv, IdentityTokenFile: writeToken(t)}, "not both"},
 		{"no pushed image", Options{Record: &record.Build{}, Key: priv}, "no pushed image"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -164,8 +167,11 @@ func TestSignErrors(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("err = %v, want %q", err, tc.want)
 			}
-			if strings.Contains(err.Error(), "wrong-pass-123") {
+			if strings.Contains(err.Error(), "wrong-pass-123") || strings.Contains(err.Error(), password) {
 				t.Error("the password is in the error")
+			}
+			if strings.Contains(err.Error(), testToken) {
+				t.Error("the identity token is in the error")
 			}
 		})
 	}
@@ -177,9 +183,24 @@ func TestSignErrors(t *testing.T) {
 	}
 }
 
-func writeToken(t *testing.T) string {
+// testToken is an unsigned JWT for kiln@example.com from
+// https://issuer.example.com (Fulcio checks tokens; the test CA does not).
+var testToken = unsignedJWT(map[string]any{
+	"iss": "https://issuer.example.com", "sub": "kiln@example.com", "email": "kiln@example.com",
+	"email_verified": true, "aud": "sigstore", "exp": time.Now().Add(time.Hour).Unix(),
+})
+
+func unsignedJWT(claims map[string]any) string {
+	enc := base64.RawURLEncoding
+	c, _ := json.Marshal(claims)
+	return enc.EncodeToString([]byte(`{"alg":"RS256","typ":"JWT"}`)) + "." + enc.EncodeToString(c) + "." + enc.EncodeToString([]byte("sig"))
+}
+
+func writeToken(t *testing.T) string { return writeFile(t, testToken+"\n") }
+
+func writeFile(t *testing.T, content string) string {
 	p := filepath.Join(t.TempDir(), "token")
-	os.WriteFile(p, []byte("eyJhbGciOi.fake.token"), 0o600)
+	os.WriteFile(p, []byte(content), 0o600)
 	return p
 }
 
@@ -247,12 +268,26 @@ func TestKMSUnreachable(t *testing.T) {
 	t.Setenv("VAULT_TOKEN", "test-token")
 	reg := imagetest.Registry(t)
 	rec := pushed(t, reg, "kms")
-	for _, key := range []string{"awskms://127.0.0.1:9/alias/kiln", "hashivault://kiln"} {
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		err := Sign(ctx, Options{Record: rec, Key: key})
+	// Azure: a client secret whose authority and vault are on loopback.
+	t.Setenv("AZURE_TENANT_ID", "00000000-0000-0000-0000-000000000000")
+	t.Setenv("AZURE_CLIENT_ID", "kiln")
+	t.Setenv("AZURE_CLIENT_SECRET", "test-secret")
+	t.Setenv("AZURE_AUTHORITY_HOST", "https://127.0.0.1:9/")
+	// (gcpkms:// is left out: Google's client retries for a minute, whatever
+	// the context says; TestSignErrors shows the provider is linked.)
+	for _, tc := range []struct{ key, want string }{
+		{"awskms://127.0.0.1:9/alias/kiln", "127.0.0.1:9"},
+		{"hashivault://kiln", "127.0.0.1:9"},
+		{"azurekms://127.0.0.1:9/kiln", "127.0.0.1:9"},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		err := Sign(ctx, Options{Record: rec, Key: tc.key})
 		cancel()
-		if err == nil || !(strings.Contains(err.Error(), "refused") || strings.Contains(err.Error(), "127.0.0.1:9")) {
-			t.Errorf("%s: err = %v, want the unreachable service named", key, err)
+		if err == nil || !strings.Contains(err.Error(), "--key "+tc.key+": reading the public key") || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: err = %v, want the unreachable service named", tc.key, err)
+		}
+		if err != nil && strings.Contains(err.Error(), "test-secret") {
+			t.Errorf("%s: the client secret is in the error", tc.key)
 		}
 	}
 	ref, _ := name.ParseReference(rec.Images[0].Ref)

@@ -72,6 +72,23 @@ func TestBuildThenSign(t *testing.T) {
 	if r.code != 1 || !strings.Contains(r.stderr, "wrong COSIGN_PASSWORD") {
 		t.Errorf("wrong password: exit %d\n%s", r.code, r.stderr)
 	}
+	// Keyless with Fulcio unreachable, and a key with Rekor unreachable
+	// (--tlog-upload is on by default, as in cosign): clear errors naming
+	// the service, the token never printed, no signature tag for a new image.
+	tok := filepath.Join(keys, "oidc-token")
+	const token = "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxlIiwiZW1haWwiOiJrQGV4YW1wbGUuY29tIn0.c2ln"
+	os.WriteFile(tok, []byte(token), 0o600)
+	r = step(t, "sign", nil, "--build-record", filepath.Join(out, "build.json"), "--identity-token-file", tok,
+		"--fulcio-url", "http://127.0.0.1:9", "--tlog-upload=false", "--insecure")
+	if r.code != 1 || !strings.Contains(r.stderr, "Fulcio at http://127.0.0.1:9") || strings.Contains(r.stderr, token) {
+		t.Errorf("keyless, Fulcio unreachable: exit %d\n%s", r.code, r.stderr)
+	}
+	r = step(t, "sign", nil, "--build-record", filepath.Join(out, "build.json"), "--key", filepath.Join(keys, "cosign.key"),
+		"--password-file", filepath.Join(keys, "cosign.password"), "--rekor-url", "http://127.0.0.1:9", "--insecure")
+	if r.code != 1 || !strings.Contains(r.stderr, "transparency log at http://127.0.0.1:9") {
+		t.Errorf("Rekor unreachable: exit %d\n%s", r.code, r.stderr)
+	}
+
 	// Without a key and with --if-set, the step does nothing.
 	if r := step(t, "sign", nil, "--build-record", filepath.Join(out, "build.json"), "--if-set"); r.code != 0 {
 		t.Errorf("--if-set without a key: exit %d\n%s", r.code, r.stderr)

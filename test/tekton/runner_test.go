@@ -201,6 +201,7 @@ func testKilnBuildTask(t *testing.T, signed bool) {
 		tr.Spec.Params = append(tr.Spec.Params,
 			v1.Param{Name: "SIGNING_KEY", Value: *v1.NewStructuredValues("/workspace/signing-secrets/cosign.key")},
 			v1.Param{Name: "SIGNING_PASSWORD_FILE", Value: *v1.NewStructuredValues("/workspace/signing-secrets/cosign.password")},
+			v1.Param{Name: "TLOG_UPLOAD", Value: *v1.NewStructuredValues("false")},
 			v1.Param{Name: "SIGN_ARGS", Value: *v1.NewStructuredValues("--insecure")})
 		setup = append(setup, func(ws func(string) string) {
 			writeTestKey(t, ws("signing-secrets"))

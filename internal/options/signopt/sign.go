@@ -4,13 +4,13 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"github.com/kilnbuild/kiln/internal/options"
 	"log/slog"
 	"os"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/spf13/pflag"
 
+	"github.com/kilnbuild/kiln/internal/options"
 	"github.com/kilnbuild/kiln/internal/record"
 	"github.com/kilnbuild/kiln/internal/registry"
 	"github.com/kilnbuild/kiln/internal/sign"
@@ -21,7 +21,7 @@ type Sign struct {
 	BuildRecord, Key, IdentityTokenFile, FulcioURL, RekorURL string
 	PasswordFile, LayoutPath, SignedLayoutPath               string
 	BuilderID, InvocationID                                  string
-	TlogUpload, Attest, IfSet                                bool
+	TlogUpload, Attest, IfSet, InsecureSkipSCTVerify         bool
 	KanikoDir                                                string
 	Registry                                                 options.RegistryFlags
 	Log                                                      options.LogFlags
@@ -34,10 +34,11 @@ func (s *Sign) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
 	fs.StringVar(&s.LayoutPath, "oci-layout-path", "", "The build's OCI layout, for signing a --no-push build (with --signed-layout-path).")
 	fs.StringVar(&s.SignedLayoutPath, "signed-layout-path", "", "Sign the image in --oci-layout-path and write it with its signature and provenance here, as a cosign layout (cosign load --dir pushes it).")
 	fs.StringVar(&s.PasswordFile, "password-file", "", "A file holding the key's password (instead of COSIGN_PASSWORD), e.g. from a mounted secret.")
-	fs.StringVar(&s.IdentityTokenFile, "identity-token-file", "", "Keyless: a file holding an OIDC token (a projected service account token).")
-	fs.StringVar(&s.FulcioURL, "fulcio-url", "https://fulcio.sigstore.dev", "Keyless: the Fulcio certificate authority.")
-	fs.StringVar(&s.RekorURL, "rekor-url", "https://rekor.sigstore.dev", "The Rekor transparency log.")
-	fs.BoolVar(&s.TlogUpload, "tlog-upload", true, "Upload to the transparency log (false for air-gapped registries).")
+	fs.StringVar(&s.IdentityTokenFile, "identity-token-file", "", "Keyless: a file holding an OIDC token (a projected service account token); an ephemeral key is certified by Fulcio for its identity.")
+	fs.StringVar(&s.FulcioURL, "fulcio-url", sign.DefaultFulcioURL, "Keyless: the Fulcio certificate authority.")
+	fs.BoolVar(&s.InsecureSkipSCTVerify, "insecure-skip-sct-verify", false, "Keyless: accept Fulcio's certificate without checking its certificate transparency timestamp (a private Fulcio without a CT log; testing).")
+	fs.StringVar(&s.RekorURL, "rekor-url", sign.DefaultRekorURL, "The Rekor transparency log.")
+	fs.BoolVar(&s.TlogUpload, "tlog-upload", true, "Enter every signature and attestation in the Rekor transparency log, as cosign does (false for air-gapped registries; verify with --insecure-ignore-tlog).")
 	fs.BoolVar(&s.Attest, "attest", true, "Also attach SLSA v1.0 provenance built from the build record.")
 	fs.StringVar(&s.BuilderID, "builder-id", sign.DefaultBuilderID, "SLSA builder id in the provenance.")
 	fs.StringVar(&s.InvocationID, "invocation-id", "", "Identifies this run in the provenance (e.g. the TaskRun's UID).")
@@ -77,7 +78,8 @@ func (s *Sign) Options(getenv func(string) string, log *slog.Logger) (sign.Optio
 	}
 	o := sign.Options{
 		Record: rec, Key: s.Key, IdentityTokenFile: s.IdentityTokenFile, FulcioURL: s.FulcioURL, RekorURL: s.RekorURL,
-		TlogUpload: s.TlogUpload, Attest: s.Attest, BuilderID: s.BuilderID, InvocationID: s.InvocationID,
+		InsecureSkipSCTVerify: s.InsecureSkipSCTVerify,
+		TlogUpload:            s.TlogUpload, Attest: s.Attest, BuilderID: s.BuilderID, InvocationID: s.InvocationID,
 		Remote: client.RemoteOptions(), NameOptions: nameOpts, Logger: log,
 		LayoutPath: s.LayoutPath, SignedLayoutPath: s.SignedLayoutPath,
 	}
