@@ -74,6 +74,9 @@ type Options struct {
 	// with run.DefaultIDMap where the kernel allows one, else none),
 	// "none", or "HOSTID[:SIZE]" (required).
 	UserNS string
+	// KanikoDir is kiln's own directory (--kaniko-dir: credentials,
+	// certificates); in place it is never emptied or unpacked over.
+	KanikoDir string
 	// Root is the in-place root; empty means "/".
 	Root string
 	// Force allows in-place isolation outside a container.
@@ -309,9 +312,15 @@ func (b *builder) setIsolation() error {
 			return fmt.Errorf("in-place isolation needs an absolute work directory, not %s", b.o.WorkDir)
 		}
 		b.ignore.Add(b.o.WorkDir)
+		if filepath.IsAbs(b.o.KanikoDir) {
+			b.ignore.Add(b.o.KanikoDir)
+		}
 		if exe, err := os.Executable(); err == nil {
 			b.ignore.Add(filepath.Dir(exe))
 		}
+		// The -debug image's shell, as in kaniko: a job's script goes on
+		// using it after the build replaced the file system.
+		b.ignore.Add("/busybox")
 		if ctxDir := strings.TrimPrefix(b.o.Context, "dir://"); filepath.IsAbs(ctxDir) {
 			b.ignore.Add(ctxDir)
 		}

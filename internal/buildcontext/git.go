@@ -47,7 +47,7 @@ func fetchGit(ctx context.Context, o FetchOptions, dir string, rec *Record) erro
 		return err
 	}
 	if _, err := exec.LookPath("git"); err != nil {
-		return errors.New("git contexts need the git binary on PATH")
+		return errors.New("git contexts need the git binary on PATH, and this image has none: fetch the context with the fetch-context step (its image has git) and build from that directory")
 	}
 	if g.ref == "" {
 		g.ref = o.Git.Branch

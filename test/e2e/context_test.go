@@ -19,11 +19,12 @@ import (
 // with git http-backend, behind a token check, and returns its URL and
 // commit.
 func gitRepo(t *testing.T, token string) (string, string) {
-	return gitRepoServer(t, token, false)
+	return gitRepoServer(t, token, false, nil)
 }
 
-// gitRepoServer is gitRepo over HTTPS when tls is set.
-func gitRepoServer(t *testing.T, token string, tls bool) (string, string) {
+// gitRepoServer is gitRepo over HTTPS when tls is set, committing files
+// (path to content) instead of the default app/ when given.
+func gitRepoServer(t *testing.T, token string, tls bool, files map[string]string) (string, string) {
 	t.Helper()
 	gitPath, err := exec.LookPath("git")
 	if err != nil {
@@ -41,9 +42,16 @@ func gitRepoServer(t *testing.T, token string, tls bool) (string, string) {
 		return strings.TrimSpace(string(out))
 	}
 	gitc(work, "init", "-q", "-b", "main")
-	os.MkdirAll(filepath.Join(work, "app"), 0o755)
-	os.WriteFile(filepath.Join(work, "app", "Dockerfile"), []byte("ARG BASE\nFROM ${BASE}\nCOPY msg.txt /msg.txt\nRUN cat /msg.txt > /ran\n"), 0o644)
-	os.WriteFile(filepath.Join(work, "app", "msg.txt"), []byte("from git\n"), 0o644)
+	if files == nil {
+		files = map[string]string{
+			"app/Dockerfile": "ARG BASE\nFROM ${BASE}\nCOPY msg.txt /msg.txt\nRUN cat /msg.txt > /ran\n",
+			"app/msg.txt":    "from git\n",
+		}
+	}
+	for p, content := range files {
+		os.MkdirAll(filepath.Dir(filepath.Join(work, p)), 0o755)
+		os.WriteFile(filepath.Join(work, p), []byte(content), 0o644)
+	}
 	gitc(work, "add", ".")
 	gitc(work, "commit", "-q", "-m", "ctx")
 	commit := gitc(work, "rev-parse", "HEAD")
@@ -175,7 +183,7 @@ func TestFetchContextStdinAndHostile(t *testing.T) {
 // passes --git insecure-skip-tls=true.
 func TestBuildFromGitScheme(t *testing.T) {
 	const token = "git-scheme-token"
-	repo, commit := gitRepoServer(t, token, true)
+	repo, commit := gitRepoServer(t, token, true, nil)
 	reg := imagetest.Registry(t)
 	base := reg + "/busybox:gitscheme"
 	pushTo(t, base, imagetest.Image(t, true, nil, imagetest.BusyboxFiles(t)))

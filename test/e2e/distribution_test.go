@@ -51,23 +51,36 @@ func (d *distribution) dockerConfig(t *testing.T, user, password string) string 
 }
 
 func startDistribution(t *testing.T) *distribution {
+	return startRegistry(t, registryOptions{addr: "127.0.0.1:0", user: "kiln", password: "s3cr3t-Pa55"})
+}
+
+// registryOptions configure startRegistry.
+type registryOptions struct {
+	addr           string   // listen address; port 0 picks one
+	names          []string // DNS names the certificate is for, besides 127.0.0.1 and localhost
+	user, password string   // the one htpasswd account
+}
+
+// startRegistry runs Debian's docker-registry with TLS (a certificate that
+// is its own CA) and htpasswd auth.
+func startRegistry(t *testing.T, o registryOptions) *distribution {
 	t.Helper()
 	bin, err := exec.LookPath("docker-registry")
 	if err != nil {
 		t.Fatalf("Debian's docker-registry is required (apt-get install docker-registry; .ci/run installs it): %v", err)
 	}
 	dir := t.TempDir()
-	certFile, keyFile, pool := selfSigned(t, dir)
-	d := &distribution{caFile: certFile, user: "kiln", password: "s3cr3t-Pa55"}
+	certFile, keyFile, pool := selfSigned(t, dir, o.names...)
+	d := &distribution{caFile: certFile, user: o.user, password: o.password}
 	hash, err := bcrypt.GenerateFromPassword([]byte(d.password), bcrypt.MinCost)
 	if err != nil {
 		t.Fatal(err)
 	}
 	htpasswd := filepath.Join(dir, "htpasswd")
 	os.WriteFile(htpasswd, []byte(d.user+":"+string(hash)+"\n"), 0o600)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	l, err := net.Listen("tcp", o.addr)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("listening on %s for the registry: %v", o.addr, err)
 	}
 	d.host = l.Addr().String()
 	l.Close()
@@ -122,8 +135,9 @@ auth:
 	}
 }
 
-// selfSigned writes a certificate for 127.0.0.1 that is its own CA.
-func selfSigned(t *testing.T, dir string) (string, string, *x509.CertPool) {
+// selfSigned writes a certificate for 127.0.0.1, localhost and names that
+// is its own CA.
+func selfSigned(t *testing.T, dir string, names ...string) (string, string, *x509.CertPool) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -134,7 +148,7 @@ func selfSigned(t *testing.T, dir string) (string, string, *x509.CertPool) {
 		NotBefore:             time.Now().Add(-time.Hour),
 		NotAfter:              time.Now().Add(24 * time.Hour),
 		IPAddresses:           []net.IP{net.ParseIP("127.0.0.1")},
-		DNSNames:              []string{"localhost"},
+		DNSNames:              append([]string{"localhost"}, names...),
 		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		BasicConstraintsValid: true,

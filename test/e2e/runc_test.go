@@ -28,17 +28,36 @@ type bind struct{ host, container string }
 // given bind mounts and Docker's default capabilities.
 func runInRunc(t *testing.T, args []string, binds []bind) result {
 	t.Helper()
-	runc, err := exec.LookPath("runc")
-	if err != nil {
-		t.Fatalf("runc is required (apt-get install runc; test/run installs it): %v", err)
-	}
-	bundle := t.TempDir()
-	rootfs := filepath.Join(bundle, "rootfs")
+	rootfs := t.TempDir()
 	os.MkdirAll(filepath.Join(rootfs, "kaniko"), 0o755)
 	bin, _ := os.ReadFile(filepath.Join(binDir, "build"))
 	if err := os.WriteFile(filepath.Join(rootfs, "kaniko", "build"), bin, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	return runContainer(t, container{
+		rootfs: rootfs, args: append([]string{"/kaniko/build"}, args...), binds: binds,
+		env: []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "container=oci", "HOME=/root"},
+	})
+}
+
+// container is a runc container: a prepared root file system, a process,
+// and bind mounts; the host's network, Docker's default capabilities.
+type container struct {
+	rootfs    string
+	args, env []string
+	cwd       string // default /
+	binds     []bind
+	hosts     string // /etc/hosts content; empty: none bound
+}
+
+// runContainer runs c with runc and returns the process's outcome.
+func runContainer(t *testing.T, c container) result {
+	t.Helper()
+	runc, err := exec.LookPath("runc")
+	if err != nil {
+		t.Fatalf("runc is required (apt-get install runc; test/run installs it): %v", err)
+	}
+	bundle := t.TempDir()
 	spec := exec.Command(runc, "spec")
 	spec.Dir = bundle
 	if out, err := spec.CombinedOutput(); err != nil {
@@ -49,11 +68,14 @@ func runInRunc(t *testing.T, args []string, binds []bind) result {
 	json.Unmarshal(data, &cfg)
 	proc := cfg["process"].(map[string]any)
 	proc["terminal"] = false
-	proc["args"] = append([]any{"/kaniko/build"}, toAny(args)...)
-	proc["env"] = []any{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "container=oci", "HOME=/root"}
+	proc["args"] = toAny(c.args)
+	proc["env"] = toAny(c.env)
+	if c.cwd != "" {
+		proc["cwd"] = c.cwd
+	}
 	caps := toAny(dockerDefaultCaps)
 	proc["capabilities"] = map[string]any{"bounding": caps, "effective": caps, "permitted": caps}
-	cfg["root"] = map[string]any{"path": "rootfs", "readonly": false}
+	cfg["root"] = map[string]any{"path": c.rootfs, "readonly": false}
 	linux := cfg["linux"].(map[string]any)
 	var ns []any
 	for _, n := range linux["namespaces"].([]any) {
@@ -63,6 +85,12 @@ func runInRunc(t *testing.T, args []string, binds []bind) result {
 	}
 	linux["namespaces"] = ns
 	mounts := cfg["mounts"].([]any)
+	binds := c.binds
+	if c.hosts != "" {
+		hosts := filepath.Join(bundle, "hosts")
+		os.WriteFile(hosts, []byte(c.hosts), 0o644)
+		binds = append(binds, bind{hosts, "/etc/hosts"})
+	}
 	for _, b := range binds {
 		mounts = append(mounts, map[string]any{"destination": b.container, "type": "bind", "source": b.host, "options": []any{"rbind", "rw"}})
 	}

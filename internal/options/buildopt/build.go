@@ -299,6 +299,7 @@ func (b *Build) Job(fs *pflag.FlagSet, getenv func(string) string, lookupEnv fun
 			SnapshotMode:        b.SnapshotMode,
 			Isolation:           b.Isolation,
 			UserNS:              b.UserNS,
+			KanikoDir:           b.KanikoDir,
 			Force:               b.Force,
 			IgnorePaths:         b.IgnorePaths,
 			IgnoreVarRun:        b.IgnoreVarRun,

@@ -1,0 +1,409 @@
+package e2e
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"sigs.k8s.io/yaml"
+
+	"github.com/kilnbuild/kiln/internal/imagetest"
+	"github.com/kilnbuild/kiln/internal/release"
+	"github.com/kilnbuild/kiln/internal/rootfs"
+)
+
+// The examples' commands run here as each CI system runs them: the step
+// image (as a release makes it: binaries under /ko-app, the -debug variant
+// composed by internal/release with Debian's busybox) unpacked into a runc
+// container with Docker's default capabilities, the job's script or
+// command as written in examples/, its variables set as the CI system sets
+// them, and a Debian docker-registry with TLS and htpasswd standing in for
+// the CI system's registry. The build runs in place, as in a pod.
+
+var (
+	stepImagesOnce     sync.Once
+	buildImg, debugImg v1.Image
+	stepImagesErr      error
+)
+
+// koImage is a ko-style step image: the binary at /ko-app/<name> on a
+// static base (the system CA bundle is bind-mounted by each test).
+func koImage(t *testing.T, bin string) v1.Image {
+	data, err := os.ReadFile(filepath.Join(binDir, bin))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return imagetest.Image(t, true, func(cf *v1.ConfigFile) {
+		cf.Config.Entrypoint = []string{"/ko-app/" + bin}
+		cf.Config.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/ko-app", "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt"}
+	}, []imagetest.File{
+		imagetest.Dir("etc", 0o755, 0, 0),
+		imagetest.Reg("etc/passwd", "root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n", 0o644, 0, 0),
+		imagetest.Dir("tmp", 0o1777, 0, 0),
+		imagetest.Dir("ko-app", 0o755, 0, 0),
+		imagetest.Reg("ko-app/"+bin, string(data), 0o755, 0, 0),
+	})
+}
+
+func oneArch(img v1.Image) v1.ImageIndex {
+	return mutate.AppendManifests(empty.Index, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "amd64"}}})
+}
+
+// stepImages returns the build image and its -debug variant.
+func stepImages(t *testing.T) (build, debug v1.Image) {
+	t.Helper()
+	stepImagesOnce.Do(func() {
+		buildImg = koImage(t, "build")
+		bb, err := os.ReadFile("/bin/busybox")
+		if err != nil {
+			stepImagesErr = err
+			return
+		}
+		applets, err := exec.Command("/bin/busybox", "--list").Output()
+		if err != nil {
+			stepImagesErr = err
+			return
+		}
+		files := []imagetest.File{imagetest.Dir("busybox", 0o755, 0, 0), imagetest.Reg("busybox/busybox", string(bb), 0o755, 0, 0)}
+		for _, a := range strings.Fields(string(applets)) {
+			if a != "busybox" {
+				files = append(files, imagetest.Symlink("busybox/"+a, "busybox"))
+			}
+		}
+		shell := imagetest.Image(t, true, nil, files)
+		idx, err := release.DebugImage(oneArch(buildImg), oneArch(shell), oneArch(koImage(t, "emit-results")))
+		if err != nil {
+			stepImagesErr = err
+			return
+		}
+		im, _ := idx.IndexManifest()
+		debugImg, stepImagesErr = idx.Image(im.Manifests[0].Digest)
+	})
+	if stepImagesErr != nil {
+		t.Fatalf("composing the step images: %v", stepImagesErr)
+	}
+	return buildImg, debugImg
+}
+
+// unpack writes img's file system into a new directory.
+func unpack(t *testing.T, img v1.Image) string {
+	t.Helper()
+	root := t.TempDir()
+	ls, err := img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range ls {
+		rc, err := l.Uncompressed()
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = rootfs.ApplyTar(root, rc, rootfs.UnpackOptions{})
+		rc.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return root
+}
+
+// imageEnv is img's configured environment.
+func imageEnv(t *testing.T, img v1.Image) []string {
+	cf, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cf.Config.Env
+}
+
+func readYAML(t *testing.T, path string, into any) {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(data, into); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+}
+
+// TestExampleGitLab runs examples/gitlab/.gitlab-ci.yml's job script in
+// the -debug image, with GitLab's predefined variables, as GitLab's
+// Kubernetes executor does (entrypoint overridden, /busybox/sh found).
+func TestExampleGitLab(t *testing.T) {
+	var ci map[string]struct {
+		Image struct {
+			Name       string   `json:"name"`
+			Entrypoint []string `json:"entrypoint"`
+		} `json:"image"`
+		Script    []string `json:"script"`
+		Artifacts struct {
+			Reports struct {
+				Dotenv string `json:"dotenv"`
+			} `json:"reports"`
+		} `json:"artifacts"`
+	}
+	readYAML(t, "../../examples/gitlab/.gitlab-ci.yml", &ci)
+	job, ok := ci["build-image"]
+	if !ok || len(job.Script) == 0 {
+		t.Fatalf("no build-image job with a script: %+v", ci)
+	}
+	if !strings.HasSuffix(job.Image.Name, "-debug") || len(job.Image.Entrypoint) != 1 || job.Image.Entrypoint[0] != "" {
+		t.Errorf("image %+v: GitLab needs the -debug image with its entrypoint cleared", job.Image)
+	}
+	_, debug := stepImages(t)
+
+	d := startDistribution(t)
+	base := d.host + "/base/busybox:1"
+	pushTo(t, base, imagetest.Image(t, true, nil, imagetest.BusyboxFiles(t)), d.remoteOpts()...)
+	project := t.TempDir()
+	os.WriteFile(filepath.Join(project, "Dockerfile"), []byte("FROM "+base+"\nRUN echo built by gitlab > /ci.txt\n"), 0o644)
+	const dir = "/builds/group/project"
+	env := append(imageEnv(t, debug),
+		"HOME=/root", "KUBERNETES_SERVICE_HOST=10.96.0.1",
+		"CI_PROJECT_DIR="+dir, "CI_REGISTRY="+d.host, "CI_REGISTRY_USER="+d.user, "CI_REGISTRY_PASSWORD="+d.password,
+		"CI_REGISTRY_IMAGE="+d.host+"/group/project", "CI_COMMIT_SHORT_SHA=1a2b3c4d")
+	r := runContainer(t, container{
+		rootfs: unpack(t, debug), cwd: dir, env: env,
+		args:  []string{"/busybox/sh", "-e", "-c", strings.Join(job.Script, "\n")},
+		binds: []bind{{project, dir}, {d.caFile, "/etc/ssl/certs/ca-certificates.crt"}},
+	})
+	if r.code != 0 {
+		t.Fatalf("the job failed (%d):\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	if strings.Contains(r.stdout+r.stderr, d.password) {
+		t.Error("the registry password is in the job's log")
+	}
+	contains(t, r.stderr, "in-place isolation")
+	img := pull(t, d.host+"/group/project:1a2b3c4d", d.remoteOpts()...)
+	if got := imagetest.Flatten(t, img)["ci.txt"].Content; got != "built by gitlab\n" {
+		t.Errorf("/ci.txt = %q", got)
+	}
+	digest, _ := img.Digest()
+	dotenv, err := os.ReadFile(filepath.Join(project, job.Artifacts.Reports.Dotenv))
+	if err != nil || !strings.Contains(string(dotenv), "IMAGE_DIGEST="+digest.String()) {
+		t.Errorf("dotenv report %s: %q (%v)", job.Artifacts.Reports.Dotenv, dotenv, err)
+	}
+	cacheRepo, _ := name.NewRepository(d.host + "/group/project/cache")
+	if tags, err := remote.List(cacheRepo, d.remoteOpts()...); err != nil || len(tags) == 0 {
+		t.Errorf("the --cache-repo holds no layers: %v %v", tags, err)
+	}
+}
+
+// TestExampleBuildkite runs the Buildkite example: the agent hook logs in
+// to Buildkite Package Registries with an OIDC token (from a stand-in
+// buildkite-agent), then the Kubernetes step's command runs in the -debug
+// image and pushes to packages.buildkite.com, which resolves to a local
+// registry on :443 accepting that token.
+func TestExampleBuildkite(t *testing.T) {
+	var pipeline struct {
+		Steps []struct {
+			Plugins []map[string]struct {
+				PodSpec struct {
+					Containers []struct {
+						Image   string   `json:"image"`
+						Command []string `json:"command"`
+						Args    []string `json:"args"`
+					} `json:"containers"`
+				} `json:"podSpec"`
+			} `json:"plugins"`
+		} `json:"steps"`
+	}
+	readYAML(t, "../../examples/buildkite/pipeline.yml", &pipeline)
+	if len(pipeline.Steps) == 0 || len(pipeline.Steps[0].Plugins) == 0 || len(pipeline.Steps[0].Plugins[0]["kubernetes"].PodSpec.Containers) == 0 {
+		t.Fatalf("no kubernetes step: %+v", pipeline)
+	}
+	ctr := pipeline.Steps[0].Plugins[0]["kubernetes"].PodSpec.Containers[0]
+	if !strings.HasSuffix(ctr.Image, "-debug") {
+		t.Errorf("image %s: the command needs the -debug image's shell", ctr.Image)
+	}
+	_, debug := stepImages(t)
+
+	// The hook, with buildkite-agent answering the OIDC token request.
+	const token = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJvcmdhbml6YXRpb246YWNtZSJ9.bk-oidc-sig"
+	agentDir, dockerDir := t.TempDir(), t.TempDir()
+	os.WriteFile(filepath.Join(agentDir, "buildkite-agent"), []byte(`#!/bin/sh
+[ "$*" = "oidc request-token --audience https://packages.buildkite.com/acme/images --lifetime 300" ] || { echo "unexpected: $*" >&2; exit 2; }
+echo `+token+"\n"), 0o755)
+	hook := exec.Command("/bin/sh", "../../examples/buildkite/hooks/pre-command")
+	hook.Env = []string{"PATH=" + agentDir + ":" + os.Getenv("PATH"), "DOCKER_CONFIG=" + dockerDir}
+	if out, err := hook.CombinedOutput(); err != nil {
+		t.Fatalf("pre-command hook: %v\n%s", err, out)
+	}
+
+	d := startRegistry(t, registryOptions{addr: "127.0.0.1:443", names: []string{"packages.buildkite.com"}, user: "buildkite", password: token})
+	base := d.host + "/acme/images/busybox:1"
+	pushTo(t, base, imagetest.Image(t, true, nil, imagetest.BusyboxFiles(t)), d.remoteOpts()...)
+	checkout, tmp := t.TempDir(), t.TempDir()
+	os.WriteFile(filepath.Join(checkout, "Dockerfile"), []byte("FROM packages.buildkite.com/acme/images/busybox:1\nRUN echo built by buildkite > /bk.txt\n"), 0o644)
+	const path = "/buildkite/builds/acme/app"
+	env := append(imageEnv(t, debug), "HOME=/root", "KUBERNETES_SERVICE_HOST=10.96.0.1",
+		"BUILDKITE_BUILD_CHECKOUT_PATH="+path, "BUILDKITE_COMMIT=0f1e2d3c")
+	r := runContainer(t, container{
+		rootfs: unpack(t, debug), env: env, args: append(ctr.Command, ctr.Args...),
+		hosts: "127.0.0.1 localhost\n127.0.0.1 packages.buildkite.com\n",
+		binds: []bind{{checkout, path}, {tmp, "/tmp"}, {dockerDir, "/kaniko/.docker"}, {d.caFile, "/etc/ssl/certs/ca-certificates.crt"}},
+	})
+	if r.code != 0 {
+		t.Fatalf("the step failed (%d):\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	if strings.Contains(r.stdout+r.stderr, token) {
+		t.Error("the OIDC token is in the step's log")
+	}
+	// Read back through packages.buildkite.com, dialled at the local registry.
+	dialer := &net.Dialer{Timeout: 5 * time.Second}
+	tr := d.client.Transport.(*http.Transport).Clone()
+	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if addr == "packages.buildkite.com:443" {
+			addr = "127.0.0.1:443"
+		}
+		return dialer.DialContext(ctx, network, addr)
+	}
+	tr.TLSClientConfig = tr.TLSClientConfig.Clone()
+	tr.TLSClientConfig.ServerName = ""
+	img := pull(t, "packages.buildkite.com/acme/images/app:0f1e2d3c", remote.WithTransport(tr), remote.WithAuth(&authn.Basic{Username: "buildkite", Password: token}))
+	if got := imagetest.Flatten(t, img)["bk.txt"].Content; got != "built by buildkite\n" {
+		t.Errorf("/bk.txt = %q", got)
+	}
+	digest, _ := img.Digest()
+	meta, err := os.ReadFile(filepath.Join(tmp, "meta.env"))
+	if err != nil || !strings.Contains(string(meta), digest.String()) {
+		t.Errorf("meta-data file: %q (%v)", meta, err)
+	}
+	if ann, err := os.ReadFile(filepath.Join(tmp, "annotation.md")); err != nil || !strings.Contains(string(ann), digest.String()) {
+		t.Errorf("annotation: %q (%v)", ann, err)
+	}
+}
+
+// TestExampleArgo runs examples/argo/workflowtemplate.yaml's build template
+// as Argo runs it: the workflow parameters substituted, the fetch-context
+// init container (run here with the host's git, as its image has git)
+// filling the work volume from a git server that wants a token, then the
+// build container in the build image (no shell) with the registry
+// credentials mounted; the digest output parameter is read back.
+func TestExampleArgo(t *testing.T) {
+	type ctr struct {
+		Image   string   `json:"image"`
+		Command []string `json:"command"`
+		Args    []string `json:"args"`
+		Env     []struct {
+			Name      string `json:"name"`
+			Value     string `json:"value"`
+			ValueFrom *struct {
+				SecretKeyRef struct{ Name, Key string } `json:"secretKeyRef"`
+			} `json:"valueFrom"`
+		} `json:"env"`
+		VolumeMounts []struct{ Name, MountPath string } `json:"volumeMounts"`
+	}
+	var wt struct {
+		Spec struct {
+			Templates []struct {
+				Name           string `json:"name"`
+				InitContainers []ctr  `json:"initContainers"`
+				Container      ctr    `json:"container"`
+				Outputs        struct {
+					Parameters []struct {
+						Name      string `json:"name"`
+						ValueFrom struct{ Path string } `json:"valueFrom"`
+					} `json:"parameters"`
+				} `json:"outputs"`
+			} `json:"templates"`
+		} `json:"spec"`
+	}
+	readYAML(t, "../../examples/argo/workflowtemplate.yaml", &wt)
+	if len(wt.Spec.Templates) != 1 || len(wt.Spec.Templates[0].InitContainers) != 1 {
+		t.Fatalf("want one template with a fetch-context init container: %+v", wt.Spec.Templates)
+	}
+	tmpl := wt.Spec.Templates[0]
+	build, _ := stepImages(t)
+
+	const token = "ghp-argo-e2e-token"
+	d := startDistribution(t)
+	base := d.host + "/base/busybox:argo"
+	pushTo(t, base, imagetest.Image(t, true, nil, imagetest.BusyboxFiles(t)), d.remoteOpts()...)
+	repo, commit := gitRepoServer(t, token, false, map[string]string{
+		"Dockerfile": "FROM " + base + "\nCOPY msg.txt /msg.txt\nRUN cat /msg.txt > /argo.txt\n",
+		"msg.txt":    "built by argo\n",
+	})
+	params := map[string]string{
+		"{{workflow.parameters.context}}": repo + "#main",
+		"{{workflow.parameters.image}}":   d.host + "/acme/app:argo",
+	}
+	secrets := map[string]string{"git-credentials/token": token}
+	work := t.TempDir()
+	vols := map[string]string{"work": work, "registry-credentials": d.dockerConfig(t, d.user, d.password)}
+	subst := func(c ctr, local bool) ([]string, []string) {
+		var args, env []string
+		for _, a := range append(append([]string(nil), c.Command...), c.Args...) {
+			for k, v := range params {
+				a = strings.ReplaceAll(a, k, v)
+			}
+			if local {
+				a = strings.ReplaceAll(a, "=/work/", "="+work+"/")
+			}
+			args = append(args, a)
+		}
+		for _, e := range c.Env {
+			v := e.Value
+			if e.ValueFrom != nil {
+				v = secrets[e.ValueFrom.SecretKeyRef.Name+"/"+e.ValueFrom.SecretKeyRef.Key]
+			}
+			env = append(env, e.Name+"="+v)
+		}
+		return args, env
+	}
+
+	init := tmpl.InitContainers[0]
+	if !strings.Contains(init.Image, "/fetch-context:") {
+		t.Errorf("init container image %s, want kiln's fetch-context", init.Image)
+	}
+	args, env := subst(init, true)
+	r := step(t, strings.TrimPrefix(args[0], "/ko-app/"), env, args[1:]...)
+	if r.code != 0 {
+		t.Fatalf("fetch-context init container failed:\n%s", r.stderr)
+	}
+
+	main := tmpl.Container
+	if strings.HasSuffix(main.Image, "-debug") || !strings.Contains(main.Image, "/build:") {
+		t.Errorf("build container image %s, want the build image", main.Image)
+	}
+	args, env = subst(main, false)
+	binds := []bind{{d.caFile, "/etc/ssl/certs/ca-certificates.crt"}}
+	for _, m := range main.VolumeMounts {
+		binds = append(binds, bind{vols[m.Name], m.MountPath})
+	}
+	r = runContainer(t, container{
+		rootfs: unpack(t, build), args: args, binds: binds,
+		env: append(append(imageEnv(t, build), "HOME=/root", "KUBERNETES_SERVICE_HOST=10.96.0.1"), env...),
+	})
+	if r.code != 0 {
+		t.Fatalf("build container failed (%d):\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	contains(t, r.stderr, "in-place isolation")
+	img := pull(t, d.host+"/acme/app:argo", d.remoteOpts()...)
+	if got := imagetest.Flatten(t, img)["argo.txt"].Content; got != "built by argo\n" {
+		t.Errorf("/argo.txt = %q", got)
+	}
+	digest, _ := img.Digest()
+	out := tmpl.Outputs.Parameters[0]
+	if got, err := os.ReadFile(filepath.Join(work, strings.TrimPrefix(out.ValueFrom.Path, "/work/"))); err != nil || string(got) != digest.String() {
+		t.Errorf("output parameter %s = %q (%v), want %s", out.Name, got, err, digest)
+	}
+	// The build record carries the commit fetch-context recorded.
+	if rec, err := os.ReadFile(filepath.Join(work, "build.json")); err != nil || !strings.Contains(string(rec), commit) {
+		t.Errorf("build record lacks the commit %s: %s (%v)", commit, rec, err)
+	}
+}
