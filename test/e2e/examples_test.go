@@ -316,7 +316,7 @@ func TestExampleArgo(t *testing.T) {
 				Container      ctr    `json:"container"`
 				Outputs        struct {
 					Parameters []struct {
-						Name      string `json:"name"`
+						Name      string                `json:"name"`
 						ValueFrom struct{ Path string } `json:"valueFrom"`
 					} `json:"parameters"`
 				} `json:"outputs"`
