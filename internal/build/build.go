@@ -194,8 +194,9 @@ type builder struct {
 	// inPlace says the stage root is the container's own file system.
 	inPlace bool
 	// userns, in chroot isolation, is the user namespace RUN runs in;
-	// nil runs it with the host's ids.
-	userns *run.UserNS
+	// nil runs it with the host's ids. usernsDone says it was decided.
+	userns     *run.UserNS
+	usernsDone bool
 	// ignore lists paths snapshots skip (and, in place, Clear and Unpack).
 	ignore *rootfs.IgnoreList
 	// cacheWG tracks cache pushes running alongside the build.
@@ -287,7 +288,7 @@ func (b *builder) setIsolation() error {
 		return fmt.Errorf("--isolation %q: want auto, chroot or in-place", b.o.Isolation)
 	}
 	if !b.inPlace {
-		return b.setUserNS()
+		return nil
 	}
 	if b.o.UserNS != "" && b.o.UserNS != "auto" && b.o.UserNS != "none" {
 		return fmt.Errorf("--userns %s needs chroot isolation", b.o.UserNS)
@@ -338,8 +339,22 @@ func (b *builder) setIsolation() error {
 	return nil
 }
 
-// setUserNS prepares chroot isolation's user namespace: one for the whole
-// build, checked against the file system holding the stage roots.
+// runUserNS returns chroot isolation's user namespace, made at the first
+// RUN (one for the whole build, checked against the file system holding
+// the stage roots); nil when there is none.
+func (b *builder) runUserNS() (*run.UserNS, error) {
+	if b.usernsDone {
+		return b.userns, nil
+	}
+	b.usernsDone = true
+	if err := b.setUserNS(); err != nil {
+		return nil, err
+	}
+	return b.userns, nil
+}
+
+// setUserNS makes the user namespace --userns asks for, or logs why there
+// is none.
 func (b *builder) setUserNS() error {
 	m := run.DefaultIDMap()
 	switch b.o.UserNS {

@@ -157,9 +157,15 @@ func (b *builder) runInstruction(ctx context.Context, st *stage, c *instructions
 		return err
 	}
 	label := stageLabel(st.ps)
+	var userns *run.UserNS
+	if !b.inPlace {
+		if userns, err = b.runUserNS(); err != nil {
+			return err
+		}
+	}
 	ro := run.Options{
 		WorkDir: b.work,
-		UserNS:  b.userns,
+		UserNS:  userns,
 		Output:  func(line string) { b.log.Info(b.redact(line), "stage", label, "run", true) },
 	}
 	if b.inPlace {
