@@ -343,29 +343,29 @@ func (b *builder) setIsolation() error {
 // RUN (one for the whole build, checked against the file system holding
 // the stage roots); nil when there is none.
 func (b *builder) runUserNS() (*run.UserNS, error) {
-	if b.usernsDone {
-		return b.userns, nil
-	}
-	b.usernsDone = true
-	if err := b.setUserNS(); err != nil {
-		return nil, err
+	if !b.usernsDone {
+		ns, err := b.newUserNS()
+		if err != nil {
+			return nil, err
+		}
+		b.userns, b.usernsDone = ns, true
 	}
 	return b.userns, nil
 }
 
-// setUserNS makes the user namespace --userns asks for, or logs why there
-// is none.
-func (b *builder) setUserNS() error {
+// newUserNS makes the user namespace --userns asks for, or returns nil
+// and logs why there is none.
+func (b *builder) newUserNS() (*run.UserNS, error) {
 	m := run.DefaultIDMap()
 	switch b.o.UserNS {
 	case "none":
 		b.log.Info("chroot isolation without a user namespace (--userns=none): root in a RUN is root in the sandbox")
-		return nil
+		return nil, nil
 	case "", "auto":
 	default:
 		var err error
 		if m, err = run.ParseIDMap(b.o.UserNS); err != nil {
-			return fmt.Errorf("--userns: %w", err)
+			return nil, fmt.Errorf("--userns: %w", err)
 		}
 	}
 	ns, err := run.NewUserNS(m, "")
@@ -376,14 +376,13 @@ func (b *builder) setUserNS() error {
 	}
 	if err != nil {
 		if b.o.UserNS != "" && b.o.UserNS != "auto" {
-			return fmt.Errorf("--userns %s: %w", b.o.UserNS, err)
+			return nil, fmt.Errorf("--userns %s: %w", b.o.UserNS, err)
 		}
 		b.log.Info("chroot isolation without a user namespace: this kernel or file system does not allow one here; root in a RUN is root in the sandbox", "reason", err.Error())
-		return nil
+		return nil, nil
 	}
-	b.userns = ns
 	b.log.Debug("RUN runs in a user namespace", "ids", m.String())
-	return nil
+	return ns, nil
 }
 
 func (b *builder) cleanup() {

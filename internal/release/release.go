@@ -91,6 +91,16 @@ func debugPlatform(img v1.Image, p v1.Platform, mt types.MediaType, shell v1.Ima
 	return mutate.ConfigFile(img, cf)
 }
 
+// IndexOf is img as a one-platform index (the platform from its config),
+// for sources pushed as a single image, as ko does for one platform.
+func IndexOf(img v1.Image) (v1.ImageIndex, error) {
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return nil, err
+	}
+	return mutate.AppendManifests(empty.Index, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: cf.Platform()}}), nil
+}
+
 // withPath appends dir to PATH in env, setting a default PATH if none.
 func withPath(env []string, dir string) []string {
 	out := append([]string(nil), env...)

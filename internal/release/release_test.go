@@ -102,3 +102,18 @@ func TestDebugImageErrors(t *testing.T) {
 		t.Errorf("shell lacking a platform: %v", err)
 	}
 }
+
+func TestIndexOf(t *testing.T) {
+	img := imagetest.Image(t, true, func(cf *v1.ConfigFile) { cf.Architecture, cf.Variant = "arm", "v7" }, []imagetest.File{imagetest.Reg("x", "x", 0o644, 0, 0)})
+	idx, err := IndexOf(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	im, _ := idx.IndexManifest()
+	if len(im.Manifests) != 1 || im.Manifests[0].Platform.String() != "linux/arm/v7" {
+		t.Errorf("index %+v", im.Manifests)
+	}
+	if _, err := forPlatform(idx, v1.Platform{OS: "linux", Architecture: "arm", Variant: "v7"}); err != nil {
+		t.Error(err)
+	}
+}

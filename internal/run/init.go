@@ -52,21 +52,17 @@ func sandbox() (int, error) {
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return 0, fmt.Errorf("making mounts private: %w", err)
 	}
-	userns := -1
-	if s.IDMap != nil {
-		userns = usernsFD
-		unix.CloseOnExec(userns)
-	}
 	// The root becomes a mount of its own (id-mapped in a user namespace),
 	// so that it can be pivoted into.
-	if userns >= 0 {
-		if err := idmapMount(s.Root, s.Root, userns, false); err != nil {
+	if s.IDMap != nil {
+		unix.CloseOnExec(usernsFD)
+		if err := idmapMount(s.Root, s.Root, usernsFD, false); err != nil {
 			return 0, err
 		}
 	} else if err := unix.Mount(s.Root, s.Root, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 		return 0, fmt.Errorf("binding %s: %w", s.Root, err)
 	}
-	if err := setupMounts(&s, userns); err != nil {
+	if err := setupMounts(&s); err != nil {
 		return 0, err
 	}
 	if err := enterRoot(s.Root); err != nil {
@@ -164,9 +160,9 @@ func enterRoot(root string) error {
 }
 
 // setupMounts provides /proc, /dev, the hosts files and RUN's mounts. With
-// a user namespace (userns >= 0) tmpfs mounts belong to its root and bind
+// a user namespace (s.IDMap) tmpfs mounts belong to its root and bind
 // mounts are id-mapped like the root.
-func setupMounts(s *Spec, userns int) error {
+func setupMounts(s *Spec) error {
 	mnt := func(src, target, fstype string, flags uintptr, data string) error {
 		if err := unix.Mount(src, target, fstype, flags, data); err != nil {
 			return fmt.Errorf("mounting %s on %s: %w", fstype+src, target, err)
@@ -235,7 +231,7 @@ func setupMounts(s *Spec, userns int) error {
 		case "bind":
 			// A source whose file system cannot be id-mapped is bound as
 			// it is: its files then show as nobody's in the namespace.
-			if userns >= 0 && idmapMount(m.Source, m.Target, userns, m.ReadOnly) == nil {
+			if s.IDMap != nil && idmapMount(m.Source, m.Target, usernsFD, m.ReadOnly) == nil {
 				continue
 			}
 			if m.ReadOnly {

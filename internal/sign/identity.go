@@ -34,10 +34,13 @@ const (
 )
 
 // identity is who signs: a key, or an ephemeral key with the certificate
-// Fulcio issued for an OIDC identity.
+// Fulcio issued for an OIDC identity; with tlog set, every signature is
+// entered in the transparency log under verifier.
 type identity struct {
 	sv          signature.SignerVerifier
 	cert, chain []byte // PEM; keyless only
+	tlog        *tlog
+	verifier    []byte // the certificate, or the public key, as PEM
 }
 
 // staticOptions attach the certificate chain of a keyless identity.
@@ -48,21 +51,31 @@ func (id *identity) staticOptions() []static.Option {
 	return []static.Option{static.WithCertChain(id.cert, id.chain)}
 }
 
-// verifier is what a transparency log entry names: the certificate, or
-// the public key.
-func (id *identity) verifier(ctx context.Context) ([]byte, error) {
-	if id.cert != nil {
-		return id.cert, nil
+// identity loads the signing identity (and, with TlogUpload, the
+// transparency log) without revealing secrets in errors.
+func (o Options) identity(ctx context.Context) (*identity, error) {
+	id, err := o.signer(ctx)
+	if err != nil || !o.TlogUpload {
+		return id, err
 	}
-	pub, err := id.sv.PublicKey()
-	if err != nil {
+	if id.tlog, err = o.tlog(); err != nil {
 		return nil, err
 	}
-	return cryptoutils.MarshalPublicKeyToPEM(pub)
+	id.verifier = id.cert
+	if id.verifier == nil {
+		pub, err := id.sv.PublicKey()
+		if err != nil {
+			return nil, err
+		}
+		if id.verifier, err = cryptoutils.MarshalPublicKeyToPEM(pub); err != nil {
+			return nil, err
+		}
+	}
+	return id, nil
 }
 
-// identity loads the signing identity without revealing secrets in errors.
-func (o Options) identity(ctx context.Context) (*identity, error) {
+// signer loads the key, or makes the keyless identity.
+func (o Options) signer(ctx context.Context) (*identity, error) {
 	switch {
 	case o.Key != "" && o.IdentityTokenFile != "":
 		return nil, errors.New("give a key (--key) or a keyless identity (--identity-token-file), not both")
@@ -136,11 +149,8 @@ type tlog struct {
 	client *client.Rekor
 }
 
-// tlog returns the Rekor client, or nil without --tlog-upload.
+// tlog returns the Rekor client.
 func (o Options) tlog() (*tlog, error) {
-	if !o.TlogUpload {
-		return nil, nil
-	}
 	u := o.RekorURL
 	if u == "" {
 		u = DefaultRekorURL
@@ -154,14 +164,10 @@ func (o Options) tlog() (*tlog, error) {
 
 // uploadSignature enters a simple-signing signature (a hashedrekord
 // entry, as cosign sign makes) and returns the bundle to attach.
-func (t *tlog) uploadSignature(ctx context.Context, id *identity, sig, payload []byte) (*cbundle.RekorBundle, error) {
-	pem, err := id.verifier(ctx)
-	if err != nil {
-		return nil, err
-	}
+func (t *tlog) uploadSignature(ctx context.Context, verifier, sig, payload []byte) (*cbundle.RekorBundle, error) {
 	h := sha256.New()
 	h.Write(payload)
-	e, err := cosign.TLogUpload(ctx, t.client, sig, h, pem)
+	e, err := cosign.TLogUpload(ctx, t.client, sig, h, verifier)
 	if err != nil {
 		return nil, t.err(err)
 	}
@@ -170,12 +176,8 @@ func (t *tlog) uploadSignature(ctx context.Context, id *identity, sig, payload [
 
 // uploadAttestation enters a DSSE envelope (a dsse entry, cosign attest's
 // default) and returns the bundle to attach.
-func (t *tlog) uploadAttestation(ctx context.Context, id *identity, env []byte) (*cbundle.RekorBundle, error) {
-	pem, err := id.verifier(ctx)
-	if err != nil {
-		return nil, err
-	}
-	e, err := cosign.TLogUploadDSSEEnvelope(ctx, t.client, env, pem)
+func (t *tlog) uploadAttestation(ctx context.Context, verifier, env []byte) (*cbundle.RekorBundle, error) {
+	e, err := cosign.TLogUploadDSSEEnvelope(ctx, t.client, env, verifier)
 	if err != nil {
 		return nil, t.err(err)
 	}

@@ -40,10 +40,6 @@ func SignLayout(ctx context.Context, o Options, src, dst string) error {
 	if err != nil {
 		return err
 	}
-	tl, err := o.tlog()
-	if err != nil {
-		return err
-	}
 	// The signed payload names the image by the repository it is meant for.
 	repo := "kiln.local/image"
 	if len(o.Record.Images) > 0 {
@@ -56,7 +52,7 @@ func SignLayout(ctx context.Context, o Options, src, dst string) error {
 		return err
 	}
 	var si oci.SignedImage = signed.Image(img)
-	sig, err := signImage(ctx, id, tl, digest)
+	sig, err := signImage(ctx, id, digest)
 	if err != nil {
 		return err
 	}
@@ -64,7 +60,7 @@ func SignLayout(ctx context.Context, o Options, src, dst string) error {
 		return err
 	}
 	if o.Attest {
-		att, err := o.attestation(ctx, id, tl, digest)
+		att, err := o.attestation(ctx, id, digest)
 		if err != nil {
 			return err
 		}

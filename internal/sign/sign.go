@@ -96,10 +96,6 @@ func Sign(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	tl, err := o.tlog()
-	if err != nil {
-		return err
-	}
 	ropts := []ociremote.Option{ociremote.WithRemoteOptions(append([]remote.Option{remote.WithContext(ctx)}, o.Remote...)...)}
 	var prepared []preparedSig
 	for _, im := range o.Record.Images {
@@ -112,7 +108,7 @@ func Sign(ctx context.Context, o Options) error {
 		if err != nil {
 			return fmt.Errorf("reading %s: %w", digest, err)
 		}
-		sig, err := signImage(ctx, id, tl, digest)
+		sig, err := signImage(ctx, id, digest)
 		if err != nil {
 			return err
 		}
@@ -120,7 +116,7 @@ func Sign(ctx context.Context, o Options) error {
 			return err
 		}
 		if o.Attest {
-			att, err := o.attestation(ctx, id, tl, digest)
+			att, err := o.attestation(ctx, id, digest)
 			if err != nil {
 				return err
 			}
@@ -145,8 +141,8 @@ func Sign(ctx context.Context, o Options) error {
 }
 
 // signImage makes a cosign "simple signing" signature of digest, entered
-// in the transparency log when tl is set.
-func signImage(ctx context.Context, id *identity, tl *tlog, digest name.Digest) (oci.Signature, error) {
+// in the transparency log when id has one.
+func signImage(ctx context.Context, id *identity, digest name.Digest) (oci.Signature, error) {
 	pl, err := (&payload.Cosign{Image: digest}).MarshalJSON()
 	if err != nil {
 		return nil, err
@@ -156,8 +152,8 @@ func signImage(ctx context.Context, id *identity, tl *tlog, digest name.Digest) 
 		return nil, fmt.Errorf("signing %s: %w", digest, err)
 	}
 	opts := id.staticOptions()
-	if tl != nil {
-		b, err := tl.uploadSignature(ctx, id, raw, pl)
+	if id.tlog != nil {
+		b, err := id.tlog.uploadSignature(ctx, id.verifier, raw, pl)
 		if err != nil {
 			return nil, fmt.Errorf("signing %s: %w", digest, err)
 		}
@@ -167,8 +163,8 @@ func signImage(ctx context.Context, id *identity, tl *tlog, digest name.Digest) 
 }
 
 // attestation makes the DSSE-wrapped SLSA provenance statement of digest,
-// entered in the transparency log when tl is set.
-func (o Options) attestation(ctx context.Context, id *identity, tl *tlog, digest name.Digest) (oci.Signature, error) {
+// entered in the transparency log when id has one.
+func (o Options) attestation(ctx context.Context, id *identity, digest name.Digest) (oci.Signature, error) {
 	pred, err := json.Marshal(NewPredicate(o.Record, o.BuilderID, o.InvocationID))
 	if err != nil {
 		return nil, err
@@ -190,8 +186,8 @@ func (o Options) attestation(ctx context.Context, id *identity, tl *tlog, digest
 	}
 	opts := append(id.staticOptions(), static.WithLayerMediaType(types.DssePayloadType),
 		static.WithAnnotations(map[string]string{"predicateType": PredicateType}))
-	if tl != nil {
-		b, err := tl.uploadAttestation(ctx, id, env)
+	if id.tlog != nil {
+		b, err := id.tlog.uploadAttestation(ctx, id.verifier, env)
 		if err != nil {
 			return nil, fmt.Errorf("attesting %s: %w", digest, err)
 		}

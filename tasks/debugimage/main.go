@@ -18,8 +18,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/kilnbuild/kiln/internal/release"
@@ -69,12 +67,7 @@ func run(build, shell, tag string, extras []string, insecure bool) error {
 		if err != nil {
 			return nil, err
 		}
-		cf, err := img.ConfigFile()
-		if err != nil {
-			return nil, err
-		}
-		p := cf.Platform()
-		return mutate.AppendManifests(empty.Index, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: p}}), nil
+		return release.IndexOf(img)
 	}
 	b, err := index("build", build)
 	if err != nil {

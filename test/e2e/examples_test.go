@@ -15,8 +15,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"sigs.k8s.io/yaml"
 
@@ -58,10 +56,6 @@ func koImage(t *testing.T, bin string) v1.Image {
 	})
 }
 
-func oneArch(img v1.Image) v1.ImageIndex {
-	return mutate.AppendManifests(empty.Index, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "amd64"}}})
-}
-
 // stepImages returns the build image and its -debug variant.
 func stepImages(t *testing.T) (build, debug v1.Image) {
 	t.Helper()
@@ -84,13 +78,19 @@ func stepImages(t *testing.T) (build, debug v1.Image) {
 			}
 		}
 		shell := imagetest.Image(t, true, nil, files)
-		idx, err := release.DebugImage(oneArch(buildImg), oneArch(shell), oneArch(koImage(t, "emit-results")))
+		var idx [3]v1.ImageIndex
+		for i, img := range []v1.Image{buildImg, shell, koImage(t, "emit-results")} {
+			if idx[i], stepImagesErr = release.IndexOf(img); stepImagesErr != nil {
+				return
+			}
+		}
+		debug, err := release.DebugImage(idx[0], idx[1], idx[2])
 		if err != nil {
 			stepImagesErr = err
 			return
 		}
-		im, _ := idx.IndexManifest()
-		debugImg, stepImagesErr = idx.Image(im.Manifests[0].Digest)
+		im, _ := debug.IndexManifest()
+		debugImg, stepImagesErr = debug.Image(im.Manifests[0].Digest)
 	})
 	if stepImagesErr != nil {
 		t.Fatalf("composing the step images: %v", stepImagesErr)
@@ -272,8 +272,6 @@ echo `+token+"\n"), 0o755)
 		}
 		return dialer.DialContext(ctx, network, addr)
 	}
-	tr.TLSClientConfig = tr.TLSClientConfig.Clone()
-	tr.TLSClientConfig.ServerName = ""
 	img := pull(t, "packages.buildkite.com/acme/images/app:0f1e2d3c", remote.WithTransport(tr), remote.WithAuth(&authn.Basic{Username: "buildkite", Password: token}))
 	if got := imagetest.Flatten(t, img)["bk.txt"].Content; got != "built by buildkite\n" {
 		t.Errorf("/bk.txt = %q", got)
