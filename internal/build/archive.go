@@ -23,6 +23,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
 
+	"github.com/kilnbuild/kiln/internal/fsroot"
 	"github.com/kilnbuild/kiln/internal/rootfs"
 )
 
@@ -56,14 +57,20 @@ func decompress(r io.Reader) (io.Reader, func(), error) {
 	return br, func() {}, nil
 }
 
-// isArchive reports whether the file is a (possibly compressed) tar, which
-// ADD extracts.
-func isArchive(host string) bool {
-	f, err := os.Open(host)
+// isArchive reports whether the regular file p of root is a (possibly
+// compressed) tar, which ADD extracts. Anything else (a fifo, a device) is
+// never opened for reading.
+func isArchive(root *fsroot.Root, p string) bool {
+	f, err := root.OpenFile(p)
 	if err != nil {
 		return false
 	}
 	defer f.Close()
+	return isArchiveFile(f)
+}
+
+// isArchiveFile reports whether f holds a (possibly compressed) tar.
+func isArchiveFile(f io.Reader) bool {
 	r, done, err := decompress(f)
 	if err != nil {
 		return false
@@ -73,14 +80,9 @@ func isArchive(host string) bool {
 	return err == nil
 }
 
-// extract unpacks the archive at host into the image directory dest,
-// refusing entries that climb out of it.
-func (b *builder) extract(w *writer, host, dest string) error {
-	f, err := os.Open(host)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
+// extract unpacks the archive f into the image directory dest, refusing
+// entries that climb out of it.
+func (b *builder) extract(w *writer, f io.Reader, dest string) error {
 	r, done, err := decompress(f)
 	if err != nil {
 		return err
@@ -125,11 +127,11 @@ func (b *builder) extract(w *writer, host, dest string) error {
 			if lerr != nil {
 				return lerr
 			}
-			th, img, terr := w.target(path.Join(dest, ln))
+			tparent, tname, img, terr := w.target(path.Join(dest, ln))
 			if terr != nil {
 				return terr
 			}
-			if _, serr := os.Lstat(th); serr != nil {
+			if !tparent.Exists(tname) {
 				return fmt.Errorf("archive entry %q: hard link target %q not in the archive", h.Name, h.Linkname)
 			}
 			err = w.hardlink(target, img)
@@ -206,8 +208,14 @@ func (b *builder) addURL(ctx context.Context, w *writer, src string, r copyReque
 	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
 		return err
 	}
-	if r.unpackSet && r.unpack && isArchive(tmp.Name()) {
-		return b.extract(w, tmp.Name(), dest)
+	if r.unpackSet && r.unpack && isArchiveFile(tmp) {
+		if _, err := tmp.Seek(0, io.SeekStart); err != nil {
+			return err
+		}
+		return b.extract(w, tmp, dest)
+	}
+	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
+		return err
 	}
 	target := dest
 	if destIsDir {

@@ -26,6 +26,7 @@ import (
 	"github.com/kilnbuild/kiln/internal/buildcontext"
 	"github.com/kilnbuild/kiln/internal/cache"
 	"github.com/kilnbuild/kiln/internal/dockerfile"
+	"github.com/kilnbuild/kiln/internal/fsroot"
 	"github.com/kilnbuild/kiln/internal/layer"
 	"github.com/kilnbuild/kiln/internal/record"
 	"github.com/kilnbuild/kiln/internal/registry"
@@ -180,7 +181,11 @@ type builder struct {
 	epoch    *time.Time // fixed time for --reproducible
 	work     string
 	stages   map[int]*stage
-	images   map[string]string // --from image ref -> unpacked root
+	images   map[string]*fsroot.Root // --from image ref -> unpacked root
+	// roots are the roots opened, closed at the end; liveFS is the
+	// in-place "/".
+	roots  []*fsroot.Root
+	liveFS *fsroot.Root
 	// fromImages are the --from images pulled so far.
 	fromImages map[string]v1.Image
 	http       *http.Client
@@ -204,7 +209,7 @@ type builder struct {
 }
 
 func newBuilder(o Options) (*builder, error) {
-	b := &builder{o: o, log: o.Logger, stages: map[int]*stage{}, images: map[string]string{}, fromImages: map[string]v1.Image{}, http: o.HTTPClient, started: time.Now().UTC()}
+	b := &builder{o: o, log: o.Logger, stages: map[int]*stage{}, images: map[string]*fsroot.Root{}, fromImages: map[string]v1.Image{}, http: o.HTTPClient, started: time.Now().UTC()}
 	if b.log == nil {
 		b.log = slog.New(slog.DiscardHandler)
 	}
@@ -388,6 +393,11 @@ func (b *builder) newUserNS() (*run.UserNS, error) {
 func (b *builder) cleanup() {
 	b.cacheWG.Wait()
 	b.userns.Close()
+	for _, r := range b.roots {
+		r.Close()
+	}
+	b.roots = nil
+	b.ctxDir.Close()
 	if err := os.RemoveAll(b.work); err != nil {
 		b.log.Warn("removing work directory", "dir", b.work, "error", err)
 	}

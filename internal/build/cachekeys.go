@@ -4,12 +4,11 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
-	"os"
 	"path"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -17,7 +16,7 @@ import (
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 
 	"github.com/kilnbuild/kiln/internal/cache"
-	"github.com/kilnbuild/kiln/internal/rootfs"
+	"github.com/kilnbuild/kiln/internal/fsroot"
 )
 
 // instructionKey computes an instruction's cache key, chained from the
@@ -120,26 +119,19 @@ func (b *builder) readDigest(ctx context.Context, st *stage, from string, source
 		return "image:" + d.String() + "\x00" + strings.Join(sources, "\x00"), nil
 	}
 	h := sha256.New()
-	root := b.ctxDir.Dir
+	src := &source{fs: b.ctxDir.FS, ctx: b.ctxDir}
 	for _, sp := range sources {
 		pattern := strings.TrimPrefix(path.Clean("/"+strings.ReplaceAll(sp, "/./", "/")), "/")
 		matches := []string{pattern}
 		if hasMeta(pattern) {
 			var err error
-			if matches, err = glob(root, pattern); err != nil {
+			if matches, err = glob(src.fs, pattern); err != nil {
 				return "", err
 			}
 		}
 		fmt.Fprintf(h, "source %q\n", sp)
 		for _, m := range matches {
-			if b.ctxDir.Excluded(m) {
-				continue
-			}
-			host, err := rootfs.Resolve(root, m, true)
-			if err != nil {
-				return "", err
-			}
-			if err := hashTree(h, host, m, b.ctxDir.Excluded, exclude); err != nil {
+			if err := hashTree(h, src, m, exclude); err != nil {
 				return "", err
 			}
 		}
@@ -147,40 +139,31 @@ func (b *builder) readDigest(ctx context.Context, st *stage, from string, source
 	return "context:" + hex.EncodeToString(h.Sum(nil)), nil
 }
 
-// hashTree writes names, modes, link targets and contents under host.
-func hashTree(w io.Writer, host, rel string, excluded func(string) bool, exclude []string) error {
-	return filepath.WalkDir(host, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			if os.IsNotExist(err) {
-				fmt.Fprintf(w, "missing %s\n", rel)
-				return nil
-			}
-			return err
-		}
-		sub, _ := filepath.Rel(host, p)
-		name := path.Join(rel, filepath.ToSlash(sub))
-		if p != host && excluded(name) {
-			if d.IsDir() {
-				return filepath.SkipDir
-			}
-			return nil
-		}
+// hashTree writes the names, modes, link targets and contents of what
+// the context path rel names (its symlinks followed inside the context),
+// leaving out what .dockerignore excludes.
+func hashTree(w io.Writer, src *source, rel string, exclude []string) error {
+	real, err := src.fs.Real(rel)
+	if errors.Is(err, fs.ErrNotExist) || (err == nil && (src.excluded(rel) || src.excluded(real))) {
+		fmt.Fprintf(w, "missing %s\n", rel)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	entry := func(name string, parent *fsroot.Dir, base string, info fs.FileInfo) error {
 		for _, pat := range exclude {
 			if ok, _ := path.Match(pat, path.Base(name)); ok {
 				return nil
 			}
 		}
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
 		fmt.Fprintf(w, "%s %o %d\n", name, info.Mode(), info.Size())
 		switch {
 		case info.Mode()&fs.ModeSymlink != 0:
-			t, _ := os.Readlink(p)
+			t, _ := parent.Readlink(base)
 			fmt.Fprintf(w, "-> %s\n", t)
 		case info.Mode().IsRegular():
-			f, err := os.Open(p)
+			f, err := parent.Open(base)
 			if err != nil {
 				return err
 			}
@@ -189,6 +172,25 @@ func hashTree(w io.Writer, host, rel string, excluded func(string) bool, exclude
 			return err
 		}
 		return nil
+	}
+	fi, err := src.fs.Lstat(real)
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() {
+		parent, base, err := src.fs.Parent(real)
+		if err != nil {
+			return err
+		}
+		defer parent.Close()
+		return entry(rel, parent, base, fi)
+	}
+	fmt.Fprintf(w, "%s %o %d\n", rel, fi.Mode(), fi.Size())
+	return walkTree(src.fs, real, func(sub string, parent *fsroot.Dir, base string, info fs.FileInfo) (bool, error) {
+		if src.excluded(path.Join(real, sub)) {
+			return info.IsDir() && src.ctx.MayInclude(), nil
+		}
+		return true, entry(path.Join(rel, sub), parent, base, info)
 	})
 }
 

@@ -15,6 +15,7 @@ import (
 	"github.com/moby/patternmatcher"
 
 	"github.com/kilnbuild/kiln/internal/buildcontext"
+	"github.com/kilnbuild/kiln/internal/fsroot"
 	"github.com/kilnbuild/kiln/internal/layer"
 	"github.com/kilnbuild/kiln/internal/rootfs"
 )
@@ -35,17 +36,23 @@ type copyRequest struct {
 	keepGitDir bool
 }
 
-// source is where a COPY reads from.
+// source is where a COPY reads from: a tree read through handles
+// resolved inside it.
 type source struct {
-	root  string
+	fs    *fsroot.Root
 	what  string                // "build context", "stage x", "image y"
 	ctx   *buildcontext.Context // ignore rules, for the build context only
 	owner bool                  // keep source owners
 }
 
+// excluded reports whether the real path p of the source is left out of
+// the build (the context's .dockerignore): such a file is not there for
+// the build, whatever path or symlink names it.
+func (s *source) excluded(p string) bool { return s.ctx.Excluded(p) }
+
 func (b *builder) copySource(ctx context.Context, st *stage, from string) (*source, error) {
 	if from == "" {
-		return &source{root: b.ctxDir.Dir, what: "build context", ctx: b.ctxDir}, nil
+		return &source{fs: b.ctxDir.FS, what: "build context", ctx: b.ctxDir}, nil
 	}
 	ref, err := b.plan.Meta.Expander(b.df.Escape)(from)
 	if err != nil {
@@ -59,12 +66,12 @@ func (b *builder) copySource(ctx context.Context, st *stage, from string) (*sour
 		if err := b.materialize(ctx, prev); err != nil {
 			return nil, err
 		}
-		return &source{root: prev.root, what: "stage " + ref, owner: true}, nil
+		return &source{fs: prev.fs, what: "stage " + ref, owner: true}, nil
 	}
 	if i := b.df.StageIndex(ref, len(b.df.Stages)); i >= 0 {
 		return nil, fmt.Errorf("--from=%s: stage %d is not defined before stage %d (circular or forward reference)", ref, i, st.ps.Index)
 	}
-	root, ok := b.images[ref]
+	fr, ok := b.images[ref]
 	if !ok {
 		img, err := b.fromImage(ctx, ref, st.platform)
 		if err != nil {
@@ -73,16 +80,19 @@ func (b *builder) copySource(ctx context.Context, st *stage, from string) (*sour
 			}
 			return nil, fmt.Errorf("--from=%s: %w", ref, err)
 		}
-		root = filepath.Join(b.work, "image-"+strconv.Itoa(len(b.images)))
+		root := filepath.Join(b.work, "image-"+strconv.Itoa(len(b.images)))
 		if err := os.MkdirAll(root, 0o755); err != nil {
 			return nil, err
 		}
 		if err := b.unpack(ctx, root, img, ref); err != nil {
 			return nil, fmt.Errorf("--from=%s: %w", ref, err)
 		}
-		b.images[ref] = root
+		if fr, err = fsroot.Open(root); err != nil {
+			return nil, err
+		}
+		b.images[ref] = fr
 	}
-	return &source{root: root, what: "image " + ref, owner: true}, nil
+	return &source{fs: fr, what: "image " + ref, owner: true}, nil
 }
 
 // parseChmod parses an octal --chmod value.
@@ -114,7 +124,7 @@ func (b *builder) copy(ctx context.Context, st *stage, r copyRequest) ([]layer.E
 	}
 	wo := writerOptions{preserveOwner: src.owner}
 	if r.chown != "" {
-		ids, err := rootfs.LookupChown(st.root, r.chown)
+		ids, err := rootfs.LookupChown(st.fs, r.chown)
 		if err != nil {
 			return nil, fmt.Errorf("--chown=%s: %w", r.chown, err)
 		}
@@ -132,6 +142,7 @@ func (b *builder) copy(ctx context.Context, st *stage, r copyRequest) ([]layer.E
 		}
 	}
 	w := b.newWriter(st, wo)
+	defer w.close()
 
 	dest := r.sources.DestPath
 	destIsDir := strings.HasSuffix(dest, "/") || strings.HasSuffix(dest, "/.") || dest == "."
@@ -144,10 +155,8 @@ func (b *builder) copy(ctx context.Context, st *stage, r copyRequest) ([]layer.E
 	}
 	dest = path.Clean(dest)
 	if !destIsDir {
-		if h, err := rootfs.Resolve(st.root, dest, true); err == nil {
-			if fi, err := os.Stat(h); err == nil && fi.IsDir() {
-				destIsDir = true
-			}
+		if fi, err := st.fs.Stat(dest); err == nil && fi.IsDir() {
+			destIsDir = true
 		}
 	}
 	if n := len(r.sources.SourcePaths) + len(r.sources.SourceContents); n > 1 && !destIsDir {
@@ -201,30 +210,32 @@ func (b *builder) copy(ctx context.Context, st *stage, r copyRequest) ([]layer.E
 		}
 		pattern = strings.TrimPrefix(path.Clean("/"+pattern), "/")
 		var matches []string
-		if hasMeta(pattern) {
-			if matches, err = glob(src.root, pattern); err != nil {
+		wildcard := hasMeta(pattern)
+		if wildcard {
+			if matches, err = glob(src.fs, pattern); err != nil {
 				return nil, fmt.Errorf("%s %s: %w", r.name, sp, err)
 			}
-			kept := matches[:0]
-			for _, m := range matches {
-				if !src.ctx.Excluded(m) {
-					kept = append(kept, m)
-				}
-			}
-			matches = kept
 		} else {
-			if src.ctx.Excluded(pattern) {
-				return nil, fmt.Errorf("%s %s: the source is excluded by %s", r.name, sp, filepath.Base(src.ctx.IgnoreFile))
-			}
 			matches = []string{pattern}
 		}
 		toDir := destIsDir || len(matches) > 1
 		for _, m := range matches {
-			host, err := rootfs.Resolve(src.root, m, true)
-			if err != nil {
-				return nil, err
+			// What the path names, every symlink followed inside the source:
+			// an ignored file is not in the context under any name.
+			real, err := src.fs.Real(m)
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil, fmt.Errorf("%s %s: %q not found in the %s", r.name, sp, m, src.what)
 			}
-			fi, err := os.Lstat(host)
+			if err != nil {
+				return nil, fmt.Errorf("%s %s: %w", r.name, sp, err)
+			}
+			if src.excluded(m) || src.excluded(real) {
+				if wildcard {
+					continue
+				}
+				return nil, fmt.Errorf("%s %s: the source is excluded by %s", r.name, sp, filepath.Base(src.ctx.IgnoreFile))
+			}
+			fi, err := src.fs.Lstat(real)
 			if err != nil {
 				if errors.Is(err, fs.ErrNotExist) {
 					return nil, fmt.Errorf("%s %s: %q not found in the %s", r.name, sp, m, src.what)
@@ -246,18 +257,30 @@ func (b *builder) copy(ctx context.Context, st *stage, r copyRequest) ([]layer.E
 			}
 			switch {
 			case fi.IsDir():
-				if err := b.copyDir(w, src, host, m, target, fi, exclude); err != nil {
+				if err := b.copyDir(w, src, real, target, fi, exclude); err != nil {
 					return nil, fmt.Errorf("%s %s: %w", r.name, sp, err)
 				}
-			case r.add && r.unpack && isArchive(host):
-				if err := b.extract(w, host, target); err != nil {
+			case r.add && r.unpack && fi.Mode().IsRegular() && isArchive(src.fs, real):
+				f, err := src.fs.OpenFile(real)
+				if err != nil {
+					return nil, fmt.Errorf("ADD %s: %w", sp, err)
+				}
+				err = b.extract(w, f, target)
+				f.Close()
+				if err != nil {
 					return nil, fmt.Errorf("ADD %s: %w", sp, err)
 				}
 			default:
 				if !r.parents && toDir {
 					target = path.Join(dest, path.Base(m))
 				}
-				if err := w.copyFrom(host, fi, target); err != nil {
+				parent, name, err := src.fs.Parent(real)
+				if err != nil {
+					return nil, fmt.Errorf("%s %s: %w", r.name, sp, err)
+				}
+				err = w.copyFrom(parent, name, fi, target)
+				parent.Close()
+				if err != nil {
 					return nil, fmt.Errorf("%s %s: %w", r.name, sp, err)
 				}
 			}
@@ -266,46 +289,70 @@ func (b *builder) copy(ctx context.Context, st *stage, r copyRequest) ([]layer.E
 	return w.entries(), nil
 }
 
-// copyDir copies the contents of the directory host (image path rel in the
-// source) into the image directory dest.
-func (b *builder) copyDir(w *writer, src *source, host, rel, dest string, fi fs.FileInfo, exclude *patternmatcher.PatternMatcher) error {
-	th, err := rootfs.Resolve(w.root, dest, true)
-	if err != nil {
-		return err
-	}
-	if _, err := os.Lstat(th); errors.Is(err, fs.ErrNotExist) {
+// copyDir copies the contents of the source directory at the real path
+// dir into the image directory dest.
+func (b *builder) copyDir(w *writer, src *source, dir, dest string, fi fs.FileInfo, exclude *patternmatcher.PatternMatcher) error {
+	if _, err := w.root.Stat(dest); errors.Is(err, fs.ErrNotExist) {
 		// A directory the COPY creates takes the source directory's metadata.
-		if err := w.copyFrom(host, fi, dest); err != nil {
+		if err := w.dir(dest, w.metaFor(fi)); err != nil {
 			return err
 		}
 	} else if _, err := w.mkdirAll(dest); err != nil {
 		return err
 	}
-	return filepath.WalkDir(host, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
+	return walkTree(src.fs, dir, func(sub string, parent *fsroot.Dir, name string, info fs.FileInfo) (bool, error) {
+		if src.excluded(path.Join(dir, sub)) || (exclude != nil && matches(exclude, sub)) {
+			// An excluded directory is entered only when "!" patterns may
+			// bring back something below it.
+			return info.IsDir() && src.ctx.MayInclude(), nil
 		}
-		if p == host {
-			return nil
-		}
-		sub, err := filepath.Rel(host, p)
-		if err != nil {
-			return err
-		}
-		sub = filepath.ToSlash(sub)
-		ctxRel := path.Join(rel, sub)
-		if src.ctx.Excluded(ctxRel) || (exclude != nil && matches(exclude, sub)) {
-			if d.IsDir() && !src.ctx.MayInclude() {
-				return filepath.SkipDir
-			}
-			return nil
-		}
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
-		return w.copyFrom(p, info, path.Join(dest, sub))
+		return true, w.copyFrom(parent, name, info, path.Join(dest, sub))
 	})
+}
+
+// walkTree calls fn for everything below the real directory dir of root,
+// depth first in name order, with the directory holding it: nothing is
+// followed, and a directory is entered only when fn says so.
+func walkTree(root *fsroot.Root, dir string, fn func(sub string, parent *fsroot.Dir, name string, fi fs.FileInfo) (bool, error)) error {
+	d, err := root.OpenDir(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return walkDir(d, "", fn)
+}
+
+func walkDir(d *fsroot.Dir, rel string, fn func(sub string, parent *fsroot.Dir, name string, fi fs.FileInfo) (bool, error)) error {
+	names, err := d.ReadDir()
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		fi, err := d.Lstat(n)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		sub := path.Join(rel, n)
+		descend, err := fn(sub, d, n, fi)
+		if err != nil {
+			return err
+		}
+		if descend && fi.IsDir() {
+			child, err := d.OpenDirAt(n)
+			if err != nil {
+				return err
+			}
+			err = walkDir(child, sub, fn)
+			child.Close()
+			if err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 func matches(pm *patternmatcher.PatternMatcher, p string) bool {
@@ -314,9 +361,9 @@ func matches(pm *patternmatcher.PatternMatcher, p string) bool {
 }
 
 // glob matches a slash pattern inside root element by element, listing
-// directories through root-relative symlink resolution so it never leaves
-// root. It returns image paths without a leading slash, sorted.
-func glob(root, pattern string) ([]string, error) {
+// directories through handles resolved inside root. It returns image
+// paths without a leading slash, sorted.
+func glob(root *fsroot.Root, pattern string) ([]string, error) {
 	cur := []string{""}
 	for _, elem := range strings.Split(pattern, "/") {
 		var next []string
@@ -328,17 +375,18 @@ func glob(root, pattern string) ([]string, error) {
 			if _, err := path.Match(elem, ""); err != nil {
 				return nil, fmt.Errorf("bad pattern %q: %w", pattern, err)
 			}
-			h, err := rootfs.Resolve(root, c, true)
-			if err != nil {
-				return nil, err
-			}
-			ents, err := os.ReadDir(h)
+			d, err := root.OpenDir(c)
 			if err != nil {
 				continue
 			}
-			for _, e := range ents {
-				if ok, _ := path.Match(elem, e.Name()); ok {
-					next = append(next, path.Join(c, e.Name()))
+			names, err := d.ReadDir()
+			d.Close()
+			if err != nil {
+				continue
+			}
+			for _, n := range names {
+				if ok, _ := path.Match(elem, n); ok {
+					next = append(next, path.Join(c, n))
 				}
 			}
 		}
@@ -346,11 +394,7 @@ func glob(root, pattern string) ([]string, error) {
 	}
 	var out []string
 	for _, c := range cur {
-		h, err := rootfs.Resolve(root, c, false)
-		if err != nil {
-			return nil, err
-		}
-		if _, err := os.Lstat(h); err == nil {
+		if _, err := root.Lstat(c); err == nil {
 			out = append(out, c)
 		}
 	}

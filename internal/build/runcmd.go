@@ -16,6 +16,7 @@ import (
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
 
+	"github.com/kilnbuild/kiln/internal/fsroot"
 	"github.com/kilnbuild/kiln/internal/rootfs"
 	"github.com/kilnbuild/kiln/internal/run"
 	"github.com/kilnbuild/kiln/internal/snapshot"
@@ -115,13 +116,13 @@ func (b *builder) runInstruction(ctx context.Context, st *stage, c *instructions
 	}
 	user := st.cfg.Config.User
 	if user != "" {
-		ids, err := rootfs.LookupUser(st.root, user)
+		ids, err := rootfs.LookupUser(st.fs, user)
 		if err != nil {
 			return fmt.Errorf("USER %s: %w", user, err)
 		}
 		spec.UID, spec.GID = uint32(ids.UID), uint32(ids.GID)
-		if name := rootfs.UserName(st.root, user); name != "" {
-			groups, err := rootfs.SupplementaryGroups(st.root, name)
+		if name := rootfs.UserName(st.fs, user); name != "" {
+			groups, err := rootfs.SupplementaryGroups(st.fs, name)
 			if err != nil {
 				return err
 			}
@@ -144,12 +145,12 @@ func (b *builder) runInstruction(ctx context.Context, st *stage, c *instructions
 		}
 	}
 	// RUN in a missing working directory creates it, as BuildKit does.
-	if h, err := rootfs.Resolve(st.root, wd, true); err == nil {
-		if _, err := os.Lstat(h); errors.Is(err, fs.ErrNotExist) {
-			if err := os.MkdirAll(h, 0o755); err != nil {
-				return fmt.Errorf("creating working directory %s: %w", wd, err)
-			}
+	if _, err := st.fs.Stat(wd); errors.Is(err, fs.ErrNotExist) {
+		d, err := st.fs.MkdirAll(wd, fsroot.MkdirOptions{})
+		if err != nil {
+			return fmt.Errorf("creating working directory %s: %w", wd, err)
 		}
+		d.Close()
 	}
 	files, cleanup, err := b.runMounts(ctx, st, c, &spec)
 	defer cleanup()
@@ -166,6 +167,7 @@ func (b *builder) runInstruction(ctx context.Context, st *stage, c *instructions
 	ro := run.Options{
 		WorkDir: b.work,
 		UserNS:  userns,
+		Protect: secretPlaces{b.ignore},
 		Output:  func(line string) { b.log.Info(b.redact(line), "stage", label, "run", true) },
 	}
 	if b.inPlace {
@@ -281,36 +283,42 @@ func (b *builder) runMounts(ctx context.Context, st *stage, c *instructions.RunC
 			}
 			spec.Mounts = append(spec.Mounts, run.Mount{Type: "bind", Source: dir, Target: target, ReadOnly: m.ReadOnly})
 		case instructions.MountTypeBind:
-			root := b.ctxDir.Dir
+			src := &source{fs: b.ctxDir.FS, ctx: b.ctxDir, what: "build context"}
+			dir := b.ctxDir.Dir
 			if m.From != "" {
-				src, err := b.copySource(ctx, st, m.From)
-				if err != nil {
+				var err error
+				if src, err = b.copySource(ctx, st, m.From); err != nil {
 					return nil, cleanup, err
 				}
-				root = src.root
+				dir = src.fs.Path()
 			}
-			host, err := rootfs.Resolve(root, m.Source, true)
-			if err != nil {
-				return nil, cleanup, err
+			real, err := src.fs.Real(m.Source)
+			if err == nil && (src.excluded(m.Source) || src.excluded(real)) {
+				err = fmt.Errorf("excluded by %s: %w", filepath.Base(src.ctx.IgnoreFile), fs.ErrNotExist)
 			}
-			fi, err := os.Stat(host)
 			if err != nil {
 				return nil, cleanup, fmt.Errorf("--mount=type=bind,source=%s: %w", m.Source, err)
 			}
-			if !m.ReadOnly {
-				// A read-write bind mount's writes are discarded: give it a copy.
+			mount := run.Mount{Type: "bind", Source: dir, SubPath: real, Target: target, ReadOnly: m.ReadOnly}
+			if !m.ReadOnly || src.ctx.Excludes() {
+				// A read-write bind mount's writes are discarded, and the
+				// context is seen without what .dockerignore excludes:
+				// give it a copy.
 				tmp, err := os.MkdirTemp(b.work, "bind-")
 				if err != nil {
 					return nil, cleanup, err
 				}
 				temps = append(temps, tmp)
-				dst := filepath.Join(tmp, "src")
-				if err := copyTree(host, dst); err != nil {
-					return nil, cleanup, err
+				name, err := copyTree(src, real, tmp)
+				if err != nil {
+					return nil, cleanup, fmt.Errorf("--mount=type=bind,source=%s: %w", m.Source, err)
 				}
-				host = dst
+				mount.Source, mount.SubPath = filepath.Join(tmp, name), ""
+				if name == "file" {
+					mount.Source, mount.SubPath = tmp, name
+				}
 			}
-			spec.Mounts = append(spec.Mounts, run.Mount{Type: "bind", Source: host, Target: target, ReadOnly: m.ReadOnly, File: !fi.IsDir()})
+			spec.Mounts = append(spec.Mounts, mount)
 		case instructions.MountTypeSecret:
 			id := m.CacheID
 			if id == "" {
@@ -368,7 +376,7 @@ func (b *builder) runMounts(ctx context.Context, st *stage, c *instructions.RunC
 			if m.Mode != nil {
 				os.Chmod(file, os.FileMode(*m.Mode))
 			}
-			spec.Mounts = append(spec.Mounts, run.Mount{Type: "bind", Source: file, Target: target, ReadOnly: true, File: true})
+			spec.Mounts = append(spec.Mounts, run.Mount{Type: "bind", Source: tmp, SubPath: "secret", Target: target, ReadOnly: true})
 		case instructions.MountTypeSSH:
 			return nil, cleanup, errors.New("--mount=type=ssh is not supported yet")
 		default:
@@ -378,6 +386,27 @@ func (b *builder) runMounts(ctx context.Context, st *stage, c *instructions.RunC
 	sort.SliceStable(spec.Mounts, func(i, j int) bool { return len(spec.Mounts[i].Target) < len(spec.Mounts[j].Target) })
 	return files, cleanup, nil
 }
+
+// secretPlaces is what an in-place RUN's secret files may not be placed
+// in: the ignore list, except /run/secrets, where BuildKit puts secrets
+// (and which holds only other secrets, never overwritten: a target that
+// exists is refused).
+type secretPlaces struct{ ignore *rootfs.IgnoreList }
+
+func (s secretPlaces) Ignored(p string) bool {
+	p = fsroot.Clean(p)
+	if p == "run" || p == "var/run" {
+		return false // created when missing, to hold secrets
+	}
+	for _, dir := range []string{"run/secrets", "var/run/secrets"} {
+		if p == dir || strings.HasPrefix(p, dir+"/") {
+			return false
+		}
+	}
+	return s.ignore.Ignored(p)
+}
+
+func (s secretPlaces) HoldsIgnored(p string) bool { return s.ignore.HoldsIgnored(p) }
 
 // secretValue reads a secret and remembers its value for redaction.
 func (b *builder) secretValue(s Secret) (string, error) {
@@ -400,34 +429,95 @@ func (b *builder) secretValue(s Secret) (string, error) {
 	return v, nil
 }
 
-// copyTree copies a file or directory tree for a read-write bind mount.
-func copyTree(src, dst string) error {
-	return filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+// copyTree copies the real path p of src (a directory or a file) into the
+// empty directory dst, leaving out what the context excludes, for a bind
+// mount; it returns the copy's name in dst ("tree" or "file"). Both sides
+// are worked on through handles: nothing is followed.
+func copyTree(src *source, p, dst string) (string, error) {
+	out, err := fsroot.Open(dst)
+	if err != nil {
+		return "", err
+	}
+	defer out.Close()
+	fi, err := src.fs.Lstat(p)
+	if err != nil {
+		return "", err
+	}
+	if !fi.IsDir() {
+		parent, name, err := src.fs.Parent(p)
 		if err != nil {
-			return err
+			return "", err
 		}
-		rel, _ := filepath.Rel(src, p)
-		to := filepath.Join(dst, rel)
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
-		switch {
-		case d.IsDir():
-			return os.MkdirAll(to, info.Mode().Perm()|0o700)
-		case info.Mode()&fs.ModeSymlink != 0:
-			t, err := os.Readlink(p)
-			if err != nil {
-				return err
+		defer parent.Close()
+		return "file", copyEntry(parent, name, fi, out.Dir(), "file")
+	}
+	if err := out.Dir().Mkdir("tree", fi.Mode().Perm()|0o700); err != nil {
+		return "", err
+	}
+	top, err := out.Dir().OpenDirAt("tree")
+	if err != nil {
+		return "", err
+	}
+	defer top.Close()
+	dirs := map[string]*fsroot.Dir{"": top}
+	defer func() {
+		for k, d := range dirs {
+			if k != "" {
+				d.Close()
 			}
-			return os.Symlink(t, to)
-		case info.Mode().IsRegular():
-			data, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			return os.WriteFile(to, data, info.Mode().Perm())
 		}
-		return nil
+	}()
+	err = walkTree(src.fs, p, func(sub string, parent *fsroot.Dir, name string, info fs.FileInfo) (bool, error) {
+		if src.excluded(path.Join(p, sub)) {
+			return info.IsDir() && src.ctx.MayInclude(), nil
+		}
+		dir := path.Dir("/" + sub)[1:]
+		to, ok := dirs[dir]
+		if !ok {
+			d, err := out.OpenDir(path.Join("tree", dir))
+			if err != nil {
+				return false, nil // below an excluded directory
+			}
+			if len(dirs) > 256 {
+				for k, d := range dirs {
+					if k != "" {
+						d.Close()
+						delete(dirs, k)
+					}
+				}
+			}
+			dirs[dir], to = d, d
+		}
+		if err := copyEntry(parent, name, info, to, name); err != nil {
+			return false, err
+		}
+		return true, nil
 	})
+	return "tree", err
+}
+
+// copyEntry copies one directory (empty), symlink or regular file from
+// (from, name) to (to, as); other types are skipped.
+func copyEntry(from *fsroot.Dir, name string, fi fs.FileInfo, to *fsroot.Dir, as string) error {
+	switch {
+	case fi.IsDir():
+		return to.Mkdir(as, fi.Mode().Perm()|0o700)
+	case fi.Mode()&fs.ModeSymlink != 0:
+		t, err := from.Readlink(name)
+		if err != nil {
+			return err
+		}
+		return to.Symlink(t, as)
+	case fi.Mode().IsRegular():
+		f, err := from.Open(name)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := to.WriteFile(as, f, 0o600); err != nil {
+			return err
+		}
+		return to.Chmod(as, fi.Mode().Perm())
+	}
+	return nil
 }

@@ -20,6 +20,7 @@ import (
 
 	"github.com/kilnbuild/kiln/internal/cache"
 	"github.com/kilnbuild/kiln/internal/dockerfile"
+	"github.com/kilnbuild/kiln/internal/fsroot"
 	"github.com/kilnbuild/kiln/internal/layer"
 	"github.com/kilnbuild/kiln/internal/rootfs"
 	"github.com/kilnbuild/kiln/internal/snapshot"
@@ -34,7 +35,8 @@ var defaultShell = []string{"/bin/sh", "-c"}
 // stage is the state of one stage while its instructions run.
 type stage struct {
 	ps       *dockerfile.Stage
-	root     string // the stage's root directory
+	root     string       // the stage's root directory
+	fs       *fsroot.Root // the root, for work inside it
 	base     v1.Image
 	cfg      *v1.ConfigFile // working config; Env lives in imgEnv
 	imgEnv   *dockerfile.Env
@@ -133,6 +135,9 @@ func (b *builder) buildStage(ctx context.Context, ps *dockerfile.Stage) (*stage,
 			return nil, fmt.Errorf("creating stage root: %w", err)
 		}
 	}
+	if st.fs, err = b.openRoot(st.root); err != nil {
+		return nil, err
+	}
 	if !b.o.Cache {
 		// Without the cache every instruction runs: unpack now. With it,
 		// unpacking waits for the first instruction that needs files.
@@ -200,6 +205,9 @@ func (b *builder) buildStage(ctx context.Context, ps *dockerfile.Stage) (*stage,
 		// COPY --from and RUN --mount can still read them.
 		st.root = b.privateRoot(ps.Index)
 		if err := os.MkdirAll(st.root, 0o755); err != nil {
+			return nil, err
+		}
+		if st.fs, err = b.openRoot(st.root); err != nil {
 			return nil, err
 		}
 		if err := b.unpack(ctx, st.root, st.img, "stage "+stageLabel(ps)); err != nil {
@@ -287,6 +295,28 @@ func platformString(p v1.Platform) string {
 	return s
 }
 
+// openRoot opens a stage or image root for work inside it: the live "/"
+// in place (once, protecting the ignore list), else the directory.
+func (b *builder) openRoot(dir string) (*fsroot.Root, error) {
+	if b.inPlace && dir == b.o.Root {
+		if b.liveFS == nil {
+			r, err := fsroot.Open(dir, fsroot.WithProtector(b.ignore))
+			if err != nil {
+				return nil, err
+			}
+			b.liveFS = r
+			b.roots = append(b.roots, r)
+		}
+		return b.liveFS, nil
+	}
+	r, err := fsroot.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	b.roots = append(b.roots, r)
+	return r, nil
+}
+
 // privateRoot is the root directory of stage i under the work directory.
 func (b *builder) privateRoot(i int) string {
 	return filepath.Join(b.work, "stage-"+strconv.Itoa(i), "root")
@@ -311,17 +341,13 @@ func (b *builder) unpack(ctx context.Context, root string, img v1.Image, what st
 	for i := 0; i <= b.o.ImageFSExtractRetry; i++ {
 		if i > 0 {
 			b.log.Warn("retrying image extraction", "image", what, "attempt", i, "error", err)
+			// Emptied, not replaced: handles on the root stay valid.
+			var ignore *rootfs.IgnoreList
 			if b.inPlace && root == b.o.Root {
-				if err := rootfs.Clear(root, b.ignore); err != nil {
-					return err
-				}
-			} else {
-				if err := os.RemoveAll(root); err != nil {
-					return err
-				}
-				if err := os.MkdirAll(root, 0o755); err != nil {
-					return err
-				}
+				ignore = b.ignore
+			}
+			if err := rootfs.Clear(root, ignore); err != nil {
+				return err
 			}
 		}
 		uo := rootfs.UnpackOptions{Logger: b.log}
@@ -632,11 +658,12 @@ func (b *builder) workdir(st *stage, p string) ([]layer.Entry, error) {
 	owner := rootfs.IDs{}
 	if c.User != "" {
 		var err error
-		if owner, err = rootfs.LookupUser(st.root, c.User); err != nil {
+		if owner, err = rootfs.LookupUser(st.fs, c.User); err != nil {
 			return nil, fmt.Errorf("WORKDIR %s: %w", p, err)
 		}
 	}
 	w := b.newWriter(st, writerOptions{createOwner: owner})
+	defer w.close()
 	if _, err := w.mkdirAll(c.WorkingDir); err != nil {
 		return nil, fmt.Errorf("WORKDIR %s: %w", p, err)
 	}

@@ -8,13 +8,11 @@ import (
 	"io/fs"
 	"os"
 	"path"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/kilnbuild/kiln/internal/fsroot"
 	"github.com/kilnbuild/kiln/internal/layer"
 	"github.com/kilnbuild/kiln/internal/rootfs"
 )
@@ -34,32 +32,46 @@ type writerOptions struct {
 
 type fileKey struct{ dev, ino uint64 }
 
-// writer changes a stage's root directory and records every change as a
-// layer entry, in the order made.
+// maxWriterDirs bounds the directory handles a writer keeps.
+const maxWriterDirs = 1024
+
+// writer changes a stage's root and records every change as a layer
+// entry, in the order made. Every change goes through handles resolved
+// inside the root (fsroot): symlinks in the image never lead a COPY out
+// of it, and in place nothing protected is touched.
 type writer struct {
-	root       string
+	root       *fsroot.Root
 	o          writerOptions
 	now        time.Time
 	list       []layer.Entry
 	index      map[string]int
 	links      map[fileKey]string // source inode -> image path copied to
+	dirs       map[string]*fsroot.Dir
 	createdAny bool
 	canChown   bool
 }
 
 func (b *builder) newWriter(st *stage, o writerOptions) *writer {
 	return &writer{
-		root: st.root, o: o, now: b.now, index: map[string]int{}, links: map[fileKey]string{},
-		canChown: os.Geteuid() == 0,
+		root: st.fs, o: o, now: b.now, index: map[string]int{}, links: map[fileKey]string{},
+		dirs: map[string]*fsroot.Dir{}, canChown: os.Geteuid() == 0,
+	}
+}
+
+// close releases the writer's directory handles.
+func (w *writer) close() {
+	for k, d := range w.dirs {
+		d.Close()
+		delete(w.dirs, k)
 	}
 }
 
 // entries returns the recorded changes.
 func (w *writer) entries() []layer.Entry { return w.list }
 
-func (w *writer) record(img string, h tar.Header, source string) {
+func (w *writer) record(img string, h tar.Header, open func() (*os.File, error)) {
 	h.Name = img
-	e := layer.Entry{Header: h, Source: source}
+	e := layer.Entry{Header: h, Open: open}
 	if i, ok := w.index[img]; ok {
 		w.list[i] = e
 		return
@@ -90,95 +102,82 @@ func ownerOf(fi fs.FileInfo) rootfs.IDs {
 	return rootfs.IDs{}
 }
 
-// recordExisting records an existing directory with its own metadata.
-func (w *writer) recordExisting(img, host string) error {
-	if _, ok := w.index[img]; ok || img == "" {
-		return nil
+// cache keeps a directory handle under its real image path.
+func (w *writer) cache(d *fsroot.Dir) {
+	if old, ok := w.dirs[d.Path()]; ok {
+		old.Close()
 	}
-	fi, err := os.Lstat(host)
-	if err != nil {
-		return err
+	if len(w.dirs) >= maxWriterDirs {
+		w.close()
 	}
-	ids := ownerOf(fi)
-	w.record(img, tar.Header{Typeflag: tar.TypeDir, Mode: tarMode(fi.Mode()), Uid: ids.UID, Gid: ids.GID, ModTime: fi.ModTime()}, "")
-	return nil
+	w.dirs[d.Path()] = d
 }
 
 // mkdirAll makes sure the image directory dir exists, creating missing
 // elements owned by the writer's create owner (or chown), and records the
-// whole chain. Existing directories keep their mode and owner. It returns
-// the directory's host path.
-func (w *writer) mkdirAll(dir string) (string, error) {
-	clean := path.Clean("/" + dir)
-	if clean == "/" {
-		return w.root, nil
+// chain of real directories leading to it. Existing directories keep
+// their mode and owner. The handle belongs to the writer.
+func (w *writer) mkdirAll(dir string) (*fsroot.Dir, error) {
+	clean := fsroot.Clean(dir)
+	if d, ok := w.dirs[clean]; ok {
+		return d, nil
 	}
-	elems := splitPath(clean)
-	cur := "/"
-	host := w.root
-	for _, e := range elems {
-		cur = path.Join(cur, e)
-		h, err := rootfs.Resolve(w.root, cur, true)
-		if err != nil {
-			return "", err
-		}
-		img, err := rootfs.Rel(w.root, h)
-		if err != nil {
-			return "", err
-		}
-		fi, err := os.Lstat(h)
-		switch {
-		case err == nil && fi.IsDir():
-			if err := w.recordExisting(img, h); err != nil {
-				return "", err
-			}
-		case err == nil:
-			return "", fmt.Errorf("%s is not a directory", cur)
-		case errors.Is(err, fs.ErrNotExist):
-			owner := w.o.createOwner
-			if w.o.chown != nil {
-				owner = *w.o.chown
-			}
-			if err := os.Mkdir(h, 0o755); err != nil {
-				return "", fmt.Errorf("creating %s: %w", cur, err)
-			}
-			if err := w.setMeta(h, tar.TypeDir, owner, 0o755, w.now); err != nil {
-				return "", err
-			}
-			w.record(img, tar.Header{Typeflag: tar.TypeDir, Mode: 0o755, Uid: owner.UID, Gid: owner.GID, ModTime: w.now}, "")
-			w.createdAny = true
-		default:
-			return "", err
-		}
-		host = h
+	owner := w.o.createOwner
+	if w.o.chown != nil {
+		owner = *w.o.chown
 	}
-	return host, nil
-}
-
-func splitPath(p string) []string {
-	var out []string
-	for _, e := range strings.Split(p, "/") {
-		if e != "" {
-			out = append(out, e)
+	d, err := w.root.MkdirAll(clean, fsroot.MkdirOptions{Created: func(p *fsroot.Dir, name string) error {
+		if err := w.setMeta(p, name, tar.TypeDir, owner, 0o755, w.now); err != nil {
+			return err
 		}
-	}
-	return out
-}
-
-// setMeta applies owner, mode and mtime to a host path.
-func (w *writer) setMeta(host string, typ byte, owner rootfs.IDs, mode int64, mtime time.Time) error {
-	if err := os.Lchown(host, owner.UID, owner.GID); err != nil && w.canChown {
-		return fmt.Errorf("chown %s: %w", host, err)
-	}
-	if typ == tar.TypeSymlink {
-		ts := []unix.Timespec{unix.NsecToTimespec(mtime.UnixNano()), unix.NsecToTimespec(mtime.UnixNano())}
-		unix.UtimesNanoAt(unix.AT_FDCWD, host, ts, unix.AT_SYMLINK_NOFOLLOW)
+		w.record(path.Join(p.Path(), name), tar.Header{Typeflag: tar.TypeDir, Mode: 0o755, Uid: owner.UID, Gid: owner.GID, ModTime: w.now}, nil)
+		w.createdAny = true
 		return nil
+	}})
+	if err != nil {
+		return nil, err
 	}
-	if err := os.Chmod(host, rootfs.ModeFromTar(mode)); err != nil {
+	// The real chain, recorded with its own metadata where not created.
+	cur := ""
+	for _, e := range strings.Split(d.Path(), "/") {
+		if e == "" {
+			continue
+		}
+		cur = path.Join(cur, e)
+		if _, ok := w.index[cur]; ok {
+			continue
+		}
+		fi, err := w.root.Lstat(cur)
+		if err != nil {
+			d.Close()
+			return nil, err
+		}
+		ids := ownerOf(fi)
+		w.record(cur, tar.Header{Typeflag: tar.TypeDir, Mode: tarMode(fi.Mode()), Uid: ids.UID, Gid: ids.GID, ModTime: fi.ModTime()}, nil)
+	}
+	w.cache(d)
+	if clean != d.Path() {
+		// Reached through a symlink: keep it under the asked path too.
+		if d2, err := w.root.OpenDir(d.Path()); err == nil {
+			w.dirs[clean] = d2
+		}
+	}
+	return d, nil
+}
+
+// setMeta applies owner, mode and mtime to name in parent.
+func (w *writer) setMeta(parent *fsroot.Dir, name string, typ byte, owner rootfs.IDs, mode int64, mtime time.Time) error {
+	if err := parent.Lchown(name, owner.UID, owner.GID); err != nil && (w.canChown || fsroot.IsProtected(err)) {
 		return err
 	}
-	return os.Chtimes(host, mtime, mtime)
+	if typ == tar.TypeSymlink {
+		parent.Chtimes(name, mtime, mtime)
+		return nil
+	}
+	if err := parent.Chmod(name, rootfs.ModeFromTar(mode)); err != nil {
+		return err
+	}
+	return parent.Chtimes(name, mtime, mtime)
 }
 
 // meta is the owner, mode and time of an entry being written.
@@ -204,25 +203,25 @@ func (w *writer) metaFor(fi fs.FileInfo) meta {
 }
 
 // target resolves the image path dest for writing: its parent is created
-// and resolved, the last element is not followed. It returns host and
-// image paths.
-func (w *writer) target(dest string) (string, string, error) {
-	dir, base := path.Split(path.Clean("/" + dest))
+// and resolved inside the root, the last element is not followed. It
+// returns the parent, the name in it and the real image path.
+func (w *writer) target(dest string) (*fsroot.Dir, string, string, error) {
+	clean := fsroot.Clean(dest)
+	if clean == "" {
+		return nil, "", "", errors.New("cannot replace the root directory")
+	}
+	dir, base := path.Split(clean)
 	parent, err := w.mkdirAll(dir)
 	if err != nil {
-		return "", "", err
+		return nil, "", "", err
 	}
-	host := filepath.Join(parent, base)
-	img, err := rootfs.Rel(w.root, host)
-	if err != nil {
-		return "", "", err
-	}
-	return host, img, nil
+	return parent, base, path.Join(parent.Path(), base), nil
 }
 
-// clear removes what stands at host unless it is a directory and keepDir.
-func clear(host string, keepDir bool) (existedDir bool, err error) {
-	fi, err := os.Lstat(host)
+// clear removes what stands at name in parent unless it is a directory
+// and keepDir.
+func (w *writer) clear(parent *fsroot.Dir, name string, keepDir bool) (existedDir bool, err error) {
+	fi, err := parent.Lstat(name)
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
 	}
@@ -233,107 +232,135 @@ func clear(host string, keepDir bool) (existedDir bool, err error) {
 		if keepDir {
 			return true, nil
 		}
-		return true, fmt.Errorf("cannot replace directory %s with a file", host)
+		return true, fmt.Errorf("cannot replace directory /%s with a file", path.Join(parent.Path(), name))
 	}
-	return false, os.Remove(host)
+	if fi.Mode()&fs.ModeSymlink != 0 {
+		// Cached directories may have been reached through it.
+		defer w.dropCacheExcept(parent)
+	}
+	return false, parent.Remove(name)
+}
+
+// dropCacheExcept forgets every cached directory but keep.
+func (w *writer) dropCacheExcept(keep *fsroot.Dir) {
+	for k, d := range w.dirs {
+		if d != keep {
+			d.Close()
+			delete(w.dirs, k)
+		}
+	}
 }
 
 // dir writes a directory at dest with metadata m.
 func (w *writer) dir(dest string, m meta) error {
-	host, img, err := w.target(dest)
+	parent, name, img, err := w.target(dest)
 	if err != nil {
 		return err
 	}
-	existed, err := clear(host, true)
+	existed, err := w.clear(parent, name, true)
 	if err != nil {
 		return err
 	}
 	if !existed {
-		if err := os.Mkdir(host, 0o755); err != nil {
+		if err := parent.Mkdir(name, 0o755); err != nil {
 			return err
 		}
 	}
-	if err := w.setMeta(host, tar.TypeDir, m.owner, m.mode, m.mtime); err != nil {
+	if err := w.setMeta(parent, name, tar.TypeDir, m.owner, m.mode, m.mtime); err != nil {
 		return err
 	}
-	w.record(img, tar.Header{Typeflag: tar.TypeDir, Mode: m.mode, Uid: m.owner.UID, Gid: m.owner.GID, ModTime: m.mtime}, "")
+	w.record(img, tar.Header{Typeflag: tar.TypeDir, Mode: m.mode, Uid: m.owner.UID, Gid: m.owner.GID, ModTime: m.mtime}, nil)
+	if d, err := parent.OpenDirAt(name); err == nil {
+		w.cache(d)
+	}
 	return nil
+}
+
+// opener reopens a file the writer wrote, inside the root, for the layer.
+func (w *writer) opener(img string) func() (*os.File, error) {
+	root := w.root
+	return func() (*os.File, error) {
+		d, name, err := root.Parent(img)
+		if err != nil {
+			return nil, err
+		}
+		defer d.Close()
+		return d.Open(name)
+	}
 }
 
 // file writes r's content as a regular file at dest.
 func (w *writer) file(dest string, r io.Reader, m meta) error {
-	host, img, err := w.target(dest)
+	parent, name, img, err := w.target(dest)
 	if err != nil {
 		return err
 	}
-	if _, err := clear(host, false); err != nil {
+	if _, err := w.clear(parent, name, false); err != nil {
 		return err
 	}
-	f, err := os.OpenFile(host, os.O_CREATE|os.O_EXCL|os.O_WRONLY|unix.O_NOFOLLOW, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = io.Copy(f, r)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
+	if err := parent.WriteFile(name, r, 0o600); err != nil {
 		return fmt.Errorf("writing %s: %w", dest, err)
 	}
-	if err := w.setMeta(host, tar.TypeReg, m.owner, m.mode, m.mtime); err != nil {
+	if err := w.setMeta(parent, name, tar.TypeReg, m.owner, m.mode, m.mtime); err != nil {
 		return err
 	}
-	w.record(img, tar.Header{Typeflag: tar.TypeReg, Mode: m.mode, Uid: m.owner.UID, Gid: m.owner.GID, ModTime: m.mtime}, host)
+	w.record(img, tar.Header{Typeflag: tar.TypeReg, Mode: m.mode, Uid: m.owner.UID, Gid: m.owner.GID, ModTime: m.mtime}, w.opener(img))
 	return nil
 }
 
 // symlink writes a symbolic link at dest.
 func (w *writer) symlink(dest, linkTarget string, m meta) error {
-	host, img, err := w.target(dest)
+	parent, name, img, err := w.target(dest)
 	if err != nil {
 		return err
 	}
-	if _, err := clear(host, false); err != nil {
+	if _, err := w.clear(parent, name, false); err != nil {
 		return err
 	}
-	if err := os.Symlink(linkTarget, host); err != nil {
+	if err := parent.Symlink(linkTarget, name); err != nil {
 		return err
 	}
-	if err := w.setMeta(host, tar.TypeSymlink, m.owner, 0o777, m.mtime); err != nil {
+	if err := w.setMeta(parent, name, tar.TypeSymlink, m.owner, 0o777, m.mtime); err != nil {
 		return err
 	}
-	w.record(img, tar.Header{Typeflag: tar.TypeSymlink, Linkname: linkTarget, Mode: 0o777, Uid: m.owner.UID, Gid: m.owner.GID, ModTime: m.mtime}, "")
+	w.record(img, tar.Header{Typeflag: tar.TypeSymlink, Linkname: linkTarget, Mode: 0o777, Uid: m.owner.UID, Gid: m.owner.GID, ModTime: m.mtime}, nil)
 	return nil
 }
 
 // hardlink makes dest a hard link to the image path already written at
-// targetImg.
+// targetImg (a real path this writer wrote).
 func (w *writer) hardlink(dest, targetImg string) error {
-	host, img, err := w.target(dest)
+	parent, name, img, err := w.target(dest)
 	if err != nil {
 		return err
 	}
-	if _, err := clear(host, false); err != nil {
+	if _, err := w.clear(parent, name, false); err != nil {
 		return err
 	}
-	if err := os.Link(filepath.Join(w.root, filepath.FromSlash(targetImg)), host); err != nil {
+	td, tname, err := w.root.Parent(targetImg)
+	if err != nil {
 		return err
 	}
-	w.record(img, tar.Header{Typeflag: tar.TypeLink, Linkname: targetImg}, "")
+	defer td.Close()
+	if err := parent.Link(td, tname, name); err != nil {
+		return err
+	}
+	w.record(img, tar.Header{Typeflag: tar.TypeLink, Linkname: targetImg}, nil)
 	return nil
 }
 
-// copyFrom copies the host file system object src (already lstat'ed as fi)
-// to the image path dest: directories as directories, symlinks as links,
-// regular files with their content, hard-linked files as hard links to the
-// first copy.
-func (w *writer) copyFrom(src string, fi fs.FileInfo, dest string) error {
+// copyFrom copies name in the source directory src (already lstat'ed as
+// fi) to the image path dest: directories as directories, symlinks as
+// links, regular files with their content, hard-linked files as hard
+// links to the first copy. Fifos, devices and sockets are not copied (and
+// never opened).
+func (w *writer) copyFrom(src *fsroot.Dir, name string, fi fs.FileInfo, dest string) error {
 	m := w.metaFor(fi)
 	switch {
 	case fi.IsDir():
 		return w.dir(dest, m)
 	case fi.Mode()&fs.ModeSymlink != 0:
-		t, err := os.Readlink(src)
+		t, err := src.Readlink(name)
 		if err != nil {
 			return err
 		}
@@ -347,7 +374,7 @@ func (w *writer) copyFrom(src string, fi fs.FileInfo, dest string) error {
 				return w.hardlink(dest, first)
 			}
 		}
-		f, err := os.OpenFile(src, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+		f, err := src.Open(name)
 		if err != nil {
 			return err
 		}
@@ -356,11 +383,7 @@ func (w *writer) copyFrom(src string, fi fs.FileInfo, dest string) error {
 			return err
 		}
 		if ok && st.Nlink > 1 {
-			host, _, err := w.target(dest)
-			if err != nil {
-				return err
-			}
-			img, err := rootfs.Rel(w.root, host)
+			_, _, img, err := w.target(dest)
 			if err != nil {
 				return err
 			}
@@ -368,5 +391,5 @@ func (w *writer) copyFrom(src string, fi fs.FileInfo, dest string) error {
 		}
 		return nil
 	}
-	return nil // sockets, devices and fifos are not copied
+	return nil
 }

@@ -13,6 +13,8 @@ import (
 
 	"github.com/moby/patternmatcher"
 	"github.com/moby/patternmatcher/ignorefile"
+
+	"github.com/kilnbuild/kiln/internal/fsroot"
 )
 
 // Context is a build context directory with its ignore rules.
@@ -21,8 +23,22 @@ type Context struct {
 	Dir string
 	// IgnoreFile is the .dockerignore file read, or "".
 	IgnoreFile string
-	pm         *patternmatcher.PatternMatcher
+	// FS reads the context through handles resolved inside it: its
+	// symlinks never lead out of it. Close releases it.
+	FS *fsroot.Root
+	pm *patternmatcher.PatternMatcher
 }
+
+// Close releases the context's handle.
+func (c *Context) Close() error {
+	if c == nil {
+		return nil
+	}
+	return c.FS.Close()
+}
+
+// Excludes reports whether the ignore file leaves anything out.
+func (c *Context) Excludes() bool { return c != nil && c.pm != nil && len(c.pm.Patterns()) > 0 }
 
 // Open opens a local context directory. source may be a bare path or a
 // dir:// URI; other kaniko context schemes are not supported yet.
@@ -48,6 +64,9 @@ func Open(source, dockerfile string) (*Context, error) {
 		return nil, fmt.Errorf("--context %q: %w", source, err)
 	}
 	c := &Context{Dir: abs}
+	if c.FS, err = fsroot.Open(abs); err != nil {
+		return nil, fmt.Errorf("--context %q: %w", source, err)
+	}
 	candidates := []string{filepath.Join(abs, ".dockerignore")}
 	if dockerfile != "" {
 		candidates = append([]string{dockerfile + ".dockerignore"}, candidates...)
@@ -56,6 +75,7 @@ func Open(source, dockerfile string) (*Context, error) {
 		if err := c.readIgnore(f); err == nil {
 			break
 		} else if !errors.Is(err, fs.ErrNotExist) {
+			c.Close()
 			return nil, err
 		}
 	}

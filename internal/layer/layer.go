@@ -30,6 +30,9 @@ type Entry struct {
 	// Source is the file holding a regular file's content; empty means no
 	// content (whiteouts).
 	Source string
+	// Open, when set instead of Source, opens the content (a handle
+	// resolved inside the root that holds it).
+	Open func() (*os.File, error)
 	// Sized says Header.Size is the size Source had when the entry was
 	// made (from a snapshot), so an empty file need not be looked at again.
 	Sized bool
@@ -177,7 +180,12 @@ func WriteTar(ctx context.Context, w io.Writer, entries []Entry, modTime *time.T
 		var src *os.File
 		knownEmpty := e.Sized && e.Header.Size == 0
 		h.Size = 0
-		if h.Typeflag == tar.TypeReg && e.Source != "" && !knownEmpty {
+		if h.Typeflag == tar.TypeReg && e.Open != nil && !knownEmpty {
+			var err error
+			if src, h.Size, err = openWith(e.Open); err != nil {
+				return fmt.Errorf("layer entry %s: %w", h.Name, err)
+			}
+		} else if h.Typeflag == tar.TypeReg && e.Source != "" && !knownEmpty {
 			var err error
 			if src, h.Size, err = openSource(e.Source); err != nil {
 				return fmt.Errorf("layer entry %s: %w", h.Name, err)
@@ -204,6 +212,29 @@ func WriteTar(ctx context.Context, w io.Writer, entries []Entry, modTime *time.T
 		return fmt.Errorf("closing layer tar: %w", err)
 	}
 	return nil
+}
+
+// openWith opens a regular file's content with open; empty files are
+// closed at once.
+func openWith(open func() (*os.File, error)) (*os.File, int64, error) {
+	f, err := open()
+	if err != nil {
+		return nil, 0, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, 0, err
+	}
+	if !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, 0, fmt.Errorf("%s is no longer a regular file", f.Name())
+	}
+	if fi.Size() == 0 {
+		f.Close()
+		return nil, 0, nil
+	}
+	return f, fi.Size(), nil
 }
 
 // openSource opens a regular file's content for a layer, without following

@@ -2,9 +2,7 @@ package rootfs
 
 import (
 	"bufio"
-	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
@@ -55,10 +53,14 @@ func (l *IgnoreList) Ignored(p string) bool {
 	return false
 }
 
-// holdsIgnored reports whether an ignored path lies strictly below p.
-func (l *IgnoreList) holdsIgnored(p string) bool {
+// HoldsIgnored reports whether an ignored path lies strictly below p
+// (clean, without a leading slash; "" is the root).
+func (l *IgnoreList) HoldsIgnored(p string) bool {
 	if l == nil {
 		return false
+	}
+	if p == "" {
+		return len(l.paths) > 0
 	}
 	for q := range l.paths {
 		if strings.HasPrefix(q, p+"/") {
@@ -120,32 +122,16 @@ func unescapeMount(s string) string {
 }
 
 // Clear removes everything under root except ignored paths and the
-// directories that lead to them, as kaniko does between stages.
+// directories that lead to them, as kaniko does between stages. Nothing
+// is followed: a symlink is removed, never what it points to.
 func Clear(root string, ignore *IgnoreList) error {
-	return clearBelow(root, "", ignore)
-}
-
-func clearBelow(root, rel string, ignore *IgnoreList) error {
-	ents, err := os.ReadDir(filepath.Join(root, rel))
+	fr, err := openRoot(root, ignore)
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil
-		}
 		return err
 	}
-	for _, e := range ents {
-		p := path.Join(rel, e.Name())
-		switch {
-		case ignore.Ignored(p):
-		case e.IsDir() && ignore.holdsIgnored(p):
-			if err := clearBelow(root, p, ignore); err != nil {
-				return err
-			}
-		default:
-			if err := os.RemoveAll(filepath.Join(root, p)); err != nil {
-				return fmt.Errorf("emptying %s: %w", "/"+p, err)
-			}
-		}
+	defer fr.Close()
+	if err := fr.Dir().Clear(); err != nil {
+		return fmt.Errorf("emptying %s: %w", root, err)
 	}
 	return nil
 }

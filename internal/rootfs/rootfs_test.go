@@ -3,54 +3,15 @@ package rootfs
 import (
 	"archive/tar"
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/kilnbuild/kiln/internal/fsroot"
 	"github.com/kilnbuild/kiln/internal/imagetest"
 )
-
-func TestResolve(t *testing.T) {
-	root := t.TempDir()
-	os.MkdirAll(filepath.Join(root, "usr/bin"), 0o755)
-	os.Symlink("usr/bin", filepath.Join(root, "bin"))
-	os.Symlink("/usr", filepath.Join(root, "abs"))
-	os.Symlink("../../../../etc", filepath.Join(root, "usr/up"))
-	os.Symlink("loop2", filepath.Join(root, "loop1"))
-	os.Symlink("loop1", filepath.Join(root, "loop2"))
-	tests := []struct {
-		p          string
-		followLast bool
-		want       string
-		wantErr    string
-	}{
-		{"/bin/sh", true, "usr/bin/sh", ""},
-		{"bin", false, "bin", ""},
-		{"bin", true, "usr/bin", ""},
-		{"/abs/bin/x", true, "usr/bin/x", ""},
-		{"/usr/up/passwd", true, "etc/passwd", ""},
-		{"../../etc/shadow", true, "etc/shadow", ""},
-		{"/missing/dir/file", true, "missing/dir/file", ""},
-		{"/loop1", true, "", "too many levels"},
-	}
-	for _, tt := range tests {
-		got, err := Resolve(root, tt.p, tt.followLast)
-		if tt.wantErr != "" {
-			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-				t.Errorf("Resolve(%q) err = %v", tt.p, err)
-			}
-			continue
-		}
-		if err != nil {
-			t.Errorf("Resolve(%q): %v", tt.p, err)
-			continue
-		}
-		if want := filepath.Join(root, tt.want); got != want {
-			t.Errorf("Resolve(%q) = %s, want %s", tt.p, got, want)
-		}
-	}
-}
 
 func apply(t *testing.T, root string, files ...imagetest.File) error {
 	t.Helper()
@@ -182,7 +143,12 @@ func TestLookup(t *testing.T) {
 		if tt.chown {
 			f = LookupChown
 		}
-		got, err := f(root, tt.spec)
+		fr, err := fsroot.Open(root)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := f(fr, tt.spec)
+		fr.Close()
 		if tt.wantErr != "" {
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Errorf("%q: err = %v", tt.spec, err)
@@ -249,4 +215,114 @@ func TestMountPoints(t *testing.T) {
 	if strings.Join(got, ",") != "/proc,/workspace dir" {
 		t.Errorf("mount points %v", got)
 	}
+}
+
+// TestApplyTarHostileInPlace unpacks hostile base layers over a root that
+// stands for an in-place build's "/": kiln's directory, the workspace and
+// a volume are on the ignore list, and no entry may change them, whatever
+// symlinks, hard links or whiteouts it uses (security issue, findings 3
+// and 4).
+func TestApplyTarHostileInPlace(t *testing.T) {
+	tests := []struct {
+		name    string
+		files   []imagetest.File
+		wantErr string
+	}{
+		{"whiteout of ..", []imagetest.File{imagetest.Reg(".wh..", "", 0, 0, 0)}, "names no file"},
+		{"nested whiteout of ..", []imagetest.File{imagetest.Dir("x", 0o755, 0, 0), imagetest.Reg("x/.wh..", "", 0, 0, 0)}, "names no file"},
+		{"whiteout of .", []imagetest.File{imagetest.Reg("etc/.wh..", "", 0, 0, 0)}, "names no file"},
+		{"empty whiteout", []imagetest.File{imagetest.Reg(".wh.", "", 0, 0, 0)}, "names no file"},
+		{"write through a link to kiln's dir", []imagetest.File{
+			imagetest.Symlink("kd", "/kaniko"),
+			imagetest.Reg("kd/.docker/config.json", `{"auths":{"evil":{}}}`, 0o644, 0, 0),
+			imagetest.Reg("kd/planted", "x", 0o644, 0, 0),
+		}, ""},
+		{"write through a link to the workspace", []imagetest.File{
+			imagetest.Symlink("ws", "/workspace"),
+			imagetest.Reg("ws/planted", "x", 0o755, 0, 0),
+			imagetest.Symlink("ws2", "workspace/src"),
+			imagetest.Dir("ws2/sub", 0o755, 0, 0),
+		}, ""},
+		{"overwrite a volume file through a relative link", []imagetest.File{
+			imagetest.Dir("a", 0o755, 0, 0),
+			imagetest.Symlink("a/v", "../../../vol"),
+			imagetest.Reg("a/v/data", "overwritten", 0o644, 0, 0),
+		}, ""},
+		{"hard link to the credentials", []imagetest.File{
+			imagetest.Symlink("kd", "/kaniko"),
+			{Path: "stolen", Type: tar.TypeLink, Link: "kd/.docker/config.json"},
+			{Path: "stolen2", Type: tar.TypeLink, Link: "kaniko/.docker/config.json"},
+		}, ""},
+		{"whiteouts and opaque dirs through links", []imagetest.File{
+			imagetest.Symlink("kd", "/kaniko"),
+			imagetest.Reg("kd/.wh..docker", "", 0, 0, 0),
+			imagetest.Symlink("vl", "/vol"),
+			imagetest.Reg("vl/.wh..wh..opq", "", 0, 0, 0),
+			imagetest.Reg("vl/.wh.data", "", 0, 0, 0),
+		}, ""},
+		{"replace a protected directory", []imagetest.File{
+			imagetest.Symlink("workspace", "/etc"),
+			imagetest.Reg("kaniko", "not a dir", 0o644, 0, 0),
+		}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			root := t.TempDir()
+			canaries := map[string]string{
+				"kaniko/.docker/config.json": `{"auths":{"registry":{"auth":"c2VjcmV0"}}}`,
+				"workspace/src/Dockerfile":   "FROM scratch",
+				"vol/data":                   "volume",
+				"etc/keep":                   "base",
+			}
+			for p, c := range canaries {
+				os.MkdirAll(filepath.Join(root, filepath.Dir(p)), 0o755)
+				os.WriteFile(filepath.Join(root, p), []byte(c), 0o600)
+			}
+			before := snapshotTree(t, root, "kaniko", "workspace", "vol")
+			ignore := NewIgnoreList("/kaniko", "/workspace", "/vol")
+			err := ApplyTar(root, bytes.NewReader(imagetest.Tar(tt.files...)), UnpackOptions{Ignore: ignore})
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tt.wantErr)
+				}
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			if after := snapshotTree(t, root, "kaniko", "workspace", "vol"); after != before {
+				t.Errorf("protected trees changed:\nbefore %s\nafter  %s", before, after)
+			}
+			if _, err := os.Stat(filepath.Join(root, "etc/keep")); err != nil {
+				t.Errorf("the rest of the root: %v", err)
+			}
+			for _, p := range []string{"stolen", "stolen2"} {
+				if _, err := os.Lstat(filepath.Join(root, p)); err == nil {
+					t.Errorf("%s: a hard link to a protected file was made", p)
+				}
+			}
+		})
+	}
+}
+
+// snapshotTree describes the trees below root's dirs: names, types,
+// modes, owners, sizes, times and contents.
+func snapshotTree(t *testing.T, root string, dirs ...string) string {
+	t.Helper()
+	var b strings.Builder
+	for _, d := range dirs {
+		filepath.Walk(filepath.Join(root, d), func(p string, fi os.FileInfo, err error) error {
+			if err != nil {
+				fmt.Fprintf(&b, "%s: %v\n", p, err)
+				return nil
+			}
+			uid, gid := ownerIDs(fi)
+			fmt.Fprintf(&b, "%s %v %d:%d %d %d", strings.TrimPrefix(p, root), fi.Mode(), uid, gid, fi.Size(), fi.ModTime().UnixNano())
+			if fi.Mode().IsRegular() {
+				data, _ := os.ReadFile(p)
+				fmt.Fprintf(&b, " %q", data)
+			}
+			b.WriteString("\n")
+			return nil
+		})
+	}
+	return b.String()
 }

@@ -1,3 +1,7 @@
+// Package rootfs manages a root directory that stands for an image's
+// filesystem: unpacking image layers over it (whiteouts, opaque
+// directories, hard links) through handles that never leave it, emptying
+// it in place, the ignore list of an in-place build, and the image's users.
 package rootfs
 
 import (
@@ -15,7 +19,8 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"golang.org/x/sys/unix"
+
+	"github.com/kilnbuild/kiln/internal/fsroot"
 )
 
 const (
@@ -42,6 +47,11 @@ func Unpack(ctx context.Context, root string, img v1.Image, o UnpackOptions) err
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	fr, err := openRoot(root, o.Ignore)
+	if err != nil {
+		return err
+	}
+	defer fr.Close()
 	for i, l := range layers {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -53,7 +63,7 @@ func Unpack(ctx context.Context, root string, img v1.Image, o UnpackOptions) err
 		if err != nil {
 			return fmt.Errorf("opening layer %d: %w", i, err)
 		}
-		err = ApplyTar(root, rc, o)
+		err = applyTar(fr, rc, o)
 		rc.Close()
 		if err != nil {
 			d, _ := l.Digest()
@@ -63,22 +73,86 @@ func Unpack(ctx context.Context, root string, img v1.Image, o UnpackOptions) err
 	return nil
 }
 
-type dirTime struct {
-	host  string
-	mtime time.Time
+// ApplyTar applies one layer tar stream over root. Every entry is written
+// through handles resolved inside the root (symlinks in the image never
+// lead out of it); entries whose names climb out of the root, and
+// whiteouts that name no file, are refused; entries that resolve to a
+// path o.Ignore protects are skipped.
+func ApplyTar(root string, r io.Reader, o UnpackOptions) error {
+	fr, err := openRoot(root, o.Ignore)
+	if err != nil {
+		return err
+	}
+	defer fr.Close()
+	return applyTar(fr, r, o)
 }
 
-// ApplyTar applies one layer tar stream over root. Entries whose names
-// leave the root, and hard links to targets outside it, are refused.
-func ApplyTar(root string, r io.Reader, o UnpackOptions) error {
+// openRoot opens root, protecting the ignore list's paths.
+func openRoot(root string, ignore *IgnoreList) (*fsroot.Root, error) {
+	if ignore != nil {
+		return fsroot.Open(root, fsroot.WithProtector(ignore))
+	}
+	return fsroot.Open(root)
+}
+
+// parents caches the directory handles of one layer's entries; it is
+// emptied whenever an entry removes or replaces something, which could
+// change where a cached path leads.
+type parents struct {
+	root *fsroot.Root
+	dirs map[string]*fsroot.Dir
+	// stale says an entry removed or replaced something: the cache is
+	// emptied before the next look-up (the current entry's handle stays
+	// valid until then).
+	stale bool
+}
+
+const maxCachedParents = 1024
+
+func (p *parents) get(dir string) (*fsroot.Dir, error) {
+	if p.stale {
+		p.reset()
+		p.stale = false
+	}
+	if d, ok := p.dirs[dir]; ok {
+		return d, nil
+	}
+	d, err := p.root.MkdirAll(dir, fsroot.MkdirOptions{})
+	if err != nil {
+		return nil, err
+	}
+	if len(p.dirs) >= maxCachedParents {
+		p.reset()
+	}
+	p.dirs[dir] = d
+	return d, nil
+}
+
+func (p *parents) reset() {
+	for k, d := range p.dirs {
+		d.Close()
+		delete(p.dirs, k)
+	}
+}
+
+func applyTar(root *fsroot.Root, r io.Reader, o UnpackOptions) error {
 	log := o.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	tr := tar.NewReader(r)
-	created := map[string]bool{} // image paths written by this layer
+	created := map[string]bool{} // real image paths written by this layer
 	var dirs []dirTime
 	canChown := os.Geteuid() == 0
+	cache := &parents{root: root, dirs: map[string]*fsroot.Dir{}}
+	defer cache.reset()
+	skip := func(name string, err error) bool {
+		if fsroot.IsProtected(err) {
+			log.Debug("skipping an entry that resolves to an ignored path", "path", name, "reason", err.Error())
+			return true
+		}
+		return false
+	}
 	for {
 		hdr, err := tr.Next()
 		if errors.Is(err, io.EOF) {
@@ -92,8 +166,10 @@ func ApplyTar(root string, r io.Reader, o UnpackOptions) error {
 			return err
 		}
 		if name == "" {
-			if hdr.Typeflag == tar.TypeDir {
-				applyMeta(root, hdr, canChown)
+			if hdr.Typeflag == tar.TypeDir && o.Ignore == nil {
+				if err := applyRootMeta(root, hdr, canChown); err != nil {
+					return fmt.Errorf("setting metadata of the root: %w", err)
+				}
 			}
 			continue
 		}
@@ -102,62 +178,67 @@ func ApplyTar(root string, r io.Reader, o UnpackOptions) error {
 			continue
 		}
 		dir, base := path.Split(name)
-		parent, err := Resolve(root, dir, true)
+		if strings.HasPrefix(base, whiteoutPrefix) && base != opaqueMarker {
+			victim := strings.TrimPrefix(base, whiteoutPrefix)
+			if victim == "" || victim == "." || victim == ".." {
+				return fmt.Errorf("tar entry %q: a whiteout that names no file", hdr.Name)
+			}
+		}
+		parent, err := cache.get(dir)
 		if err != nil {
-			return err
+			if skip(name, err) {
+				continue
+			}
+			return fmt.Errorf("parent of %s: %w", name, err)
 		}
 		if base == opaqueMarker {
-			if err := clearDir(root, parent, created, o.Ignore); err != nil {
+			cache.stale = true
+			if err := clearDir(root, dir, created); err != nil {
 				return fmt.Errorf("opaque directory %s: %w", dir, err)
 			}
 			continue
 		}
 		if strings.HasPrefix(base, whiteoutPrefix) {
-			victim := filepath.Join(parent, strings.TrimPrefix(base, whiteoutPrefix))
-			if rel, err := Rel(root, victim); err != nil || o.Ignore.Ignored(rel) {
-				continue
-			}
-			if err := os.RemoveAll(victim); err != nil {
+			cache.stale = true
+			if err := parent.RemoveAll(strings.TrimPrefix(base, whiteoutPrefix)); err != nil && !skip(name, err) {
 				return fmt.Errorf("whiteout %s: %w", name, err)
 			}
 			continue
 		}
-		host := filepath.Join(parent, base)
-		if err := os.MkdirAll(parent, 0o755); err != nil {
-			return fmt.Errorf("creating parent of %s: %w", name, err)
+		real := path.Join(parent.Path(), base)
+		if root.Protected(real) {
+			log.Debug("skipping an entry that resolves to an ignored path", "path", name, "resolved", "/"+real)
+			continue
 		}
-		if rel, err := Rel(root, host); err == nil {
-			created[rel] = true
-		}
-		fi, lerr := os.Lstat(host)
+		fi, lerr := parent.Lstat(base)
 		exists := lerr == nil
 		if exists && !(fi.IsDir() && hdr.Typeflag == tar.TypeDir) {
-			if err := os.RemoveAll(host); err != nil {
+			if fi.IsDir() || fi.Mode()&fs.ModeSymlink != 0 {
+				cache.stale = true
+			}
+			if err := parent.RemoveAll(base); err != nil {
+				if skip(name, err) {
+					continue
+				}
 				return fmt.Errorf("replacing %s: %w", name, err)
 			}
+			exists = false
 		}
+		created[real] = true
 		switch hdr.Typeflag {
 		case tar.TypeDir:
-			if !exists || !fi.IsDir() {
-				if err := os.Mkdir(host, 0o755); err != nil {
+			if !exists {
+				if err := parent.Mkdir(base, 0o755); err != nil {
 					return fmt.Errorf("creating directory %s: %w", name, err)
 				}
 			}
-			dirs = append(dirs, dirTime{host, hdr.ModTime})
+			dirs = append(dirs, dirTime{real, hdr.ModTime})
 		case tar.TypeReg, tar.TypeRegA:
-			f, err := os.OpenFile(host, os.O_CREATE|os.O_EXCL|os.O_WRONLY|unix.O_NOFOLLOW, 0o600)
-			if err != nil {
-				return fmt.Errorf("creating %s: %w", name, err)
-			}
-			_, err = io.Copy(f, tr)
-			if cerr := f.Close(); err == nil {
-				err = cerr
-			}
-			if err != nil {
+			if err := parent.WriteFile(base, tr, 0o600); err != nil {
 				return fmt.Errorf("writing %s: %w", name, err)
 			}
 		case tar.TypeSymlink:
-			if err := os.Symlink(hdr.Linkname, host); err != nil {
+			if err := parent.Symlink(hdr.Linkname, base); err != nil {
 				return fmt.Errorf("creating symlink %s: %w", name, err)
 			}
 		case tar.TypeLink:
@@ -165,33 +246,47 @@ func ApplyTar(root string, r io.Reader, o UnpackOptions) error {
 			if err != nil {
 				return fmt.Errorf("hard link %s: %w", name, err)
 			}
-			th, err := Resolve(root, target, false)
+			td, tname, err := root.Parent(target)
 			if err != nil {
-				return err
+				return fmt.Errorf("hard link %s to %s: %w", name, hdr.Linkname, err)
 			}
-			if err := os.Link(th, host); err != nil {
+			err = parent.Link(td, tname, base)
+			td.Close()
+			if err != nil {
+				if skip(name, err) {
+					delete(created, real)
+					continue
+				}
 				return fmt.Errorf("hard link %s to %s: %w", name, hdr.Linkname, err)
 			}
 			continue // the link shares the target's metadata
 		case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
 			log.Debug("skipping device or fifo while unpacking", "path", name)
-			delete(created, name)
+			delete(created, real)
 			continue
 		default:
 			log.Debug("skipping unsupported tar entry", "path", name, "type", string(hdr.Typeflag))
-			delete(created, name)
+			delete(created, real)
 			continue
 		}
-		if err := applyMeta(host, hdr, canChown); err != nil {
+		if err := applyMeta(parent, base, hdr, canChown); err != nil {
 			return fmt.Errorf("setting metadata of %s: %w", name, err)
 		}
 	}
-	// Directory times last: creating their children changed them.
+	// Directory times last: creating their children changed them. Each is
+	// resolved again, inside the root.
 	for i := len(dirs) - 1; i >= 0; i-- {
-		t := dirs[i].mtime
-		os.Chtimes(dirs[i].host, t, t)
+		if d, err := root.OpenDir(dirs[i].img); err == nil {
+			d.SetTimes(dirs[i].mtime, dirs[i].mtime)
+			d.Close()
+		}
 	}
 	return nil
+}
+
+type dirTime struct {
+	img   string
+	mtime time.Time
 }
 
 // cleanName turns a tar entry name into a clean image path without leading
@@ -203,32 +298,40 @@ func cleanName(n string) (string, error) {
 			return "", fmt.Errorf("tar entry %q: path escapes the root", n)
 		}
 	}
-	c := strings.TrimPrefix(path.Clean("/"+s), "/")
-	return c, nil
+	return fsroot.Clean(s), nil
 }
 
-// applyMeta sets owner, mode and times of host from hdr.
-func applyMeta(host string, hdr *tar.Header, canChown bool) error {
-	if err := os.Lchown(host, hdr.Uid, hdr.Gid); err != nil && canChown {
+// applyMeta sets owner, mode, xattrs and (except for directories) times
+// of name in parent from hdr.
+func applyMeta(parent *fsroot.Dir, name string, hdr *tar.Header, canChown bool) error {
+	if err := parent.Lchown(name, hdr.Uid, hdr.Gid); err != nil && canChown {
 		return err
 	}
 	if hdr.Typeflag == tar.TypeSymlink {
-		ts := []unix.Timespec{unix.NsecToTimespec(hdr.ModTime.UnixNano()), unix.NsecToTimespec(hdr.ModTime.UnixNano())}
-		unix.UtimesNanoAt(unix.AT_FDCWD, host, ts, unix.AT_SYMLINK_NOFOLLOW)
+		parent.Chtimes(name, hdr.ModTime, hdr.ModTime)
 		return nil
 	}
-	if err := os.Chmod(host, ModeFromTar(hdr.Mode)); err != nil {
+	if err := parent.Chmod(name, ModeFromTar(hdr.Mode)); err != nil {
 		return err
 	}
 	for k, v := range hdr.PAXRecords {
-		if name, ok := strings.CutPrefix(k, "SCHILY.xattr."); ok {
-			unix.Lsetxattr(host, name, []byte(v), 0) // best effort: the layer keeps them anyway
+		if attr, ok := strings.CutPrefix(k, "SCHILY.xattr."); ok {
+			parent.Lsetxattr(name, attr, []byte(v)) // best effort: the layer keeps them anyway
 		}
 	}
 	if hdr.Typeflag != tar.TypeDir {
-		return os.Chtimes(host, hdr.ModTime, hdr.ModTime)
+		return parent.Chtimes(name, hdr.ModTime, hdr.ModTime)
 	}
 	return nil
+}
+
+// applyRootMeta sets the root directory's owner and mode from a "./" entry.
+func applyRootMeta(root *fsroot.Root, hdr *tar.Header, canChown bool) error {
+	self := fmt.Sprintf("/proc/self/fd/%d", root.Dir().Fd())
+	if err := os.Chown(self, hdr.Uid, hdr.Gid); err != nil && canChown {
+		return err
+	}
+	return os.Chmod(self, ModeFromTar(hdr.Mode))
 }
 
 // ModeFromTar converts tar mode bits (with setuid/setgid/sticky in their
@@ -247,26 +350,30 @@ func ModeFromTar(m int64) fs.FileMode {
 	return mode
 }
 
-// clearDir removes what lower layers put in dir, keeping what this layer
-// created.
-func clearDir(root, dir string, created map[string]bool, ignore *IgnoreList) error {
-	ents, err := os.ReadDir(dir)
+// clearDir removes what lower layers put in the image directory dir,
+// keeping what this layer created and what the root protects.
+func clearDir(root *fsroot.Root, dir string, created map[string]bool) error {
+	d, err := root.OpenDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
 	if err != nil {
+		if fsroot.IsProtected(err) {
+			return nil
+		}
 		return err
 	}
-	for _, e := range ents {
-		host := filepath.Join(dir, e.Name())
-		rel, err := Rel(root, host)
-		if err != nil {
-			return err
-		}
-		if created[rel] || ignore.Ignored(rel) || ignore.holdsIgnored(rel) {
+	defer d.Close()
+	names, err := d.ReadDir()
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		real := path.Join(d.Path(), n)
+		if created[real] || root.Protected(real) {
 			continue
 		}
-		if err := os.RemoveAll(host); err != nil {
+		if err := d.RemoveAll(n); err != nil {
 			return err
 		}
 	}

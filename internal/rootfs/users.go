@@ -4,16 +4,21 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
-	"os"
 	"strconv"
 	"strings"
+
+	"github.com/kilnbuild/kiln/internal/fsroot"
 )
 
 // IDs is a numeric owner.
 type IDs struct {
 	UID, GID int
 }
+
+// maxDB bounds how much of /etc/passwd or /etc/group is read.
+const maxDB = 16 << 20
 
 type dbEntry struct {
 	name string
@@ -22,16 +27,12 @@ type dbEntry struct {
 }
 
 // readDB reads /etc/passwd (users true) or /etc/group inside root.
-func readDB(root string, users bool) ([]dbEntry, error) {
+func readDB(root *fsroot.Root, users bool) ([]dbEntry, error) {
 	file := "/etc/group"
 	if users {
 		file = "/etc/passwd"
 	}
-	host, err := Resolve(root, file, true)
-	if err != nil {
-		return nil, err
-	}
-	f, err := os.Open(host)
+	f, err := root.OpenFile(file)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -40,7 +41,7 @@ func readDB(root string, users bool) ([]dbEntry, error) {
 	}
 	defer f.Close()
 	var out []dbEntry
-	s := bufio.NewScanner(f)
+	s := bufio.NewScanner(io.LimitReader(f, maxDB))
 	for s.Scan() {
 		line := strings.TrimSpace(s.Text())
 		if line == "" || strings.HasPrefix(line, "#") {
@@ -63,7 +64,7 @@ func readDB(root string, users bool) ([]dbEntry, error) {
 	return out, s.Err()
 }
 
-func lookup(root string, users bool, spec string) (dbEntry, bool, error) {
+func lookup(root *fsroot.Root, users bool, spec string) (dbEntry, bool, error) {
 	db, err := readDB(root, users)
 	if err != nil {
 		return dbEntry{}, false, err
@@ -80,18 +81,18 @@ func lookup(root string, users bool, spec string) (dbEntry, bool, error) {
 // LookupUser resolves a USER value ("name", "uid", "name:group", ...) in
 // root's /etc/passwd and /etc/group the way a container runtime does: a
 // user alone gets its primary group, or group 0 when it has no entry.
-func LookupUser(root, spec string) (IDs, error) {
+func LookupUser(root *fsroot.Root, spec string) (IDs, error) {
 	return resolveOwner(root, spec, false)
 }
 
 // LookupChown resolves a COPY --chown value as BuildKit does: a user alone
 // by name gets its primary group, a numeric user alone gets the same
 // number as group.
-func LookupChown(root, spec string) (IDs, error) {
+func LookupChown(root *fsroot.Root, spec string) (IDs, error) {
 	return resolveOwner(root, spec, true)
 }
 
-func resolveOwner(root, spec string, chown bool) (IDs, error) {
+func resolveOwner(root *fsroot.Root, spec string, chown bool) (IDs, error) {
 	u, g, hasGroup := strings.Cut(spec, ":")
 	if u == "" {
 		return IDs{}, fmt.Errorf("user %q: empty user name", spec)
@@ -141,15 +142,16 @@ func resolveOwner(root, spec string, chown bool) (IDs, error) {
 
 // SupplementaryGroups returns the ids of the groups in root's /etc/group
 // that list user as a member.
-func SupplementaryGroups(root, user string) ([]int, error) {
-	host, err := Resolve(root, "/etc/group", true)
-	if err != nil {
-		return nil, err
-	}
-	data, err := os.ReadFile(host)
+func SupplementaryGroups(root *fsroot.Root, user string) ([]int, error) {
+	f, err := root.OpenFile("/etc/group")
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
+	if err != nil {
+		return nil, err
+	}
+	data, err := io.ReadAll(io.LimitReader(f, maxDB))
+	f.Close()
 	if err != nil {
 		return nil, err
 	}
@@ -171,7 +173,7 @@ func SupplementaryGroups(root, user string) ([]int, error) {
 }
 
 // UserName returns the passwd name of a USER value's user part, or "".
-func UserName(root, spec string) string {
+func UserName(root *fsroot.Root, spec string) string {
 	u, _, _ := strings.Cut(spec, ":")
 	e, found, err := lookup(root, true, u)
 	if err != nil || !found {

@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kilnbuild/kiln/internal/fsroot"
 )
 
 // File is a file placed in the root for one in-place run and removed
@@ -44,41 +47,23 @@ func Direct(ctx context.Context, spec Spec, files []File, o Options) error {
 		return errors.New("RUN --network=none needs a network namespace: use --isolation=chroot")
 	}
 	subreaper.Do(func() { unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) })
-	var created []stub
+	var opts []fsroot.Option
+	if o.Protect != nil {
+		opts = append(opts, fsroot.WithProtector(o.Protect))
+	}
+	root, err := fsroot.Open("/", opts...)
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	stubs, err := placeFiles(root, files)
 	defer func() {
-		parents := firstTimes(created)
-		for i := len(created) - 1; i >= 0; i-- {
-			os.Remove(created[i].path)
+		for i := len(stubs) - 1; i >= 0; i-- {
+			removeStub(root, stubs[i])
 		}
-		restoreTimes(parents)
 	}()
-	for _, f := range files {
-		if _, err := os.Lstat(f.Path); err == nil {
-			return fmt.Errorf("%s already exists in the image; in-place isolation cannot place a secret there", f.Path)
-		}
-		var dirs []string
-		for d := filepath.Dir(f.Path); d != "/"; d = filepath.Dir(d) {
-			if _, err := os.Lstat(d); err == nil {
-				break
-			}
-			dirs = append(dirs, d)
-		}
-		for i := len(dirs) - 1; i >= 0; i-- {
-			st := newStub(dirs[i], true)
-			if err := os.Mkdir(dirs[i], 0o755); err != nil {
-				return err
-			}
-			created = append(created, st)
-		}
-		st := newStub(f.Path, false)
-		if err := os.WriteFile(f.Path, []byte(f.Data), 0o400); err != nil {
-			return err
-		}
-		created = append(created, st)
-		os.Chown(f.Path, f.UID, f.GID)
-		if f.Mode != 0 {
-			os.Chmod(f.Path, f.Mode)
-		}
+	if err != nil {
+		return err
 	}
 	args := append([]string(nil), spec.Args...)
 	if len(spec.Scripts) > 0 {
@@ -128,7 +113,7 @@ func Direct(ctx context.Context, spec Spec, files []File, o Options) error {
 		Credential: &syscall.Credential{Uid: spec.UID, Gid: spec.GID, Groups: spec.Groups},
 		Setpgid:    true,
 	}
-	err := execute(cmd, o)
+	err = execute(cmd, o)
 	// Reap orphans the command left behind (we are their subreaper).
 	for {
 		var ws syscall.WaitStatus
@@ -149,4 +134,59 @@ func lookPath(prog, path string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("%s: executable file not found in $PATH", prog)
+}
+
+// placeFiles writes files into root (resolved inside it, never into a
+// protected path), creating missing directories; it returns what it
+// created, as stubs to remove after the run.
+func placeFiles(root *fsroot.Root, files []File) ([]Stub, error) {
+	var stubs []Stub
+	timed := map[string]bool{}
+	var pending *[2]int64
+	noteTimes := func(d *fsroot.Dir) {
+		if timed[d.Path()] {
+			return
+		}
+		timed[d.Path()] = true
+		if fi, err := d.Stat(); err == nil {
+			st := fi.Sys().(*syscall.Stat_t)
+			pending = &[2]int64{st.Atim.Sec*1e9 + st.Atim.Nsec, st.Mtim.Sec*1e9 + st.Mtim.Nsec}
+		}
+	}
+	note := func(d *fsroot.Dir, name string, dir bool) {
+		s := Stub{Mount: stubRoot, Path: path.Join(d.Path(), name), Dir: dir, Times: pending}
+		pending = nil
+		if fi, err := d.Lstat(name); err == nil {
+			st := fi.Sys().(*syscall.Stat_t)
+			s.Dev, s.Ino = uint64(st.Dev), st.Ino
+		}
+		stubs = append(stubs, s)
+	}
+	for _, f := range files {
+		if _, err := root.Lstat(f.Path); err == nil {
+			return stubs, fmt.Errorf("%s already exists in the image; in-place isolation cannot place a secret there", f.Path)
+		}
+		parent, err := root.MkdirAll(path.Dir(path.Clean("/"+f.Path)), fsroot.MkdirOptions{
+			Before:  func(d *fsroot.Dir, _ string) error { noteTimes(d); return nil },
+			Created: func(d *fsroot.Dir, name string) error { note(d, name, true); return nil },
+		})
+		if err != nil {
+			return stubs, fmt.Errorf("placing %s: %w", f.Path, err)
+		}
+		name := path.Base(path.Clean("/" + f.Path))
+		noteTimes(parent)
+		err = parent.WriteFile(name, strings.NewReader(f.Data), 0o400)
+		if err == nil {
+			note(parent, name, false)
+			parent.Lchown(name, f.UID, f.GID)
+			if f.Mode != 0 {
+				parent.Chmod(name, f.Mode)
+			}
+		}
+		parent.Close()
+		if err != nil {
+			return stubs, fmt.Errorf("placing %s: %w", f.Path, err)
+		}
+	}
+	return stubs, nil
 }

@@ -19,13 +19,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"syscall"
-	"time"
 
-	"github.com/kilnbuild/kiln/internal/rootfs"
+	"github.com/kilnbuild/kiln/internal/fsroot"
 )
 
 // specEnv names the environment variable that turns a kiln binary into the
@@ -36,16 +34,20 @@ const specEnv = "KILN_SANDBOX_SPEC"
 type Mount struct {
 	// Type is "bind" or "tmpfs".
 	Type string `json:"type"`
-	// Source is the host path of a bind mount.
+	// Source is the host directory of a bind mount: a directory kiln owns
+	// (a cache directory, a copy) or a tree it reads (a stage root, the
+	// context).
 	Source string `json:"source,omitempty"`
-	// Target is the path inside the root.
+	// SubPath, when set, is what to bind inside Source: resolved inside
+	// Source (its symlinks never lead out of it) when the sandbox starts.
+	SubPath string `json:"subPath,omitempty"`
+	// Target is the path inside the root. It is resolved inside the root,
+	// through the mounts made before it, at the moment it is mounted.
 	Target string `json:"target"`
 	// ReadOnly makes the mount read-only.
 	ReadOnly bool `json:"readonly,omitempty"`
 	// Size limits a tmpfs, in bytes; 0 means the kernel default.
 	Size int64 `json:"size,omitempty"`
-	// File says the bind source is a file, not a directory.
-	File bool `json:"file,omitempty"`
 }
 
 // Script is an inline file placed at /dev/pipes/<Name>, executable.
@@ -82,10 +84,9 @@ type Spec struct {
 	// IDMap, set by Run from Options.UserNS, runs the command in a user
 	// namespace with this mapping, its root and bind mounts id-mapped.
 	IDMap *IDMap `json:"idmap,omitempty"`
-
-	// targets are the resolved host paths of /proc, /dev, /etc/hosts and
-	// /etc/resolv.conf, filled in by Run.
-	Targets map[string]string `json:"targets,omitempty"`
+	// StubsFile, set by Run, is where the sandbox reports the mount points
+	// it created, for Run to remove after the command.
+	StubsFile string `json:"stubsFile,omitempty"`
 }
 
 // ExitError is a command that ran and failed.
@@ -115,23 +116,23 @@ type Options struct {
 	Executable string
 	// TailLines is how many output lines an ExitError keeps (default 20).
 	TailLines int
+	// Protect, for Direct, lists the paths of "/" kiln must never write to
+	// (the in-place ignore list).
+	Protect fsroot.Protector
 	// UserNS, when set, runs the command in a user namespace mapped like
 	// it, so that root in a RUN is not root on the host; nil runs it with
 	// the host's ids.
 	UserNS *UserNS
 }
 
-// Run executes spec in a sandbox and waits for it. Mount points the
-// sandbox needs that do not exist in the root are created for the run and
-// removed afterwards, so they never reach a snapshot.
+// Run executes spec in a sandbox and waits for it. Run itself does no
+// work in the root: the sandbox resolves every mount target inside it,
+// creating the mount points that are missing, and Run removes those
+// afterwards (each looked up again inside the root or mount source, and
+// only if it is still the one created), so they never reach a snapshot.
 func Run(ctx context.Context, spec Spec, o Options) error {
 	if len(spec.Args) == 0 {
 		return errors.New("empty command")
-	}
-	stubs, err := prepareStubs(&spec)
-	defer removeStubs(stubs)
-	if err != nil {
-		return err
 	}
 	if o.UserNS != nil {
 		if o.UserNS.f == nil {
@@ -139,20 +140,18 @@ func Run(ctx context.Context, spec Spec, o Options) error {
 		}
 		spec.IDMap = &o.UserNS.Map
 	}
+	dir, err := os.MkdirTemp(o.WorkDir, "run-")
+	if err != nil {
+		return fmt.Errorf("writing sandbox spec: %w", err)
+	}
+	defer os.RemoveAll(dir)
+	spec.StubsFile = filepath.Join(dir, "stubs.json")
 	data, err := json.Marshal(spec)
 	if err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(o.WorkDir, "run-spec-*.json")
-	if err != nil {
-		return fmt.Errorf("writing sandbox spec: %w", err)
-	}
-	defer os.Remove(f.Name())
-	_, err = f.Write(data)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
+	specFile := filepath.Join(dir, "spec.json")
+	if err := os.WriteFile(specFile, data, 0o600); err != nil {
 		return fmt.Errorf("writing sandbox spec: %w", err)
 	}
 	exe := o.Executable
@@ -160,7 +159,7 @@ func Run(ctx context.Context, spec Spec, o Options) error {
 		exe = "/proc/self/exe"
 	}
 	cmd := exec.CommandContext(ctx, exe)
-	cmd.Env = []string{specEnv + "=" + f.Name()}
+	cmd.Env = []string{specEnv + "=" + specFile}
 	if o.UserNS != nil {
 		cmd.ExtraFiles = []*os.File{o.UserNS.f} // fd 3 in the init
 	}
@@ -169,7 +168,11 @@ func Run(ctx context.Context, spec Spec, o Options) error {
 		flags |= syscall.CLONE_NEWNET
 	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: flags, Pdeathsig: syscall.SIGKILL}
-	return execute(cmd, o)
+	err = execute(cmd, o)
+	if rerr := removeStubs(spec, spec.StubsFile); err == nil && rerr != nil {
+		err = rerr
+	}
+	return err
 }
 
 // execute runs cmd with its output streamed line by line to o.Output, and
@@ -230,128 +233,4 @@ func execute(cmd *exec.Cmd, o Options) error {
 		return fmt.Errorf("running %s: %w", cmd.Path, err)
 	}
 	return nil
-}
-
-// stub is a mount point created for one run, with the times of the
-// directory it was created in, restored when it is removed.
-type stub struct {
-	path         string
-	dir          bool
-	atime, mtime time.Time
-}
-
-func newStub(path string, dir bool) stub {
-	s := stub{path: path, dir: dir}
-	var st syscall.Stat_t
-	if syscall.Lstat(filepath.Dir(path), &st) == nil {
-		s.atime = time.Unix(st.Atim.Sec, st.Atim.Nsec)
-		s.mtime = time.Unix(st.Mtim.Sec, st.Mtim.Nsec)
-	}
-	return s
-}
-
-// prepareStubs resolves every mount target inside the root, rewriting the
-// spec's targets to host paths, and creates missing mount points.
-func prepareStubs(spec *Spec) ([]stub, error) {
-	var stubs []stub
-	ensure := func(target string, dir bool) (string, error) {
-		host, err := rootfs.Resolve(spec.Root, target, true)
-		if err != nil {
-			return "", err
-		}
-		if _, err := os.Lstat(host); err == nil {
-			return host, nil
-		}
-		// Create missing parents, remembering each as a stub.
-		var missing []string
-		for p := filepath.Dir(host); p != spec.Root && strings.HasPrefix(p, spec.Root); p = filepath.Dir(p) {
-			if _, err := os.Lstat(p); err == nil {
-				break
-			}
-			missing = append(missing, p)
-		}
-		for i := len(missing) - 1; i >= 0; i-- {
-			st := newStub(missing[i], true)
-			if err := os.Mkdir(missing[i], 0o755); err != nil {
-				return "", err
-			}
-			stubs = append(stubs, st)
-		}
-		st := newStub(host, dir)
-		if dir {
-			err = os.Mkdir(host, 0o755)
-		} else {
-			var f *os.File
-			if f, err = os.OpenFile(host, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644); err == nil {
-				f.Close()
-			}
-		}
-		if err != nil {
-			return "", fmt.Errorf("creating mount point %s: %w", target, err)
-		}
-		stubs = append(stubs, st)
-		return host, nil
-	}
-	fixed := []struct {
-		target string
-		dir    bool
-	}{{"/proc", true}, {"/dev", true}, {"/etc/hosts", false}, {"/etc/resolv.conf", false}}
-	spec.Targets = map[string]string{}
-	for _, m := range fixed {
-		host, err := ensure(m.target, m.dir)
-		if err != nil {
-			return stubs, err
-		}
-		spec.Targets[m.target] = host
-	}
-	for i, m := range spec.Mounts {
-		host, err := ensure(m.Target, !m.File)
-		if err != nil {
-			return stubs, err
-		}
-		spec.Mounts[i].Target = host
-	}
-	return stubs, nil
-}
-
-// removeStubs removes created mount points, deepest first, then gives
-// the directories they were created in their original times; a directory
-// something was written into stays.
-func removeStubs(stubs []stub) {
-	parents := firstTimes(stubs)
-	sorted := append([]stub(nil), stubs...)
-	sort.SliceStable(sorted, func(i, j int) bool { return len(sorted[i].path) > len(sorted[j].path) })
-	for _, s := range sorted {
-		if s.dir {
-			os.Remove(s.path) // fails, as wanted, when not empty
-		} else if fi, err := os.Lstat(s.path); err == nil && fi.Mode().IsRegular() && fi.Size() == 0 {
-			os.Remove(s.path)
-		}
-	}
-	restoreTimes(parents)
-}
-
-// firstTimes maps each stub's parent directory to its times before the
-// first stub was created in it.
-func firstTimes(stubs []stub) map[string]stub {
-	out := map[string]stub{}
-	for _, s := range stubs {
-		dir := filepath.Dir(s.path)
-		if _, ok := out[dir]; !ok && !s.mtime.IsZero() {
-			out[dir] = s
-		}
-	}
-	return out
-}
-
-// restoreTimes sets directories' times back, deepest first.
-func restoreTimes(parents map[string]stub) {
-	dirs := make([]string, 0, len(parents))
-	for d := range parents {
-		dirs = append(dirs, d)
-	}
-	sort.Slice(dirs, func(i, j int) bool { return len(dirs[i]) > len(dirs[j]) })
-	for _, d := range dirs {
-		os.Chtimes(d, parents[d].atime, parents[d].mtime)
-	}
 }

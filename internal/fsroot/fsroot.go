@@ -1,0 +1,408 @@
+// Package fsroot does file system work inside a directory tree that
+// untrusted input shaped — an image's root, a build context, an unpacked
+// archive — without ever leaving it. Every path is resolved inside the
+// tree at the moment of use, into a handle (openat2 with RESOLVE_IN_ROOT
+// through github.com/cyphar/filepath-securejoin, which falls back to a
+// safe O_PATH walk on old kernels), and every change is made relative to
+// a directory handle with the *at system calls, never through a host path
+// string built earlier.
+//
+// A Root may protect paths (an in-place build's ignore list): a change
+// whose resolved location is protected fails with a *ProtectedError,
+// whatever symlinks led there.
+package fsroot
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"strings"
+
+	pathrs "github.com/cyphar/filepath-securejoin/pathrs-lite"
+	"github.com/cyphar/filepath-securejoin/pathrs-lite/procfs"
+	"golang.org/x/sys/unix"
+)
+
+// Protector says which image paths (clean, without a leading slash) a
+// Root must never change.
+type Protector interface {
+	// Ignored reports whether p or one of its parents is protected.
+	Ignored(p string) bool
+	// HoldsIgnored reports whether a protected path lies strictly below p.
+	HoldsIgnored(p string) bool
+}
+
+// ProtectedError is a change refused because its resolved location is
+// protected.
+type ProtectedError struct {
+	// Path is the resolved image path, with a leading slash.
+	Path string
+}
+
+func (e *ProtectedError) Error() string {
+	return fmt.Sprintf("%s is protected: kiln never changes it", e.Path)
+}
+
+// IsProtected reports whether err is (or wraps) a *ProtectedError.
+func IsProtected(err error) bool {
+	var pe *ProtectedError
+	return errors.As(err, &pe)
+}
+
+// Root is a directory tree opened for confined work.
+type Root struct {
+	path    string // as given, for messages
+	real    string // the directory's real path, as /proc/self/fd shows it
+	dir     *Dir
+	protect Protector
+}
+
+// Option configures Open.
+type Option func(*Root)
+
+// WithProtector makes the root refuse changes to the paths p protects.
+func WithProtector(p Protector) Option { return func(r *Root) { r.protect = p } }
+
+// Open opens the directory dir as a root.
+func Open(dir string, opts ...Option) (*Root, error) {
+	f, err := os.OpenFile(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("opening root %s: %w", dir, err)
+	}
+	real, err := procfs.ProcSelfFdReadlink(f)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("opening root %s: %w", dir, err)
+	}
+	r := &Root{path: dir, real: real}
+	for _, o := range opts {
+		o(r)
+	}
+	r.dir = &Dir{root: r, f: f}
+	return r, nil
+}
+
+// Close releases the root's handle. Dirs obtained from it stay usable
+// until they are closed themselves.
+func (r *Root) Close() error {
+	if r == nil || r.dir == nil {
+		return nil
+	}
+	return r.dir.Close()
+}
+
+// Path is the root's host path, as given to Open.
+func (r *Root) Path() string { return r.path }
+
+// Dir is the root directory itself. Do not close it: Root.Close does.
+func (r *Root) Dir() *Dir { return r.dir }
+
+// Clean turns an image path (absolute or not, any number of slashes and
+// dots) into the form Root uses: clean, without a leading slash, "" for
+// the root. ".." never climbs above the root.
+func Clean(p string) string {
+	return strings.TrimPrefix(path.Clean("/"+p), "/")
+}
+
+// Protected reports whether the image path p is protected.
+func (r *Root) Protected(p string) bool {
+	return r.protect != nil && r.protect.Ignored(Clean(p))
+}
+
+func (r *Root) check(img string) error {
+	if r.protect != nil && r.protect.Ignored(img) {
+		return &ProtectedError{Path: "/" + img}
+	}
+	return nil
+}
+
+// imgOf turns a handle's real host path into its image path.
+func (r *Root) imgOf(f *os.File) (string, error) {
+	real, err := procfs.ProcSelfFdReadlink(f)
+	if err != nil {
+		return "", err
+	}
+	if real == r.real {
+		return "", nil
+	}
+	prefix := strings.TrimSuffix(r.real, "/") + "/"
+	rel, ok := strings.CutPrefix(real, prefix)
+	if !ok {
+		return "", fmt.Errorf("%s resolved to %s, outside the root %s", f.Name(), real, r.path)
+	}
+	return rel, nil
+}
+
+// OpenDir resolves the image path p inside the root, following every
+// symlink as the image would (absolute targets start at the root, ".."
+// stops there), and returns a handle on the directory it names.
+func (r *Root) OpenDir(p string) (*Dir, error) {
+	img := Clean(p)
+	if img == "" {
+		return r.dir.dup()
+	}
+	f, err := pathrs.OpenatInRoot(r.dir.f, img)
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: "/" + img, Err: unwrapPath(err)}
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		f.Close()
+		return nil, &fs.PathError{Op: "stat", Path: "/" + img, Err: err}
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		f.Close()
+		return nil, &fs.PathError{Op: "open", Path: "/" + img, Err: unix.ENOTDIR}
+	}
+	real, err := r.imgOf(f)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &Dir{root: r, f: f, img: real}, nil
+}
+
+// OpenHandle resolves the image path p inside the root, following every
+// symlink, and returns an O_PATH handle on what it names, whatever its
+// type (nothing is opened for reading).
+func (r *Root) OpenHandle(p string) (*os.File, error) {
+	img := Clean(p)
+	if img == "" {
+		d, err := r.dir.dup()
+		if err != nil {
+			return nil, err
+		}
+		return d.f, nil
+	}
+	f, err := pathrs.OpenatInRoot(r.dir.f, img)
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: "/" + img, Err: unwrapPath(err)}
+	}
+	return f, nil
+}
+
+// ImagePath is the real image path of a handle obtained from the root.
+func (r *Root) ImagePath(f *os.File) (string, error) { return r.imgOf(f) }
+
+// Parent resolves the directory holding the image path p (following
+// symlinks in it) and returns it with p's last element, which is not
+// followed. p must not be the root.
+func (r *Root) Parent(p string) (*Dir, string, error) {
+	img := Clean(p)
+	if img == "" {
+		return nil, "", &fs.PathError{Op: "resolve", Path: "/", Err: errors.New("the root has no parent")}
+	}
+	dir, base := path.Split(img)
+	d, err := r.OpenDir(dir)
+	if err != nil {
+		return nil, "", err
+	}
+	return d, base, nil
+}
+
+// Lstat stats the image path p without following its last element.
+func (r *Root) Lstat(p string) (fs.FileInfo, error) {
+	if Clean(p) == "" {
+		return r.dir.Stat()
+	}
+	d, name, err := r.Parent(p)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	return d.Lstat(name)
+}
+
+// Stat stats the image path p, following symlinks inside the root.
+func (r *Root) Stat(p string) (fs.FileInfo, error) {
+	img := Clean(p)
+	if img == "" {
+		return r.dir.Stat()
+	}
+	f, err := pathrs.OpenatInRoot(r.dir.f, img)
+	if err != nil {
+		return nil, &fs.PathError{Op: "stat", Path: "/" + img, Err: unwrapPath(err)}
+	}
+	defer f.Close()
+	return fstat(f, path.Base(img))
+}
+
+// Real resolves the image path p, following every symlink, and returns
+// where it leads: the real image path of what it names or, when only its
+// last element is missing, the parent's real path joined with that
+// element. A dangling symlink, or a missing parent, is fs.ErrNotExist.
+func (r *Root) Real(p string) (string, error) {
+	img := Clean(p)
+	if img == "" {
+		return "", nil
+	}
+	f, err := pathrs.OpenatInRoot(r.dir.f, img)
+	if err == nil {
+		defer f.Close()
+		return r.imgOf(f)
+	}
+	if !errors.Is(err, unix.ENOENT) {
+		return "", &fs.PathError{Op: "resolve", Path: "/" + img, Err: unwrapPath(err)}
+	}
+	d, name, err := r.Parent(img)
+	if err != nil {
+		return "", err
+	}
+	defer d.Close()
+	if d.Exists(name) {
+		return "", &fs.PathError{Op: "resolve", Path: "/" + img, Err: fmt.Errorf("dangling symlink: %w", fs.ErrNotExist)}
+	}
+	return path.Join(d.img, name), nil
+}
+
+// OpenFile opens the regular file at image path p for reading, following
+// symlinks inside the root. Anything but a regular file (a fifo, a
+// device, a socket) is refused without being opened for reading.
+func (r *Root) OpenFile(p string) (*os.File, error) {
+	img := Clean(p)
+	h, err := pathrs.OpenatInRoot(r.dir.f, img)
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: "/" + img, Err: unwrapPath(err)}
+	}
+	defer h.Close()
+	return reopenRegular(h, "/"+img)
+}
+
+// reopenRegular upgrades an O_PATH handle on a regular file to one open
+// for reading.
+func reopenRegular(h *os.File, name string) (*os.File, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(h.Fd()), &st); err != nil {
+		return nil, &fs.PathError{Op: "stat", Path: name, Err: err}
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return nil, &fs.PathError{Op: "open", Path: name, Err: fmt.Errorf("not a regular file (%s)", typeName(st.Mode))}
+	}
+	f, err := pathrs.Reopen(h, unix.O_RDONLY|unix.O_CLOEXEC)
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: name, Err: unwrapPath(err)}
+	}
+	return f, nil
+}
+
+// MkdirOptions say how MkdirAll creates the directories that are missing.
+type MkdirOptions struct {
+	// Mode is the permission of created directories (0755 when zero).
+	Mode fs.FileMode
+	// Before, when set, is called before each directory is created, with
+	// its parent and name.
+	Before func(parent *Dir, name string) error
+	// Created, when set, is called for each directory created, with its
+	// parent and name, before anything is created in it: the place to set
+	// its owner and record it.
+	Created func(parent *Dir, name string) error
+}
+
+// MkdirAll makes sure the image path p is a directory, creating what is
+// missing (following symlinks inside the root as the image would), and
+// returns a handle on it. A symlink whose target is missing has its
+// target created, as BuildKit's copy does; a non-directory in the way is
+// refused.
+func (r *Root) MkdirAll(p string, o MkdirOptions) (*Dir, error) {
+	if o.Mode == 0 {
+		o.Mode = 0o755
+	}
+	links := 0
+	return r.mkdirAll(Clean(p), o, &links)
+}
+
+// maxLinks bounds the symlinks one MkdirAll follows to missing targets,
+// as the kernel's ELOOP does.
+const maxLinks = 40
+
+func (r *Root) mkdirAll(img string, o MkdirOptions, links *int) (*Dir, error) {
+	cur, err := r.dir.dup()
+	if err != nil {
+		return nil, err
+	}
+	for _, name := range strings.Split(img, "/") {
+		if name == "" {
+			continue
+		}
+		next, err := cur.mkdirStep(name, o, links)
+		cur.Close()
+		if err != nil {
+			return nil, err
+		}
+		cur = next
+	}
+	return cur, nil
+}
+
+// mkdirStep returns the directory name in d, creating it if missing and
+// following it inside the root if it is a symlink.
+func (d *Dir) mkdirStep(name string, o MkdirOptions, links *int) (*Dir, error) {
+	st, err := d.lstat(name)
+	switch {
+	case errors.Is(err, unix.ENOENT):
+		if o.Before != nil {
+			if err := o.Before(d, name); err != nil {
+				return nil, err
+			}
+		}
+		if err := d.Mkdir(name, o.Mode); err != nil && !errors.Is(err, fs.ErrExist) {
+			return nil, err
+		} else if err == nil && o.Created != nil {
+			if err := o.Created(d, name); err != nil {
+				return nil, err
+			}
+		}
+		return d.OpenDirAt(name)
+	case err != nil:
+		return nil, &fs.PathError{Op: "lstat", Path: d.show(name), Err: err}
+	case st.Mode&unix.S_IFMT == unix.S_IFDIR:
+		return d.OpenDirAt(name)
+	case st.Mode&unix.S_IFMT == unix.S_IFLNK:
+		next, err := d.root.OpenDir(path.Join(d.img, name))
+		if !errors.Is(err, fs.ErrNotExist) {
+			return next, err
+		}
+		// A dangling symlink: create what it points to, inside the root.
+		if *links++; *links > maxLinks {
+			return nil, &fs.PathError{Op: "mkdir", Path: d.show(name), Err: unix.ELOOP}
+		}
+		target, err := d.Readlink(name)
+		if err != nil {
+			return nil, err
+		}
+		if !path.IsAbs(target) {
+			target = path.Join("/"+d.img, target)
+		}
+		return d.root.mkdirAll(Clean(target), o, links)
+	default:
+		return nil, &fs.PathError{Op: "mkdir", Path: d.show(name), Err: unix.ENOTDIR}
+	}
+}
+
+func unwrapPath(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+func typeName(mode uint32) string {
+	switch mode & unix.S_IFMT {
+	case unix.S_IFIFO:
+		return "a fifo"
+	case unix.S_IFCHR:
+		return "a character device"
+	case unix.S_IFBLK:
+		return "a block device"
+	case unix.S_IFSOCK:
+		return "a socket"
+	case unix.S_IFLNK:
+		return "a symlink"
+	case unix.S_IFDIR:
+		return "a directory"
+	}
+	return "a file"
+}

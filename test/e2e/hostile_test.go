@@ -1,0 +1,174 @@
+package e2e
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/kilnbuild/kiln/internal/imagetest"
+)
+
+// canary is a host directory the build must never touch: it holds a
+// root-only secret and a victim file in a subdirectory.
+type canary struct {
+	dir, before string
+}
+
+const canarySecret = "host-secret-5d1c"
+
+func newCanary(t *testing.T) *canary {
+	t.Helper()
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "b"), 0o700)
+	os.WriteFile(filepath.Join(dir, "secret"), []byte(canarySecret), 0o600)
+	os.WriteFile(filepath.Join(dir, "b/victim"), []byte("victim"), 0o600)
+	os.Chmod(dir, 0o700)
+	c := &canary{dir: dir}
+	c.before = describe(t, dir)
+	return c
+}
+
+// check fails the test when anything in or of the canary changed.
+func (c *canary) check(t *testing.T) {
+	t.Helper()
+	if after := describe(t, c.dir); after != c.before {
+		t.Errorf("the host directory %s changed:\nbefore:\n%s\nafter:\n%s", c.dir, c.before, after)
+	}
+}
+
+// describe lists a tree: names, types, modes, owners, sizes, times and
+// contents, the directory itself included.
+func describe(t *testing.T, dir string) string {
+	t.Helper()
+	var b strings.Builder
+	filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			fmt.Fprintf(&b, "%s: %v\n", p, err)
+			return nil
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		fmt.Fprintf(&b, "%s %v %d:%d %d mtime=%d ctime=%d", strings.TrimPrefix(p, dir), fi.Mode(), st.Uid, st.Gid, fi.Size(), fi.ModTime().UnixNano(), st.Ctim.Nano())
+		if fi.Mode().IsRegular() {
+			data, _ := os.ReadFile(p)
+			fmt.Fprintf(&b, " %q", data)
+		}
+		b.WriteString("\n")
+		return nil
+	})
+	return b.String()
+}
+
+// cacheDirName is the directory kiln keeps a RUN cache mount of id in.
+func cacheDirName(id string) string {
+	sum := sha256.Sum256([]byte(id))
+	return hex.EncodeToString(sum[:8])
+}
+
+// TestHostileMountChain is the security issue's finding 1: a bind mount
+// brings in a symlink, a later mount target passes through it to cover
+// kiln's own run-cache directory, and a cache mount's source then leads
+// to any host directory. Every target must be resolved inside the root,
+// through the mounts made before it, at the moment it is mounted; every
+// source before anything is mounted. Tried with the sources in the
+// context and with the sources made by an earlier stage.
+func TestHostileMountChain(t *testing.T) {
+	reg := imagetest.Registry(t)
+	base := reg + "/busybox:hostile"
+	pushTo(t, base, imagetest.Image(t, true, nil, imagetest.BusyboxFiles(t)))
+	const id = "pwn"
+	long := "/" + strings.Repeat("c", 200) // mounted after the chain: targets go shortest first
+	for _, tc := range []struct {
+		name, dockerfile string
+		context          func(ctx, host string)
+	}{{
+		name: "context sources",
+		dockerfile: `ARG BASE
+FROM $BASE
+ARG WORK
+RUN --mount=type=bind,source=d,target=/m --mount=type=bind,source=f,target=/m/x${WORK}/run-cache --mount=type=cache,id=` + id + `,target=` + long + ` \
+    cat ` + long + `/secret > /leak 2>&1; touch ` + long + `/planted; echo done > /ran
+`,
+		context: func(ctx, host string) {
+			os.MkdirAll(filepath.Join(ctx, "d"), 0o755)
+			os.Symlink(strings.Repeat("../", 30), filepath.Join(ctx, "d", "x"))
+			os.MkdirAll(filepath.Join(ctx, "f"), 0o755)
+			os.Symlink(host, filepath.Join(ctx, "f", cacheDirName(id)))
+		},
+	}, {
+		name: "stage sources",
+		dockerfile: `ARG BASE
+FROM $BASE AS evil
+ARG HOST
+RUN mkdir -p /d /f && ln -s ../../../../../../../../../../../../../../../.. /d/x && ln -s $HOST /f/` + cacheDirName(id) + `
+FROM $BASE
+ARG WORK
+RUN --mount=type=bind,from=evil,source=/d,target=/m --mount=type=bind,from=evil,source=/f,target=/m/x${WORK}/run-cache --mount=type=cache,id=` + id + `,target=` + long + ` \
+    cat ` + long + `/secret > /leak 2>&1; touch ` + long + `/planted; echo done > /ran
+`,
+	}} {
+		t.Run(tc.name, func(t *testing.T) {
+			host := newCanary(t)
+			kd := t.TempDir()
+			ctx := t.TempDir()
+			os.WriteFile(filepath.Join(ctx, "Dockerfile"), []byte(tc.dockerfile), 0o644)
+			if tc.context != nil {
+				tc.context(ctx, host.dir)
+			}
+			dest := reg + "/kiln/hostile-mounts:" + strings.ReplaceAll(tc.name, " ", "-")
+			r := kiln(t, nil, "--context", ctx, "-d", dest, "--insecure", "--insecure-pull", "--isolation", "chroot",
+				"--kaniko-dir", kd, "--build-arg", "BASE="+base, "--build-arg", "WORK="+filepath.Join(kd, "work"),
+				"--build-arg", "HOST="+host.dir)
+			host.check(t)
+			if r.code != 0 {
+				t.Fatalf("build failed (%d):\n%s", r.code, r.stderr)
+			}
+			fs := imagetest.Flatten(t, pull(t, dest))
+			if fs["ran"].Content != "done\n" {
+				t.Fatalf("the RUN did not run: %+v", fs["ran"])
+			}
+			if strings.Contains(fs["leak"].Content, canarySecret) {
+				t.Errorf("the RUN read the host's secret: %q", fs["leak"].Content)
+			}
+			if _, err := os.Stat(filepath.Join(kd, "work", "run-cache", cacheDirName(id), "planted")); err != nil {
+				t.Errorf("the cache mount is not kiln's own cache directory: %v", err)
+			}
+		})
+	}
+}
+
+// TestHostileStubRemoval is finding 2: after the RUN, kiln removes the
+// mount points it created. A RUN that replaces a mount point's parent with
+// a symlink to a host directory must not make kiln (host root) delete a
+// host file of the mount point's name, nor change that directory's times.
+func TestHostileStubRemoval(t *testing.T) {
+	reg := imagetest.Registry(t)
+	base := reg + "/busybox:stubs"
+	pushTo(t, base, imagetest.Image(t, true, nil, imagetest.BusyboxFiles(t)))
+	host := newCanary(t)
+	ctx := t.TempDir()
+	os.WriteFile(filepath.Join(ctx, "Dockerfile"), []byte(`ARG BASE
+FROM $BASE
+ARG HOST
+RUN --mount=type=tmpfs,target=/a/b/victim mv /a /moved && ln -s $HOST /a && echo done > /ran
+RUN --mount=type=tmpfs,target=/p/secret rm -rf /p; ln -s $HOST /p; echo again > /ran2
+`), 0o644)
+	dest := reg + "/kiln/hostile-stubs:1"
+	r := kiln(t, nil, "--context", ctx, "-d", dest, "--insecure", "--insecure-pull", "--isolation", "chroot",
+		"--build-arg", "BASE="+base, "--build-arg", "HOST="+host.dir)
+	host.check(t)
+	if r.code != 0 {
+		t.Fatalf("build failed (%d):\n%s", r.code, r.stderr)
+	}
+	fs := imagetest.Flatten(t, pull(t, dest))
+	if fs["ran"].Content != "done\n" || fs["ran2"].Content != "again\n" {
+		t.Fatalf("the RUNs did not run: %+v %+v", fs["ran"], fs["ran2"])
+	}
+	if fs["a"].Header.Linkname != host.dir {
+		t.Errorf("/a: %+v, want the RUN's symlink", fs["a"].Header)
+	}
+}
