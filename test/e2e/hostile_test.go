@@ -55,7 +55,12 @@ func describe(t *testing.T, dir string) string {
 		fmt.Fprintf(&b, "%s %v %d:%d %d mtime=%d ctime=%d", strings.TrimPrefix(p, dir), fi.Mode(), st.Uid, st.Gid, fi.Size(), fi.ModTime().UnixNano(), st.Ctim.Nano())
 		if fi.Mode().IsRegular() {
 			data, _ := os.ReadFile(p)
-			fmt.Fprintf(&b, " %q", data)
+			if len(data) > 256 {
+				sum := sha256.Sum256(data)
+				fmt.Fprintf(&b, " sha256:%x", sum)
+			} else {
+				fmt.Fprintf(&b, " %q", data)
+			}
 		}
 		b.WriteString("\n")
 		return nil
@@ -170,5 +175,83 @@ RUN --mount=type=tmpfs,target=/p/secret rm -rf /p; ln -s $HOST /p; echo again > 
 	}
 	if fs["a"].Header.Linkname != host.dir {
 		t.Errorf("/a: %+v, want the RUN's symlink", fs["a"].Header)
+	}
+}
+
+// TestHostileBaseInPlace is findings 3 and 4: in place, in runc with
+// Docker's default capabilities, base layers whose whiteouts name "." or
+// ".." are refused before anything is removed, and base-layer symlinks
+// never carry a write into kiln's directory, the workspace or a volume.
+func TestHostileBaseInPlace(t *testing.T) {
+	reg := imagetest.Registry(t)
+	busybox := imagetest.BusyboxFiles(t)
+	for _, tc := range []struct {
+		name    string
+		layer   []imagetest.File
+		wantErr string
+	}{
+		{name: "whiteout of dotdot", layer: []imagetest.File{imagetest.Reg(".wh..", "", 0, 0, 0)}, wantErr: "a whiteout that names no file"},
+		{name: "nested whiteout of dotdot", layer: []imagetest.File{imagetest.Dir("x", 0o755, 0, 0), imagetest.Reg("x/.wh..", "", 0, 0, 0)}, wantErr: "a whiteout that names no file"},
+		{name: "links into protected paths", layer: []imagetest.File{
+			imagetest.Symlink("kd", "/kaniko"),
+			imagetest.Reg("kd/.docker/config.json", `{"auths":{"attacker.example":{"auth":"eDp5"}}}`, 0o644, 0, 0),
+			imagetest.Reg("kd/build", "#!/bin/sh\necho owned\n", 0o755, 0, 0),
+			imagetest.Symlink("ws", "/workspace"),
+			imagetest.Reg("ws/planted", "for the next step", 0o755, 0, 0),
+			imagetest.Symlink("vl", "../../vol"),
+			imagetest.Reg("vl/data", "overwritten", 0o644, 0, 0),
+			imagetest.Reg("vl/.wh.keep", "", 0, 0, 0),
+			imagetest.File{Path: "stolen", Type: '1', Link: "kd/.docker/config.json"},
+			imagetest.Reg("ok", "the rest of the layer", 0o644, 0, 0),
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			base := reg + "/hostile/base:" + strings.ReplaceAll(tc.name, " ", "-")
+			pushTo(t, base, imagetest.Image(t, true, nil, busybox, tc.layer))
+			rootfs := t.TempDir()
+			os.MkdirAll(filepath.Join(rootfs, "kaniko", ".docker"), 0o755)
+			bin, _ := os.ReadFile(filepath.Join(binDir, "build"))
+			os.WriteFile(filepath.Join(rootfs, "kaniko", "build"), bin, 0o755)
+			os.WriteFile(filepath.Join(rootfs, "kaniko", ".docker", "config.json"), []byte(`{"auths":{}}`), 0o600)
+			kaniko := describe(t, filepath.Join(rootfs, "kaniko", ".docker")) + describe(t, filepath.Join(rootfs, "kaniko", "build"))
+			ctx := t.TempDir()
+			os.WriteFile(filepath.Join(ctx, "Dockerfile"), []byte("FROM "+base+"\nRUN cat /ok > /copied\n"), 0o644)
+			workspace := describe(t, ctx)
+			vol := newCanary(t)
+			os.WriteFile(filepath.Join(vol.dir, "data"), []byte("volume"), 0o644)
+			os.WriteFile(filepath.Join(vol.dir, "keep"), []byte("keep"), 0o644)
+			vol.before = describe(t, vol.dir)
+			dest := reg + "/hostile/inplace:" + strings.ReplaceAll(tc.name, " ", "-")
+			r := runContainer(t, container{
+				rootfs: rootfs,
+				args: []string{"/kaniko/build", "--context", "/workspace", "-d", dest, "--insecure", "--insecure-pull",
+					"--isolation", "in-place", "--log-format", "text"},
+				binds: []bind{{ctx, "/workspace"}, {vol.dir, "/vol"}},
+				env:   []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "container=oci", "HOME=/root"},
+			})
+			if after := describe(t, filepath.Join(rootfs, "kaniko", ".docker")) + describe(t, filepath.Join(rootfs, "kaniko", "build")); after != kaniko {
+				t.Errorf("kiln's directory changed:\nbefore:\n%s\nafter:\n%s", kaniko, after)
+			}
+			if after := describe(t, ctx); after != workspace {
+				t.Errorf("the workspace changed:\nbefore:\n%s\nafter:\n%s", workspace, after)
+			}
+			vol.check(t)
+			if tc.wantErr != "" {
+				if r.code == 0 || !strings.Contains(r.stderr, tc.wantErr) {
+					t.Fatalf("exit %d, want a failure naming %q:\n%s", r.code, tc.wantErr, r.stderr)
+				}
+				if _, err := pullErr(dest); err == nil {
+					t.Error("a refused build pushed a tag")
+				}
+				return
+			}
+			if r.code != 0 {
+				t.Fatalf("build failed (%d):\n%s\n%s", r.code, r.stdout, r.stderr)
+			}
+			fs := imagetest.Flatten(t, pull(t, dest))
+			if fs["copied"].Content != "the rest of the layer" {
+				t.Errorf("the RUN saw /ok as %+v", fs["copied"])
+			}
+		})
 	}
 }
