@@ -189,8 +189,8 @@ type builder struct {
 	// fromImages are the --from images pulled so far.
 	fromImages map[string]v1.Image
 	http       *http.Client
-	// secretValues are the secrets read so far, hidden in RUN output.
-	secretValues []string
+	// secrets are the secret values read so far, hidden in RUN output.
+	secrets redactor
 	// materials are the images pulled, for the build record.
 	materials []record.Material
 	// ctxRecord describes the context.

@@ -208,19 +208,8 @@ func (b *builder) snapshotMode() snapshot.Mode {
 	return m
 }
 
-// minRedacted is the shortest secret value hidden in output: shorter
-// ones would mask ordinary text.
-const minRedacted = 4
-
 // redact hides secret values in a line of output.
-func (b *builder) redact(line string) string {
-	for _, v := range b.secretValues {
-		if len(v) >= minRedacted {
-			line = strings.ReplaceAll(line, v, "***")
-		}
-	}
-	return line
-}
+func (b *builder) redact(line string) string { return b.secrets.redact(line) }
 
 // runMounts turns RUN --mount options into sandbox mounts (and, in place,
 // secrets into files placed for the run). The returned function removes
@@ -425,7 +414,7 @@ func (b *builder) secretValue(s Secret) (string, error) {
 		}
 		v = string(data)
 	}
-	b.secretValues = append(b.secretValues, strings.TrimSpace(v))
+	b.secrets.add(v)
 	return v, nil
 }
 

@@ -255,3 +255,49 @@ func TestHostileBaseInPlace(t *testing.T) {
 		})
 	}
 }
+
+// TestMultiLineSecretNotLogged is finding 5: a secret of several lines (a
+// PEM key) printed by a RUN, line by line, never reaches the log or the
+// error report in clear, nor a layer.
+func TestMultiLineSecretNotLogged(t *testing.T) {
+	reg := imagetest.Registry(t)
+	base := reg + "/busybox:secrets"
+	pushTo(t, base, imagetest.Image(t, true, nil, imagetest.BusyboxFiles(t)))
+	key := "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIGlhZ2VuZXJhdGVkLWZvci1raWxuLXRlc3RzLW9ubHktMTIzNDU2Nzg5\noAoGCCqGSM49AwEHoUQDQgAEc2VjcmV0LWxpbmUtdGhyZWUtb2YtdGhlLWtleS0x\n-----END EC PRIVATE KEY-----\n"
+	file := filepath.Join(t.TempDir(), "key.pem")
+	os.WriteFile(file, []byte(key), 0o600)
+	for _, tc := range []struct{ name, run string }{
+		{"printed", "cat /run/secrets/key; sed -n 2p /run/secrets/key >&2"},
+		{"failing", "cat /run/secrets/key; exit 3"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := t.TempDir()
+			os.WriteFile(filepath.Join(ctx, "Dockerfile"), []byte("FROM "+base+"\nRUN --mount=type=secret,id=key "+tc.run+"\n"), 0o644)
+			dest := reg + "/kiln/secret:" + strings.ReplaceAll(tc.name, " ", "-")
+			for _, format := range []string{"text", "json"} {
+				r := kiln(t, nil, "--context", ctx, "-d", dest, "--insecure", "--insecure-pull", "--secret", "id=key,src="+file,
+					"--log-format", format)
+				for _, line := range strings.Split(key, "\n") {
+					if line != "" && strings.Contains(r.stderr+r.stdout, line) {
+						t.Errorf("%s log shows the secret's line %q:\n%s", format, line, r.stderr)
+					}
+				}
+				if !strings.Contains(r.stderr, "***") {
+					t.Errorf("%s log: the masked output is missing:\n%s", format, r.stderr)
+				}
+			}
+			if tc.name != "printed" {
+				return
+			}
+			img := pull(t, dest)
+			ls, _ := img.Layers()
+			for _, l := range ls {
+				for _, name := range imagetest.LayerNames(t, l) {
+					if strings.Contains(name, "secrets/key") {
+						t.Errorf("the secret's mount point is in a layer: %s", name)
+					}
+				}
+			}
+		})
+	}
+}
