@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -299,5 +300,75 @@ func TestMultiLineSecretNotLogged(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestIgnoredFilesStayOut is finding 6: a .dockerignore'd file must not
+// reach the image through a symlink in the context (alias -> .env,
+// dl -> .), nor through RUN --mount=type=bind: the build sees the context
+// as BuildKit sends it, filtered.
+func TestIgnoredFilesStayOut(t *testing.T) {
+	reg := imagetest.Registry(t)
+	base := reg + "/busybox:ignore"
+	pushTo(t, base, imagetest.Image(t, true, nil, imagetest.BusyboxFiles(t)))
+	const secret = "DB_PASSWORD=ignored-7f3e"
+	ctx := t.TempDir()
+	os.WriteFile(filepath.Join(ctx, ".env"), []byte(secret), 0o600)
+	os.MkdirAll(filepath.Join(ctx, "private"), 0o755)
+	os.WriteFile(filepath.Join(ctx, "private", "key"), []byte(secret), 0o600)
+	os.WriteFile(filepath.Join(ctx, "app.txt"), []byte("app"), 0o644)
+	os.WriteFile(filepath.Join(ctx, ".dockerignore"), []byte(".env\nprivate\n"), 0o644)
+	os.Symlink(".env", filepath.Join(ctx, "alias"))
+	os.Symlink(".", filepath.Join(ctx, "dl"))
+	os.Symlink("private", filepath.Join(ctx, "pl"))
+	good := "FROM " + base + `
+COPY . /all/
+COPY dl/ /viadl/
+COPY dl/app.txt p* /some/
+RUN --mount=type=bind,target=/ctx cat /ctx/.env /ctx/alias /ctx/dl/.env /ctx/private/key > /bind-leak 2>&1; ls -a /ctx > /ctx-list; true
+RUN --mount=type=bind,source=dl,target=/dl cat /dl/.env > /bind-leak2 2>&1; true
+`
+	os.WriteFile(filepath.Join(ctx, "Dockerfile"), []byte(good), 0o644)
+	dest := reg + "/kiln/ignore:good"
+	r := kiln(t, nil, "--context", ctx, "-d", dest, "--insecure", "--insecure-pull")
+	if r.code != 0 {
+		t.Fatalf("build failed (%d):\n%s", r.code, r.stderr)
+	}
+	img := pull(t, dest)
+	ls, _ := img.Layers()
+	for i, l := range ls {
+		rc, _ := l.Uncompressed()
+		data, _ := io.ReadAll(rc)
+		rc.Close()
+		if strings.Contains(string(data), "ignored-7f3e") {
+			t.Errorf("layer %d holds the ignored file's content", i)
+		}
+	}
+	fs := imagetest.Flatten(t, img)
+	if fs["all/app.txt"].Content != "app" || fs["viadl/app.txt"].Content != "app" || fs["some/app.txt"].Content != "app" {
+		t.Errorf("the context's other files were not copied: %v %v %v", fs["all/app.txt"], fs["viadl/app.txt"], fs["some/app.txt"])
+	}
+	for _, p := range []string{"all/.env", "viadl/.env", "all/private", "some/key", "some/private"} {
+		if _, ok := fs[p]; ok {
+			t.Errorf("%s is in the image", p)
+		}
+	}
+	if strings.Contains(fs["ctx-list"].Content, ".env") || strings.Contains(fs["ctx-list"].Content, "private") {
+		t.Errorf("the bind-mounted context lists ignored files:\n%s", fs["ctx-list"].Content)
+	}
+	// Naming an ignored file, however, is an error.
+	for _, df := range []string{
+		"COPY alias /x",
+		"COPY dl/.env /x",
+		"COPY pl/key /x",
+		"RUN --mount=type=bind,source=alias,target=/s cat /s",
+	} {
+		os.WriteFile(filepath.Join(ctx, "Dockerfile"), []byte("FROM "+base+"\n"+df+"\n"), 0o644)
+		r := kiln(t, nil, "--context", ctx, "--no-push")
+		if r.code == 0 || strings.Contains(r.stderr, "ignored-7f3e") {
+			t.Errorf("%s: exit %d, want a failure:\n%s", df, r.code, r.stderr)
+		} else if !strings.Contains(r.stderr, "Dockerfile:2") {
+			t.Errorf("%s: the error does not name the line:\n%s", df, r.stderr)
+		}
 	}
 }
