@@ -425,7 +425,11 @@ func (b *builder) fetchContext(ctx context.Context) error {
 			}
 		}
 		if b.o.ContextSubPath != "" {
-			b.o.Context = filepath.Join(dir, b.o.ContextSubPath)
+			sub, err := buildcontext.SubDir(dir, b.o.ContextSubPath)
+			if err != nil {
+				return err
+			}
+			b.o.Context = sub
 		}
 		if b.ctxRecord == nil {
 			if abs, err := filepath.Abs(b.o.Context); err == nil {
@@ -446,7 +450,12 @@ func (b *builder) fetchContext(ctx context.Context) error {
 	}
 	b.log.Info("fetched context", "source", rec.Source, "commit", rec.Commit, "sha256", rec.SHA256)
 	b.ctxRecord = rec
-	b.o.Context = filepath.Join(dest, b.o.ContextSubPath)
+	b.o.Context = dest
+	if b.o.ContextSubPath != "" {
+		if b.o.Context, err = buildcontext.SubDir(dest, b.o.ContextSubPath); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

@@ -14,12 +14,15 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
+
+	"github.com/kilnbuild/kiln/internal/fsroot"
 )
 
 // Record describes a fetched context, for provenance.
@@ -135,9 +138,12 @@ func Fetch(ctx context.Context, o FetchOptions) (*Record, error) {
 	if err := fetchInto(ctx, o, tmp, rec); err != nil {
 		return nil, err
 	}
+	if err := CheckLinks(tmp); err != nil {
+		return nil, fmt.Errorf("--context %s: %w", Redact(o.Source), err)
+	}
 	if o.SubPath != "" {
-		if fi, err := os.Stat(filepath.Join(tmp, o.SubPath)); err != nil || !fi.IsDir() {
-			return nil, fmt.Errorf("--context-sub-path %q: not a directory in the context", o.SubPath)
+		if _, err := SubDir(tmp, o.SubPath); err != nil {
+			return nil, err
 		}
 	}
 	if rec.SHA256, err = CanonicalDigest(tmp); err != nil {
@@ -147,6 +153,27 @@ func Fetch(ctx context.Context, o FetchOptions) (*Record, error) {
 		return nil, err
 	}
 	return rec, nil
+}
+
+// SubDir returns the directory --context-sub-path names inside the
+// context dir: a relative path that stays inside it, its symlinks
+// followed inside the context, naming a directory.
+func SubDir(dir, sub string) (string, error) {
+	clean := path.Clean(filepath.ToSlash(sub))
+	if path.IsAbs(clean) || clean == ".." || strings.HasPrefix(clean, "../") {
+		return "", fmt.Errorf("--context-sub-path %q: must be a path inside the context", sub)
+	}
+	root, err := fsroot.Open(dir)
+	if err != nil {
+		return "", fmt.Errorf("--context-sub-path %q: %w", sub, err)
+	}
+	defer root.Close()
+	d, err := root.OpenDir(clean)
+	if err != nil {
+		return "", fmt.Errorf("--context-sub-path %q: not a directory in the context", sub)
+	}
+	defer d.Close()
+	return filepath.Join(dir, filepath.FromSlash(d.Path())), nil
 }
 
 func checkDest(dest string) error {

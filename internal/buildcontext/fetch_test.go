@@ -128,6 +128,9 @@ func TestHostileArchives(t *testing.T) {
 		{"absolute name", []imagetest.File{imagetest.Reg("/etc/evil", "x", 0o644, 0, 0)}, Limits{}, `"/etc/evil": absolute names`},
 		{"symlink escaping", []imagetest.File{imagetest.Symlink("up", "../../etc")}, Limits{}, `"up": symlink to "../../etc" leaves`},
 		{"absolute symlink", []imagetest.File{imagetest.Symlink("abs", "/etc/passwd")}, Limits{}, "absolute path"},
+		{"symlink chain leaving", []imagetest.File{imagetest.Dir("x", 0o755, 0, 0), imagetest.Symlink("x/l1", ".."), imagetest.Symlink("l2", "x/l1/..")}, Limits{}, `"l2": symlink to "x/l1/.." leaves the context through another symlink`},
+		{"symlink chain through a later link", []imagetest.File{imagetest.Symlink("a", "b/c"), imagetest.Symlink("b", "..")}, Limits{}, "leaves the context"},
+		{"symlink loop", []imagetest.File{imagetest.Symlink("l1", "l2"), imagetest.Symlink("l2", "l1")}, Limits{}, "symlink loop"},
 		{"write through a symlink", []imagetest.File{imagetest.Dir("d", 0o755, 0, 0), imagetest.Symlink("s", "d"), imagetest.Reg("s/f", "x", 0o644, 0, 0)}, Limits{}, "parent \"s\" is a symlink"},
 		{"hard link escaping", []imagetest.File{{Path: "h", Type: '1', Link: "../../etc/passwd"}}, Limits{}, "hard link"},
 		{"device", []imagetest.File{{Path: "dev/sda", Type: '4'}}, Limits{}, "device nodes"},
@@ -149,6 +152,35 @@ func TestHostileArchives(t *testing.T) {
 				t.Errorf("left behind: %v", ents)
 			}
 		})
+	}
+}
+
+func TestContextLinksAndSubPath(t *testing.T) {
+	// Links that stay inside, dangling ones whose targets stay inside, and
+	// a chain that comes back are all fine.
+	src := filepath.Join(t.TempDir(), "ok.tar")
+	os.WriteFile(src, imagetest.Tar(
+		imagetest.Dir("x/y", 0o755, 0, 0),
+		imagetest.Symlink("x/up", ".."),
+		imagetest.Symlink("back", "x/up/x/y"),
+		imagetest.Symlink("later", "x/not-yet"),
+		imagetest.Symlink("self", "."),
+	), 0o644)
+	dest := filepath.Join(t.TempDir(), "ctx")
+	if _, err := Fetch(context.Background(), FetchOptions{Source: "tar://" + src, Dest: dest, SubPath: "back"}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := SubDir(dest, "back"); err != nil || got != filepath.Join(dest, "x/y") {
+		t.Errorf("SubDir(back) = %q, %v", got, err)
+	}
+	for _, sub := range []string{"../..", "/etc", "x/../../..", "missing"} {
+		if _, err := SubDir(dest, sub); err == nil || !strings.Contains(err.Error(), "--context-sub-path") {
+			t.Errorf("SubDir(%q): %v", sub, err)
+		}
+		d2 := filepath.Join(t.TempDir(), "ctx")
+		if _, err := Fetch(context.Background(), FetchOptions{Source: "tar://" + src, Dest: d2, SubPath: sub}); err == nil {
+			t.Errorf("Fetch with --context-sub-path %q succeeded", sub)
+		}
 	}
 }
 

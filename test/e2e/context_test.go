@@ -176,6 +176,27 @@ func TestFetchContextStdinAndHostile(t *testing.T) {
 	if ents, _ := os.ReadDir(out); len(ents) != 0 {
 		t.Errorf("left behind: %v", ents)
 	}
+	// The security issue's finding 7: a chain of links, each lexically
+	// inside, that leaves the context; and --context-sub-path out of it.
+	chain := filepath.Join(t.TempDir(), "chain.tar")
+	os.WriteFile(chain, imagetest.Tar(imagetest.Dir("x", 0o755, 0, 0), imagetest.Symlink("x/l1", ".."), imagetest.Symlink("l2", "x/l1/..")), 0o644)
+	r = step(t, "fetch-context", nil, "--context", "tar://"+chain, "--dest", filepath.Join(out, "src"))
+	if r.code != 1 || !strings.Contains(r.stderr, `"l2"`) || !strings.Contains(r.stderr, "leaves the context") {
+		t.Errorf("symlink chain: exit %d\n%s", r.code, r.stderr)
+	}
+	ok := filepath.Join(t.TempDir(), "ok.tar")
+	os.WriteFile(ok, imagetest.Tar(imagetest.Reg("Dockerfile", "FROM scratch\n", 0o644, 0, 0)), 0o644)
+	r = step(t, "fetch-context", nil, "--context", "tar://"+ok, "--dest", filepath.Join(out, "src"), "--context-sub-path", "../..")
+	if r.code != 1 || !strings.Contains(r.stderr, "--context-sub-path") {
+		t.Errorf("--context-sub-path ../..: exit %d\n%s", r.code, r.stderr)
+	}
+	if ents, _ := os.ReadDir(out); len(ents) != 0 {
+		t.Errorf("left behind: %v", ents)
+	}
+	r = kiln(t, nil, "--context", filepath.Join(ws, "src"), "--context-sub-path", "../..", "--no-push")
+	if r.code == 0 || !strings.Contains(r.stderr, "--context-sub-path") {
+		t.Errorf("build --context-sub-path ../..: exit %d\n%s", r.code, r.stderr)
+	}
 }
 
 // TestBuildFromGitScheme uses kaniko's git:// form, which (as in kaniko)
