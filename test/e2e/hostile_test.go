@@ -1,15 +1,20 @@
 package e2e
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/v1/layout"
 
 	"github.com/kilnbuild/kiln/internal/imagetest"
 )
@@ -370,5 +375,47 @@ RUN --mount=type=bind,source=dl,target=/dl cat /dl/.env > /bind-leak2 2>&1; true
 		} else if !strings.Contains(r.stderr, "Dockerfile:2") {
 			t.Errorf("%s: the error does not name the line:\n%s", df, r.stderr)
 		}
+	}
+}
+
+// TestFifoInContext is finding 8: ADD (and COPY) of a fifo in the context
+// must neither hang nor ignore SIGTERM: a fifo is never opened.
+func TestFifoInContext(t *testing.T) {
+	ctx := t.TempDir()
+	if err := syscall.Mkfifo(filepath.Join(ctx, "pipe"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(ctx, "f"), []byte("f"), 0o644)
+	os.WriteFile(filepath.Join(ctx, "Dockerfile"), []byte("FROM scratch\nADD pipe /added\nCOPY . /all/\n"), 0o644)
+	out := t.TempDir()
+	cmdCtx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(cmdCtx, filepath.Join(binDir, "build"), "--context", ctx, "--no-push", "--oci-layout-path", filepath.Join(out, "layout"))
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir(), "TMPDIR=" + t.TempDir()}
+	data, err := cmd.CombinedOutput()
+	if cmdCtx.Err() != nil {
+		t.Fatalf("the build hung on a fifo:\n%s", data)
+	}
+	if err != nil {
+		t.Fatalf("build failed: %v\n%s", err, data)
+	}
+	idx, err := layout.ImageIndexFromPath(filepath.Join(out, "layout"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, _ := idx.IndexManifest()
+	img, err := idx.Image(m.Manifests[0].Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs := imagetest.Flatten(t, img)
+	if _, ok := fs["added"]; ok {
+		t.Error("the fifo was added")
+	}
+	if _, ok := fs["all/pipe"]; ok {
+		t.Error("the fifo was copied")
+	}
+	if fs["all/f"].Content != "f" {
+		t.Errorf("all/f = %+v", fs["all/f"])
 	}
 }
