@@ -45,7 +45,10 @@ type Options struct {
 
 // Pusher writes an image to a registry.
 type Pusher interface {
+	// Write pushes img (its blobs and manifest) to ref.
 	Write(ctx context.Context, ref name.Reference, img v1.Image) error
+	// Tag points tag at img, whose manifest is in tag's repository.
+	Tag(ctx context.Context, tag name.Tag, img v1.Image) error
 }
 
 // DefaultTarTag names the image in a tarball when no destination is given.
@@ -113,27 +116,64 @@ func Write(ctx context.Context, img v1.Image, o Options, p Pusher, log *slog.Log
 		}
 	}
 	if !o.NoPush {
+		// Every repository gets the whole image by digest first; only
+		// then are tags set, so a push that fails leaves no tag on an
+		// image that is not all there.
 		for _, d := range o.Destinations {
 			log.Info("pushing", "destination", d.String())
-			if err := p.Write(ctx, d, img); err != nil {
+			byDigest := d.Context().Digest(digest.String())
+			if err := p.Write(ctx, byDigest, img); err != nil {
 				return fmt.Errorf("pushing %s: %w", d, err)
 			}
-			log.Info("pushed", "image", d.Context().Name()+"@"+digest.String())
+		}
+		for _, d := range o.Destinations {
+			if t, ok := d.(name.Tag); ok {
+				if err := p.Tag(ctx, t, img); err != nil {
+					return fmt.Errorf("tagging %s: %w", d, err)
+				}
+			}
+			log.Info("pushed", "image", d.Context().Name()+"@"+digest.String(), "destination", d.String())
 		}
 	}
-	for _, s := range pending {
-		if err := s.commit(); err != nil {
-			return err
-		}
+	if err := commitAll(pending); err != nil {
+		pending = nil // rolled back or aborted
+		return err
 	}
 	pending = nil
 	return nil
 }
 
+// commitAll puts every staged output into place, or, when one fails,
+// undoes those already committed and drops the rest: all or nothing.
+func commitAll(pending []*staged) error {
+	for i, s := range pending {
+		if err := s.commit(); err != nil {
+			for j := i - 1; j >= 0; j-- {
+				pending[j].rollback()
+			}
+			for _, rest := range pending[i:] {
+				rest.abort()
+			}
+			return err
+		}
+	}
+	for _, s := range pending {
+		if s.finish != nil {
+			s.finish()
+		}
+	}
+	return nil
+}
+
 // staged is an output written under a temporary name.
 type staged struct {
-	commit func() error
-	abort  func()
+	// commit puts it into place; rollback undoes a commit (a later one
+	// failed), abort drops what was prepared and never committed, finish
+	// drops what a commit kept for rolling back.
+	commit   func() error
+	rollback func()
+	abort    func()
+	finish   func()
 }
 
 // tempBeside creates a temporary file on the target's file system: in its
@@ -159,25 +199,57 @@ func tempBeside(target, flag string) (*os.File, error) {
 	return f, nil
 }
 
+// renameStage commits tmp by renaming it to target; what target held
+// before is kept aside until every output is in place, and put back if a
+// later one fails.
 func renameStage(tmp, target, flag string) *staged {
+	backup := ""
 	return &staged{
 		commit: func() error {
 			if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
-				os.RemoveAll(tmp)
 				return fmt.Errorf("%s %s: %w", flag, target, err)
 			}
+			if _, err := os.Lstat(target); err == nil {
+				backup = tmp + ".old"
+				if err := os.Rename(target, backup); err != nil {
+					backup = ""
+					return fmt.Errorf("%s %s: %w", flag, target, err)
+				}
+			}
 			if err := os.Rename(tmp, target); err != nil {
-				os.Remove(tmp)
+				if backup != "" {
+					os.Rename(backup, target)
+					backup = ""
+				}
 				return fmt.Errorf("%s %s: %w", flag, target, err)
 			}
 			return nil
 		},
-		abort: func() { os.RemoveAll(tmp) },
+		rollback: func() {
+			os.RemoveAll(target)
+			if backup != "" {
+				os.Rename(backup, target)
+			}
+		},
+		abort:  func() { os.RemoveAll(tmp) },
+		finish: func() { os.RemoveAll(backup) },
 	}
+}
+
+// checkTarget refuses a file output whose path names a directory, before
+// anything is built or pushed.
+func checkTarget(target, flag string) error {
+	if fi, err := os.Stat(target); err == nil && fi.IsDir() {
+		return fmt.Errorf("%s %s: is a directory", flag, target)
+	}
+	return nil
 }
 
 // stageFile prepares a small text file.
 func stageFile(target, flag, content string) (*staged, error) {
+	if err := checkTarget(target, flag); err != nil {
+		return nil, err
+	}
 	f, err := tempBeside(target, flag)
 	if err != nil {
 		return nil, err
@@ -198,6 +270,9 @@ func stageFile(target, flag, content string) (*staged, error) {
 
 // stageTarball prepares a docker tarball tagged with every destination.
 func stageTarball(img v1.Image, target string, dests []name.Reference) (*staged, error) {
+	if err := checkTarget(target, "--tar-path"); err != nil {
+		return nil, err
+	}
 	f, err := tempBeside(target, "--tar-path")
 	if err != nil {
 		return nil, err
@@ -270,6 +345,8 @@ func stageLayout(img v1.Image, target string, dests []name.Reference) (*staged, 
 			return fail(errors.New("exists, is not empty and is not an OCI layout (no index.json)"))
 		}
 	}
+	index := filepath.Join(target, "index.json")
+	old, oldErr := os.ReadFile(index)
 	return &staged{
 		commit: func() error {
 			defer os.RemoveAll(tmp)
@@ -278,8 +355,25 @@ func stageLayout(img v1.Image, target string, dests []name.Reference) (*staged, 
 			}
 			return nil
 		},
+		// The blobs added stay: without the index entry they are unused.
+		rollback: func() {
+			if oldErr == nil {
+				atomicWrite(index, old)
+			} else {
+				os.Remove(index)
+			}
+		},
 		abort: func() { os.RemoveAll(tmp) },
 	}, nil
+}
+
+// atomicWrite replaces p with data through a rename.
+func atomicWrite(p string, data []byte) error {
+	tmp := p + ".kiln-restore"
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, p)
 }
 
 // mergeLayout moves src's blobs into the layout dst and then atomically
@@ -356,18 +450,11 @@ func (b *Batch) Add(path, flag, content string) error {
 	return nil
 }
 
-// Commit renames every prepared file into place.
+// Commit renames every prepared file into place, or none of them.
 func (b *Batch) Commit() error {
-	for i, s := range b.pending {
-		if err := s.commit(); err != nil {
-			for _, rest := range b.pending[i+1:] {
-				rest.abort()
-			}
-			return err
-		}
-	}
+	err := commitAll(b.pending)
 	b.pending = nil
-	return nil
+	return err
 }
 
 // Abort removes every prepared file.

@@ -24,13 +24,25 @@ func (remotePusher) Write(_ context.Context, ref name.Reference, img v1.Image) e
 	return remote.Write(ref, img)
 }
 
-type failingPusher struct{ after int }
+func (remotePusher) Tag(_ context.Context, tag name.Tag, img v1.Image) error {
+	return remote.Tag(tag, img)
+}
+
+type failingPusher struct {
+	after  int
+	tagged []string
+}
 
 func (f *failingPusher) Write(_ context.Context, ref name.Reference, img v1.Image) error {
 	if f.after == 0 {
 		return errors.New("registry said no")
 	}
 	f.after--
+	return nil
+}
+
+func (f *failingPusher) Tag(_ context.Context, tag name.Tag, img v1.Image) error {
+	f.tagged = append(f.tagged, tag.String())
 	return nil
 }
 
@@ -136,9 +148,15 @@ func TestWriteFailureLeavesNothing(t *testing.T) {
 		DigestFile:    filepath.Join(out, "digest"),
 	}
 	img2, _ := random.Image(100, 1)
-	err := Write(context.Background(), img2, o, &failingPusher{after: 1}, nil)
+	p := &failingPusher{after: 1}
+	err := Write(context.Background(), img2, o, p, nil)
 	if err == nil || !strings.Contains(err.Error(), "example.com/b:1") {
 		t.Fatalf("err = %v", err)
+	}
+	// The first repository got the image by digest, but no tag: a tag
+	// comes only after every repository has the whole image.
+	if len(p.tagged) != 0 {
+		t.Errorf("tags set although a push failed: %v", p.tagged)
 	}
 	ents, _ := os.ReadDir(out)
 	if len(ents) != 1 || ents[0].Name() != "layout" {
@@ -161,5 +179,44 @@ func TestLayoutPathNotALayout(t *testing.T) {
 	err := Write(context.Background(), img, Options{OCILayoutPath: dir, NoPush: true, DigestFile: filepath.Join(t.TempDir(), "d")}, nil, nil)
 	if err == nil || !strings.Contains(err.Error(), "--oci-layout-path") {
 		t.Errorf("err = %v", err)
+	}
+}
+
+// TestWriteLateFailureRollsBack is the security issue's finding 10: when
+// an output fails after others are in place, those are put back as they
+// were.
+func TestWriteLateFailureRollsBack(t *testing.T) {
+	img, _ := random.Image(100, 1)
+	out := t.TempDir()
+	tarPath, digestFile := filepath.Join(out, "img.tar"), filepath.Join(out, "digest")
+	os.WriteFile(tarPath, []byte("old tarball"), 0o644)
+	os.WriteFile(digestFile, []byte("sha256:old"), 0o644)
+	os.WriteFile(filepath.Join(out, "blocker"), nil, 0o644)
+	o := Options{NoPush: true, TarPath: tarPath, OCILayoutPath: filepath.Join(out, "layout"), DigestFile: digestFile,
+		ImageNameWithDigestFile: filepath.Join(out, "blocker", "names")}
+	if err := Write(context.Background(), img, o, nil, nil); err == nil || !strings.Contains(err.Error(), "--image-name-with-digest-file") {
+		t.Fatalf("err = %v", err)
+	}
+	if b, _ := os.ReadFile(tarPath); string(b) != "old tarball" {
+		t.Errorf("--tar-path now holds %d bytes, want the old file back", len(b))
+	}
+	if b, _ := os.ReadFile(digestFile); string(b) != "sha256:old" {
+		t.Errorf("--digest-file now %q", b)
+	}
+	ents, _ := os.ReadDir(out)
+	if len(ents) != 3 {
+		var names []string
+		for _, e := range ents {
+			names = append(names, e.Name())
+		}
+		t.Errorf("after a failed write the directory holds %v", names)
+	}
+	// An output that names a directory is refused before anything else.
+	o = Options{NoPush: true, TarPath: filepath.Join(out, "new.tar"), DigestFile: t.TempDir()}
+	if err := Write(context.Background(), img, o, nil, nil); err == nil || !strings.Contains(err.Error(), "is a directory") {
+		t.Fatalf("digest file naming a directory: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(out, "new.tar")); err == nil {
+		t.Error("the tarball was written although the digest file cannot be")
 	}
 }

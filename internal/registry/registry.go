@@ -316,6 +316,14 @@ func (c *Client) Write(ctx context.Context, ref name.Reference, img v1.Image) er
 	})
 }
 
+// Tag points tag at img, whose manifest is already in tag's repository,
+// retrying as --push-retry says.
+func (c *Client) Tag(ctx context.Context, tag name.Tag, img v1.Image) error {
+	return c.retry(ctx, c.o.PushRetry, "tagging "+tag.String(), func() error {
+		return remote.Tag(tag, img, c.options(ctx, true, c.o.Platform)...)
+	})
+}
+
 // CheckPush verifies the credentials allow pushing to ref's repository.
 func (c *Client) CheckPush(ctx context.Context, ref name.Reference) error {
 	auth, err := authn.Resolve(ctx, c.keychain, ref.Context())
