@@ -419,3 +419,32 @@ func TestFifoInContext(t *testing.T) {
 		t.Errorf("all/f = %+v", fs["all/f"])
 	}
 }
+
+// TestOutputsAllOrNothing is finding 10: a failed second destination
+// leaves no tag on the first, and an output that cannot be written
+// leaves no other output and no tag behind.
+func TestOutputsAllOrNothing(t *testing.T) {
+	reg := imagetest.Registry(t)
+	ctx := t.TempDir()
+	os.WriteFile(filepath.Join(ctx, "Dockerfile"), []byte("FROM scratch\nCOPY Dockerfile /\n"), 0o644)
+	out := t.TempDir()
+	r := kiln(t, nil, "--context", ctx, "-d", reg+"/first/app:1", "-d", "127.0.0.1:1/second/app:1", "--insecure",
+		"--skip-push-permission-check", "--tar-path", filepath.Join(out, "img.tar"), "--digest-file", filepath.Join(out, "digest"))
+	if r.code == 0 {
+		t.Fatal("a push to an unreachable registry succeeded")
+	}
+	if _, err := pullErr(reg + "/first/app:1"); err == nil {
+		t.Error("the first destination was tagged although the second failed")
+	}
+	mustNotExist(t, filepath.Join(out, "img.tar"), filepath.Join(out, "digest"))
+	dir := t.TempDir()
+	r = kiln(t, nil, "--context", ctx, "-d", reg+"/third/app:1", "--insecure", "--tar-path", filepath.Join(out, "img.tar"),
+		"--digest-file", dir)
+	if r.code == 0 || !strings.Contains(r.stderr, "--digest-file") {
+		t.Fatalf("a digest file naming a directory: exit %d\n%s", r.code, r.stderr)
+	}
+	if _, err := pullErr(reg + "/third/app:1"); err == nil {
+		t.Error("tagged although an output could not be written")
+	}
+	mustNotExist(t, filepath.Join(out, "img.tar"))
+}
