@@ -72,8 +72,9 @@ type Options struct {
 	// create namespaces).
 	Isolation string
 	// UserNS is how chroot isolation maps ids: "auto"/"" (a user namespace
-	// with run.DefaultIDMap where the kernel allows one, else none),
-	// "none", or "HOSTID[:SIZE]" (required).
+	// with run.DefaultIDMap where the kernel allows one, else none and a
+	// warning), "required" (the default mapping, or fail), "none", or
+	// "HOSTID[:SIZE]" (required).
 	UserNS string
 	// KanikoDir is kiln's own directory (--kaniko-dir: credentials,
 	// certificates); in place it is never emptied or unpacked over.
@@ -364,9 +365,9 @@ func (b *builder) newUserNS() (*run.UserNS, error) {
 	m := run.DefaultIDMap()
 	switch b.o.UserNS {
 	case "none":
-		b.log.Info("chroot isolation without a user namespace (--userns=none): root in a RUN is root in the sandbox")
+		b.log.Warn("chroot isolation without a user namespace (--userns=none): root in a RUN is the host's root, confined only by the sandbox's mount, pid, ipc and uts namespaces")
 		return nil, nil
-	case "", "auto":
+	case "", "auto", "required":
 	default:
 		var err error
 		if m, err = run.ParseIDMap(b.o.UserNS); err != nil {
@@ -383,7 +384,7 @@ func (b *builder) newUserNS() (*run.UserNS, error) {
 		if b.o.UserNS != "" && b.o.UserNS != "auto" {
 			return nil, fmt.Errorf("--userns %s: %w", b.o.UserNS, err)
 		}
-		b.log.Info("chroot isolation without a user namespace: this kernel or file system does not allow one here; root in a RUN is root in the sandbox", "reason", err.Error())
+		b.log.Warn("chroot isolation without a user namespace: this kernel or file system does not allow one here, so root in a RUN is the host's root, confined only by the sandbox's namespaces; pass --userns=required to refuse to build without one", "reason", err.Error())
 		return nil, nil
 	}
 	b.log.Debug("RUN runs in a user namespace", "ids", m.String())

@@ -343,12 +343,14 @@ func TestRunUserNamespaceFallback(t *testing.T) {
 		o.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 	}})
 	checkFiles(t, fs, map[string]want{"map": {content: str("0 0 4294967295\n")}}, nil)
-	if !strings.Contains(logs.String(), "without a user namespace") {
-		t.Errorf("the fallback is not logged:\n%s", logs.String())
+	if !strings.Contains(logs.String(), "level=WARN") || !strings.Contains(logs.String(), "--userns=required") {
+		t.Errorf("the fallback is not a warning naming --userns=required:\n%s", logs.String())
 	}
-	_, err := f.run(buildSpec{dockerfile: df, opts: func(o *Options) { o.WorkDir = work; o.UserNS = "100000:65536" }})
-	if err == nil || !strings.Contains(err.Error(), "--userns 100000:65536") || !strings.Contains(err.Error(), "id-mapping") {
-		t.Errorf("explicit mapping on ramfs: %v", err)
+	for _, userns := range []string{"100000:65536", "required"} {
+		_, err := f.run(buildSpec{dockerfile: df, opts: func(o *Options) { o.WorkDir = work; o.UserNS = userns }})
+		if err == nil || !strings.Contains(err.Error(), "--userns "+userns) || !strings.Contains(err.Error(), "id-mapping") {
+			t.Errorf("--userns %s on ramfs: %v", userns, err)
+		}
 	}
 }
 

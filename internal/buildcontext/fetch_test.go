@@ -336,4 +336,19 @@ func TestParseGit(t *testing.T) {
 	if _, err := ParseGitOptions("branch=main,depth=x"); err == nil {
 		t.Error("bad depth accepted")
 	}
+	// Refs and commits are checked before git sees them: nothing can pass
+	// as an option.
+	for _, src := range []string{
+		"git://h/r.git#--upload-pack=touch /tmp/pwned", "git://h/r.git#-c", "git://h/r.git#main#--exec=x",
+		"git://h/r.git#a..b", "git://h/r.git#ref with space", "git://h/r.git#main#xyz", "git://h/r.git#.hidden/x",
+	} {
+		if _, err := parseGit(src); err == nil {
+			t.Errorf("parseGit(%q) accepted", src)
+		}
+	}
+	for _, src := range []string{"git://h/r.git#refs/pull/1/head", "git://h/r.git#v1.2.3#0123abcd", "git://h/r.git#feature/x-y_z"} {
+		if _, err := parseGit(src); err != nil {
+			t.Errorf("parseGit(%q): %v", src, err)
+		}
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 )
 
@@ -36,7 +37,45 @@ func parseGit(src string) (gitSource, error) {
 	if rest, ok := strings.CutPrefix(g.url, "git://"); ok {
 		g.url = "https://" + rest
 	}
+	if err := checkRef(g.ref); err != nil {
+		return gitSource{}, fmt.Errorf("--context %s: ref %w", Redact(src), err)
+	}
+	if g.commit != "" && !commitHash.MatchString(g.commit) {
+		return gitSource{}, fmt.Errorf("--context %s: commit %q is not a commit hash (4 to 64 hex digits)", Redact(src), g.commit)
+	}
+	if strings.HasPrefix(g.url, "-") {
+		return gitSource{}, fmt.Errorf("--context %s: the repository URL may not begin with \"-\"", Redact(src))
+	}
 	return g, nil
+}
+
+// commitHash is a full or abbreviated SHA-1 or SHA-256 commit id.
+var commitHash = regexp.MustCompile(`^[0-9a-fA-F]{4,64}$`)
+
+// checkRef refuses what git would not take as a ref name, and anything
+// it could read as an option, before git sees it (git check-ref-format's
+// rules, on the ref as given: "main", "refs/tags/v1", "pull/1/head").
+func checkRef(ref string) error {
+	if ref == "" {
+		return nil
+	}
+	bad := strings.HasPrefix(ref, "-") || strings.HasPrefix(ref, "/") || strings.HasSuffix(ref, "/") ||
+		strings.HasSuffix(ref, ".") || strings.HasSuffix(ref, ".lock") || strings.Contains(ref, "..") ||
+		strings.Contains(ref, "//") || strings.Contains(ref, "@{") || ref == "@"
+	for _, r := range ref {
+		if r < 0x20 || r == 0x7f || strings.ContainsRune(" ~^:?*[\\", r) {
+			bad = true
+		}
+	}
+	for _, c := range strings.Split(ref, "/") {
+		if strings.HasPrefix(c, ".") {
+			bad = true
+		}
+	}
+	if bad {
+		return fmt.Errorf("%q is not a valid git ref name", ref)
+	}
+	return nil
 }
 
 // Chooses the git binary rather than go-git: it fetches shallow clones and
@@ -50,6 +89,9 @@ func fetchGit(ctx context.Context, o FetchOptions, dir string, rec *Record) erro
 		return errors.New("git contexts need the git binary on PATH, and this image has none: fetch the context with the fetch-context step (its image has git) and build from that directory")
 	}
 	if g.ref == "" {
+		if err := checkRef(o.Git.Branch); err != nil {
+			return fmt.Errorf("--git branch=: %w", err)
+		}
 		g.ref = o.Git.Branch
 	}
 	home, err := os.MkdirTemp("", "kiln-git-home-")

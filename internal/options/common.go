@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"time"
 
 	"github.com/spf13/pflag"
 
@@ -20,6 +21,7 @@ type RegistryFlags struct {
 	Mirrors, Maps                    []string
 	SkipDefaultRegistryFallback      bool
 	ImageDownloadRetry               int
+	IdleTimeout                      time.Duration
 }
 
 // LogFlags are --verbosity, --log-format and --log-timestamp.
@@ -50,6 +52,7 @@ func (r *RegistryFlags) AddFlags(fs *pflag.FlagSet, getenv func(string) string) 
 	fs.StringArrayVar(&r.Maps, "registry-map", maps, "orig=new[;orig=new]: pull from new instead of orig (registry or repository prefix); repeatable (env KANIKO_REGISTRY_MAP).")
 	fs.BoolVar(&r.SkipDefaultRegistryFallback, "skip-default-registry-fallback", false, "Fail when no mirror or mapped registry has the image.")
 	fs.IntVar(&r.ImageDownloadRetry, "image-download-retry", 0, "Retries for each pull, with exponential backoff from 1s.")
+	fs.DurationVar(&r.IdleTimeout, "registry-idle-timeout", registry.DefaultIdleTimeout, "A registry connection that moves no data for this long fails (and is retried as --push-retry and --image-download-retry say).")
 }
 
 // AddFlags registers the logging flags.
@@ -126,6 +129,7 @@ func (r *RegistryFlags) RegistryOptions(getenv func(string) string, kanikoDir st
 		Map:                         maps,
 		SkipDefaultRegistryFallback: r.SkipDefaultRegistryFallback,
 		PullRetry:                   r.ImageDownloadRetry,
+		IdleTimeout:                 r.IdleTimeout,
 		UserAgent:                   "kiln",
 		Logger:                      log,
 	}, nil

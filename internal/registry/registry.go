@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"regexp"
 	"runtime"
 	"strings"
 	"time"
@@ -55,6 +56,9 @@ type Options struct {
 	PushRetry, PullRetry int
 	// RetryDelay is the first backoff delay; 0 means one second.
 	RetryDelay time.Duration
+	// IdleTimeout fails a connection that moves no data for this long (a
+	// stalled registry); 0 means DefaultIdleTimeout.
+	IdleTimeout time.Duration
 	// Platform selects an image from an index.
 	Platform v1.Platform
 	// UserAgent is sent with every request.
@@ -95,11 +99,48 @@ func New(o Options) (*Client, error) {
 	return c, nil
 }
 
+// DefaultIdleTimeout is how long a registry connection may move no data
+// before it fails.
+const DefaultIdleTimeout = 2 * time.Minute
+
+// idleConn is a connection whose every read and write must make progress
+// within idle: a registry that accepts a connection and then stalls
+// (during the upload, or before answering) fails it instead of hanging
+// the build.
+type idleConn struct {
+	net.Conn
+	idle time.Duration
+}
+
+func (c *idleConn) Read(b []byte) (int, error) {
+	c.Conn.SetDeadline(time.Now().Add(c.idle))
+	return c.Conn.Read(b)
+}
+
+func (c *idleConn) Write(b []byte) (int, error) {
+	c.Conn.SetDeadline(time.Now().Add(c.idle))
+	return c.Conn.Write(b)
+}
+
 // transport returns a RoundTripper choosing TLS settings by registry host.
 func (o Options) transport(skipVerifyAll bool) (http.RoundTripper, error) {
+	idle := o.IdleTimeout
+	if idle <= 0 {
+		idle = DefaultIdleTimeout
+	}
+	dialer := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dialer.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return &idleConn{Conn: c, idle: idle}, nil
+	}
 	base := func() *http.Transport {
 		t := http.DefaultTransport.(*http.Transport).Clone()
 		t.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+		t.DialContext = dial
+		t.TLSHandshakeTimeout = min(idle, 30*time.Second)
 		return t
 	}
 	hosts := map[string]*http.Transport{}
@@ -189,6 +230,9 @@ func (c *Client) RemoteOptions() []remote.Option {
 func (c *Client) ParseReference(s string, push bool) (name.Reference, error) {
 	ref, err := name.ParseReference(s)
 	if err != nil {
+		return nil, fmt.Errorf("parsing reference %q: %w", s, err)
+	}
+	if err := CheckRepository(ref.Context().RepositoryStr()); err != nil {
 		return nil, fmt.Errorf("parsing reference %q: %w", s, err)
 	}
 	insecure := contains(c.o.InsecureRegistries, ref.Context().RegistryStr()) ||
@@ -284,6 +328,22 @@ func (c *Client) pullCandidates(ref string) ([]string, error) {
 		out = append(out, r.String())
 	}
 	return out, nil
+}
+
+// pathComponent is one component of a repository name in the OCI
+// distribution grammar.
+var pathComponent = regexp.MustCompile(`^[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*$`)
+
+// CheckRepository refuses repository names the distribution grammar
+// does not allow ("../x", "a//b", ".hidden"): go-containerregistry
+// accepts some of them, and a registry might resolve them as paths.
+func CheckRepository(repo string) error {
+	for _, c := range strings.Split(repo, "/") {
+		if !pathComponent.MatchString(c) {
+			return fmt.Errorf("repository %q: %q is not a valid path component", repo, c)
+		}
+	}
+	return nil
 }
 
 func normalizeRegistry(s string) string {

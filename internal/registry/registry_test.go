@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -156,5 +157,59 @@ func TestTransportOptionErrors(t *testing.T) {
 		if _, err := New(tc.o); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("err = %v, want %q", err, tc.want)
 		}
+	}
+}
+
+func TestCheckRepository(t *testing.T) {
+	for repo, ok := range map[string]bool{
+		"team/app": true, "a.b_c/d-e": true, "a__b": true, "library/busybox": true,
+		"../x": false, "a/../b": false, "a//b": false, ".hidden": false, "a/.": false, "Upper": false, "-x": false,
+	} {
+		if err := CheckRepository(repo); (err == nil) != ok {
+			t.Errorf("CheckRepository(%q) = %v", repo, err)
+		}
+	}
+	c, _ := New(Options{})
+	if _, err := c.ParseReference("registry.example.com/../x:1", true); err == nil || !strings.Contains(err.Error(), `".."`) {
+		t.Errorf("host/../x: %v", err)
+	}
+}
+
+// TestStalledRegistry: a registry that accepts the connection and then
+// never answers fails the push within a bounded time, naming the cause,
+// after the retries asked for.
+func TestStalledRegistry(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	var accepted atomic.Int32
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			defer c.Close() // held open, never answered
+		}
+	}()
+	host := l.Addr().String()
+	c, _ := New(Options{InsecureRegistries: []string{host}, IdleTimeout: 300 * time.Millisecond, PushRetry: 1, RetryDelay: time.Millisecond})
+	img, _ := random.Image(10, 1)
+	ref, _ := c.ParseReference(host+"/r:1", true)
+	done := make(chan error, 1)
+	go func() { done <- c.Write(context.Background(), ref, img) }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "timeout") {
+			t.Fatalf("push to a stalled registry: %v", err)
+		}
+	case <-time.After(2 * time.Minute):
+		t.Fatal("the push to a stalled registry hung")
+	}
+	if accepted.Load() < 2 {
+		t.Errorf("%d connections: the push was not retried", accepted.Load())
 	}
 }

@@ -128,7 +128,7 @@ func (b *Build) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
 	fs.StringVar(&b.ContextRecord, "context-record", "", "fetch-context's record of the context, for the build record, when it is not context.json beside the context.")
 	fs.StringArrayVar(&b.Secrets, "secret", nil, "Build secret for RUN --mount=type=secret: id=ID,src=PATH or id=ID,env=VAR; repeatable. Never written to layers, history or logs.")
 	fs.StringVar(&b.Isolation, "isolation", "auto", "How the build is isolated: chroot (a private root directory; RUN in mount and pid namespaces), in-place (kaniko's model: the container's own / is the image root; needs no capability), or auto (in-place only in a container that cannot create namespaces).")
-	fs.StringVar(&b.UserNS, "userns", "auto", "Chroot isolation: run RUN in a user namespace, its root id-mapped, so that root in a RUN is not root on the host: auto (where the kernel allows it), none, or HOSTID[:SIZE] (the host ids image ids 0.. map to; required).")
+	fs.StringVar(&b.UserNS, "userns", "auto", "Chroot isolation: run RUN in a user namespace, its root id-mapped, so that root in a RUN is not root on the host: auto (where the kernel allows it, else a warning), required (the default mapping, or fail), none, or HOSTID[:SIZE] (the host ids image ids 0.. map to; required).")
 	b.Log.AddFlags(fs)
 }
 
@@ -228,8 +228,10 @@ func (b *Build) Validate(fs *pflag.FlagSet) error {
 	switch b.UserNS {
 	case "auto", "none":
 	default:
-		if _, err := run.ParseIDMap(b.UserNS); err != nil {
-			return fmt.Errorf("--userns %q: want auto, none or HOSTID[:SIZE]: %w", b.UserNS, err)
+		if b.UserNS != "required" {
+			if _, err := run.ParseIDMap(b.UserNS); err != nil {
+				return fmt.Errorf("--userns %q: want auto, required, none or HOSTID[:SIZE]: %w", b.UserNS, err)
+			}
 		}
 		if b.Isolation == "in-place" {
 			return fmt.Errorf("--userns %s needs chroot isolation, not --isolation=in-place", b.UserNS)
