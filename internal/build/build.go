@@ -180,7 +180,8 @@ type builder struct {
 	platform v1.Platform
 	now      time.Time
 	epoch    *time.Time // fixed time for --reproducible
-	work     string
+	work     string     // this build's directory: workDir's path
+	workDir  *workDir
 	stages   map[int]*stage
 	images   map[string]*fsroot.Root // --from image ref -> unpacked root
 	// roots are the roots opened, closed at the end; liveFS is the
@@ -254,9 +255,10 @@ func newBuilder(o Options) (*builder, error) {
 	if err := os.MkdirAll(o.WorkDir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating work directory: %w", err)
 	}
-	if b.work, err = os.MkdirTemp(o.WorkDir, "build-"); err != nil {
+	if b.workDir, err = newWorkDir(o.WorkDir, b.log); err != nil {
 		return nil, fmt.Errorf("creating work directory: %w", err)
 	}
+	b.work = b.workDir.path
 	if err := b.setIsolation(); err != nil {
 		b.cleanup()
 		return nil, err
@@ -399,7 +401,7 @@ func (b *builder) cleanup() {
 	}
 	b.roots = nil
 	b.ctxDir.Close()
-	if err := os.RemoveAll(b.work); err != nil {
+	if err := b.workDir.remove(); err != nil {
 		b.log.Warn("removing work directory", "dir", b.work, "error", err)
 	}
 }
