@@ -1,7 +1,8 @@
 package run
 
 import (
-	"encoding/json"
+	"bytes"
+	"encoding/gob"
 	"errors"
 	"fmt"
 	"os"
@@ -49,7 +50,9 @@ func sandbox() (int, error) {
 		return 0, err
 	}
 	var s Spec
-	if err := json.Unmarshal(data, &s); err != nil {
+	// gob, not JSON: paths, arguments and environment are bytes, and JSON
+	// would turn invalid UTF-8 into U+FFFD.
+	if err := gob.NewDecoder(bytes.NewReader(data)).Decode(&s); err != nil {
 		return 0, err
 	}
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
@@ -165,11 +168,11 @@ func writeStubs(file string, stubs []Stub) error {
 	if file == "" {
 		return nil
 	}
-	data, err := json.Marshal(stubs)
-	if err != nil {
+	var buf bytes.Buffer
+	if err := gob.NewEncoder(&buf).Encode(stubs); err != nil {
 		return err
 	}
-	return os.WriteFile(file, data, 0o600)
+	return os.WriteFile(file, buf.Bytes(), 0o600)
 }
 
 // enterRoot makes root the process's "/": pivot_root, with the host's

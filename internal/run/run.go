@@ -12,7 +12,8 @@ package run
 import (
 	"bufio"
 	"context"
-	"encoding/json"
+	"bytes"
+	"encoding/gob"
 	"errors"
 	"fmt"
 	"io"
@@ -145,13 +146,13 @@ func Run(ctx context.Context, spec Spec, o Options) error {
 		return fmt.Errorf("writing sandbox spec: %w", err)
 	}
 	defer os.RemoveAll(dir)
-	spec.StubsFile = filepath.Join(dir, "stubs.json")
-	data, err := json.Marshal(spec)
-	if err != nil {
+	spec.StubsFile = filepath.Join(dir, "stubs")
+	var data bytes.Buffer
+	if err := gob.NewEncoder(&data).Encode(spec); err != nil {
 		return err
 	}
-	specFile := filepath.Join(dir, "spec.json")
-	if err := os.WriteFile(specFile, data, 0o600); err != nil {
+	specFile := filepath.Join(dir, "spec")
+	if err := os.WriteFile(specFile, data.Bytes(), 0o600); err != nil {
 		return fmt.Errorf("writing sandbox spec: %w", err)
 	}
 	exe := o.Executable

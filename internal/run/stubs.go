@@ -1,7 +1,8 @@
 package run
 
 import (
-	"encoding/json"
+	"bytes"
+	"encoding/gob"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -50,7 +51,7 @@ func removeStubs(spec Spec, file string) error {
 		return fmt.Errorf("reading the sandbox's mount points: %w", err)
 	}
 	var stubs []Stub
-	if err := json.Unmarshal(data, &stubs); err != nil {
+	if err := gob.NewDecoder(bytes.NewReader(data)).Decode(&stubs); err != nil {
 		return fmt.Errorf("reading the sandbox's mount points: %w", err)
 	}
 	roots := map[int]*fsroot.Root{}
