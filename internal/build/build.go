@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -76,6 +77,10 @@ type Options struct {
 	// warning), "required" (the default mapping, or fail), "none", or
 	// "HOSTID[:SIZE]" (required).
 	UserNS string
+	// RunNetwork is chroot isolation's RUN network: "auto"/"" (slirp4netns
+	// where it is on PATH, else the host's), "host", "private" (loopback
+	// only) or "slirp4netns".
+	RunNetwork string
 	// KanikoDir is kiln's own directory (--kaniko-dir: credentials,
 	// certificates); in place it is never emptied or unpacked over.
 	KanikoDir string
@@ -206,6 +211,9 @@ type builder struct {
 	usernsDone bool
 	// ignore lists paths snapshots skip (and, in place, Clear and Unpack).
 	ignore *rootfs.IgnoreList
+	// network is RUN's network (run.Network*); slirp the slirp4netns
+	// binary it uses.
+	network, slirp string
 	// cacheWG tracks cache pushes running alongside the build.
 	cacheWG sync.WaitGroup
 }
@@ -295,6 +303,9 @@ func (b *builder) setIsolation() error {
 	default:
 		return fmt.Errorf("--isolation %q: want auto, chroot or in-place", b.o.Isolation)
 	}
+	if err := b.setNetwork(); err != nil {
+		return err
+	}
 	if !b.inPlace {
 		return nil
 	}
@@ -344,6 +355,40 @@ func (b *builder) setIsolation() error {
 	// The system's CA certificates are about to go: load them now.
 	x509.SystemCertPool()
 	b.log.Info("in-place isolation: the build replaces this container's file system", "root", b.o.Root, "ignored", strings.Join(b.ignore.Paths(), ","))
+	return nil
+}
+
+// setNetwork chooses RUN's network.
+func (b *builder) setNetwork() error {
+	mode := b.o.RunNetwork
+	if b.inPlace {
+		switch mode {
+		case "", "auto", "host":
+			b.network = run.NetworkHost
+			return nil
+		}
+		return fmt.Errorf("--run-network %s needs chroot isolation: in place, RUN has this container's network", mode)
+	}
+	switch mode {
+	case "", "auto":
+		if p, err := exec.LookPath("slirp4netns"); err == nil {
+			b.network, b.slirp = run.NetworkSlirp, p
+			return nil
+		}
+		b.network = run.NetworkHost
+	case "host":
+		b.network = run.NetworkHost
+	case "private", "none":
+		b.network = run.NetworkNone
+	case "slirp4netns":
+		p, err := exec.LookPath("slirp4netns")
+		if err != nil {
+			return fmt.Errorf("--run-network slirp4netns: %w", err)
+		}
+		b.network, b.slirp = run.NetworkSlirp, p
+	default:
+		return fmt.Errorf("--run-network %q: want auto, host, private or slirp4netns", mode)
+	}
 	return nil
 }
 

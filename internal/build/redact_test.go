@@ -22,8 +22,8 @@ func TestRedactMultiLineSecrets(t *testing.T) {
 		}
 	}
 	for in, want := range map[string]string{
-		"token=tok-123 ok": "token=*** ok",
-		"about a cab":      "about a cab",
+		"token=tok-123 ok":                     "token=*** ok",
+		"about a cab":                          "about a cab",
 		strings.ReplaceAll(testKey, "\n", " "): "*** *** *** *** ",
 	} {
 		if got := r.redact(in); got != want {

@@ -108,11 +108,16 @@ func (b *builder) runInstruction(ctx context.Context, st *stage, c *instructions
 	if sec := instructions.GetSecurity(c); sec != "" && sec != "sandbox" {
 		return fmt.Errorf("RUN --security=%s is not supported", sec)
 	}
-	spec := run.Spec{Root: st.root, Args: argv, Env: b.runEnv(st), Scripts: scripts}
+	spec := run.Spec{Root: st.root, Args: argv, Env: b.runEnv(st), Scripts: scripts, Network: b.network}
 	switch instructions.GetNetwork(c) {
 	case instructions.NetworkNone:
-		spec.NoNetwork = true
-	case instructions.NetworkDefault, instructions.NetworkHost:
+		spec.Network = run.NetworkNone
+	case instructions.NetworkHost:
+		if b.network != run.NetworkHost {
+			// A Dockerfile is not granted the host's network.
+			b.log.Warn("RUN --network=host: the RUN keeps the build's network", "network", b.network)
+		}
+	case instructions.NetworkDefault:
 	}
 	user := st.cfg.Config.User
 	if user != "" {
@@ -165,10 +170,11 @@ func (b *builder) runInstruction(ctx context.Context, st *stage, c *instructions
 		}
 	}
 	ro := run.Options{
-		WorkDir: b.work,
-		UserNS:  userns,
-		Protect: secretPlaces{b.ignore},
-		Output:  func(line string) { b.log.Info(b.redact(line), "stage", label, "run", true) },
+		WorkDir:     b.work,
+		Slirp4netns: b.slirp,
+		UserNS:      userns,
+		Protect:     secretPlaces{b.ignore},
+		Output:      func(line string) { b.log.Info(b.redact(line), "stage", label, "run", true) },
 	}
 	if b.inPlace {
 		err = run.Direct(ctx, spec, files, ro)

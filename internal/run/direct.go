@@ -43,7 +43,7 @@ func Direct(ctx context.Context, spec Spec, files []File, o Options) error {
 	if len(spec.Mounts) > 0 {
 		return errors.New("RUN --mount=type=bind|cache|tmpfs needs mount namespaces: use --isolation=chroot")
 	}
-	if spec.NoNetwork {
+	if spec.Network == NetworkNone || spec.Network == NetworkSlirp {
 		return errors.New("RUN --network=none needs a network namespace: use --isolation=chroot")
 	}
 	subreaper.Do(func() { unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) })
@@ -113,7 +113,7 @@ func Direct(ctx context.Context, spec Spec, files []File, o Options) error {
 		Credential: &syscall.Credential{Uid: spec.UID, Gid: spec.GID, Groups: spec.Groups},
 		Setpgid:    true,
 	}
-	err = execute(cmd, o)
+	err = execute(cmd, o, nil)
 	// Reap orphans the command left behind (we are their subreaper).
 	for {
 		var ws syscall.WaitStatus

@@ -117,6 +117,20 @@ func sandbox() (int, error) {
 		cmd.SysProcAttr.GidMappings = s.IDMap.idMaps()
 		cmd.SysProcAttr.GidMappingsEnableSetgroups = true
 	}
+	if s.Network == NetworkNone || s.Network == NetworkSlirp {
+		if err := loopbackUp(); err != nil {
+			return 0, fmt.Errorf("bringing up the RUN network's loopback: %w", err)
+		}
+	}
+	if s.NetReadyFD > 0 {
+		// slirp4netns configures this namespace from outside; wait for it.
+		ready := os.NewFile(uintptr(s.NetReadyFD), "net-ready")
+		_, err := ready.Read(make([]byte, 1))
+		ready.Close()
+		if err != nil {
+			return 0, fmt.Errorf("waiting for the RUN network: %w", err)
+		}
+	}
 	if err := cmd.Start(); err != nil {
 		return 0, fmt.Errorf("starting %s: %w", s.Args[0], err)
 	}

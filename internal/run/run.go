@@ -11,8 +11,8 @@ package run
 
 import (
 	"bufio"
-	"context"
 	"bytes"
+	"context"
 	"encoding/gob"
 	"errors"
 	"fmt"
@@ -71,8 +71,14 @@ type Spec struct {
 	UID    uint32   `json:"uid"`
 	GID    uint32   `json:"gid"`
 	Groups []uint32 `json:"groups,omitempty"`
-	// NoNetwork gives the command a network namespace of its own.
-	NoNetwork bool `json:"noNetwork,omitempty"`
+	// Network is the command's network: NetworkHost (this host's network
+	// namespace, the default), NetworkNone (a namespace of its own with
+	// only loopback) or NetworkSlirp (a namespace of its own reaching out
+	// through slirp4netns, never this host's loopback).
+	Network string `json:"network,omitempty"`
+	// NetReadyFD, set by Run, is the init's descriptor that says the
+	// network is ready.
+	NetReadyFD int `json:"netReadyFD,omitempty"`
 	// Mounts are extra mounts (RUN --mount).
 	Mounts []Mount `json:"mounts,omitempty"`
 	// Scripts are inline files under /dev/pipes.
@@ -89,6 +95,13 @@ type Spec struct {
 	// it created, for Run to remove after the command.
 	StubsFile string `json:"stubsFile,omitempty"`
 }
+
+// The RUN networks.
+const (
+	NetworkHost  = "host"
+	NetworkNone  = "none"
+	NetworkSlirp = "slirp4netns"
+)
 
 // ExitError is a command that ran and failed.
 type ExitError struct {
@@ -117,6 +130,8 @@ type Options struct {
 	Executable string
 	// TailLines is how many output lines an ExitError keeps (default 20).
 	TailLines int
+	// Slirp4netns is the slirp4netns binary for NetworkSlirp.
+	Slirp4netns string
 	// Protect, for Direct, lists the paths of "/" kiln must never write to
 	// (the in-place ignore list).
 	Protect fsroot.Protector
@@ -147,6 +162,26 @@ func Run(ctx context.Context, spec Spec, o Options) error {
 	}
 	defer os.RemoveAll(dir)
 	spec.StubsFile = filepath.Join(dir, "stubs")
+	var extra []*os.File
+	if o.UserNS != nil {
+		extra = append(extra, o.UserNS.f) // fd 3 in the init
+	}
+	var slirp *slirpNet
+	switch spec.Network {
+	case "", NetworkHost, NetworkNone:
+	case NetworkSlirp:
+		if slirp, err = newSlirp(o.Slirp4netns, dir); err != nil {
+			return err
+		}
+		defer slirp.close()
+		extra = append(extra, slirp.goR)
+		spec.NetReadyFD = 2 + len(extra)
+		if spec.ResolvFile == "" {
+			spec.ResolvFile = slirp.resolv
+		}
+	default:
+		return fmt.Errorf("unknown RUN network %q", spec.Network)
+	}
 	var data bytes.Buffer
 	if err := gob.NewEncoder(&data).Encode(spec); err != nil {
 		return err
@@ -161,15 +196,17 @@ func Run(ctx context.Context, spec Spec, o Options) error {
 	}
 	cmd := exec.CommandContext(ctx, exe)
 	cmd.Env = []string{specEnv + "=" + specFile}
-	if o.UserNS != nil {
-		cmd.ExtraFiles = []*os.File{o.UserNS.f} // fd 3 in the init
-	}
+	cmd.ExtraFiles = extra
 	flags := uintptr(syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC)
-	if spec.NoNetwork {
+	if spec.Network == NetworkNone || spec.Network == NetworkSlirp {
 		flags |= syscall.CLONE_NEWNET
 	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: flags, Pdeathsig: syscall.SIGKILL}
-	err = execute(cmd, o)
+	var started func(int) error
+	if slirp != nil {
+		started = slirp.start
+	}
+	err = execute(cmd, o, started)
 	if rerr := removeStubs(spec, spec.StubsFile); err == nil && rerr != nil {
 		err = rerr
 	}
@@ -177,8 +214,9 @@ func Run(ctx context.Context, spec Spec, o Options) error {
 }
 
 // execute runs cmd with its output streamed line by line to o.Output, and
-// turns a failure into an ExitError with the output's tail.
-func execute(cmd *exec.Cmd, o Options) error {
+// turns a failure into an ExitError with the output's tail. started, when
+// set, runs once the process exists; its failure kills it.
+func execute(cmd *exec.Cmd, o Options, started func(pid int) error) error {
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		return err
@@ -193,6 +231,14 @@ func execute(cmd *exec.Cmd, o Options) error {
 		return fmt.Errorf("starting %s: %w", cmd.Path, err)
 	}
 	pw.Close()
+	if started != nil {
+		if err := started(cmd.Process.Pid); err != nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+			pr.Close()
+			return err
+		}
+	}
 	n := o.TailLines
 	if n <= 0 {
 		n = 20

@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -447,4 +449,135 @@ func TestOutputsAllOrNothing(t *testing.T) {
 		t.Error("tagged although an output could not be written")
 	}
 	mustNotExist(t, filepath.Join(out, "img.tar"))
+}
+
+// TestInPlaceInUserNamespacedPod: kiln's recommended hardening, a pod with
+// hostUsers: false, is a container whose root is an unprivileged host uid
+// (a user namespace of 65536 ids). The in-place build works there, RUN
+// chowns files to several ids, and the image keeps those owners.
+func TestInPlaceInUserNamespacedPod(t *testing.T) {
+	reg := imagetest.Registry(t)
+	base := reg + "/busybox:userns"
+	pushTo(t, base, imagetest.Image(t, true, nil, imagetest.BusyboxFiles(t)))
+	const hostID = 200000
+	rootfs := t.TempDir()
+	os.MkdirAll(filepath.Join(rootfs, "kaniko"), 0o755)
+	bin, _ := os.ReadFile(filepath.Join(binDir, "build"))
+	os.WriteFile(filepath.Join(rootfs, "kaniko", "build"), bin, 0o755)
+	ctx := t.TempDir()
+	os.WriteFile(filepath.Join(ctx, "Dockerfile"), []byte("FROM "+base+`
+RUN mkdir -p /owned && echo a > /owned/app && chown 1000:1000 /owned/app \
+ && echo n > /owned/nobody && chown 65534:65534 /owned/nobody \
+ && mkdir /owned/mixed && chown 123:456 /owned/mixed && id -u > /owned/whoami
+COPY --chown=4242:4343 Dockerfile /copied
+`), 0o644)
+	out := t.TempDir()
+	for _, dir := range []string{rootfs, ctx, out} {
+		filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+			if err == nil {
+				os.Lchown(p, hostID, hostID)
+			}
+			return nil
+		})
+		// runc reaches the bundle through the test's 0700 temporary directories.
+		for p := filepath.Dir(dir); p != "/" && p != os.TempDir(); p = filepath.Dir(p) {
+			os.Chmod(p, 0o711)
+		}
+	}
+	dest := reg + "/kiln/userns:1"
+	r := runContainer(t, container{
+		rootfs: rootfs,
+		args: []string{"/kaniko/build", "--context", "/workspace", "-d", dest, "--insecure", "--insecure-pull",
+			"--digest-file", "/out/digest", "--log-format", "text"},
+		binds:  []bind{{ctx, "/workspace"}, {out, "/out"}},
+		env:    []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "container=oci", "HOME=/root"},
+		userns: &idRange{HostID: hostID, Size: 65536},
+	})
+	if r.code != 0 {
+		t.Fatalf("in-place build in a user-namespaced container failed (%d):\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	contains(t, r.stderr, "in-place isolation")
+	fs := imagetest.Flatten(t, pull(t, dest))
+	for p, ids := range map[string][2]int{"owned/app": {1000, 1000}, "owned/nobody": {65534, 65534}, "owned/mixed": {123, 456}, "copied": {4242, 4343}} {
+		if h := fs[p].Header; h.Uid != ids[0] || h.Gid != ids[1] {
+			t.Errorf("%s owned %d:%d in the image, want %d:%d", p, h.Uid, h.Gid, ids[0], ids[1])
+		}
+	}
+	if fs["owned/whoami"].Content != "0\n" {
+		t.Errorf("RUN ran as %q, want root inside", fs["owned/whoami"].Content)
+	}
+	// On the host, the container's files belong to the mapped ids.
+	var st syscall.Stat_t
+	if err := syscall.Lstat(filepath.Join(rootfs, "owned", "app"), &st); err != nil || st.Uid != hostID+1000 {
+		t.Errorf("/owned/app on the host: uid %d (%v), want %d", st.Uid, err, hostID+1000)
+	}
+}
+
+// hostAddress is a non-loopback IPv4 address of this machine, or "".
+func hostAddress() string {
+	addrs, _ := net.InterfaceAddrs()
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok && ipn.IP.To4() != nil && !ipn.IP.IsLoopback() {
+			return ipn.IP.String()
+		}
+	}
+	return ""
+}
+
+// TestRunNetwork: in chroot isolation RUN gets the network --run-network
+// names. host reaches this host's loopback services; private has only a
+// loopback of its own; slirp4netns reaches out (this host's other
+// addresses included) but never this host's loopback. A Dockerfile's
+// --network=host does not widen it.
+func TestRunNetwork(t *testing.T) {
+	reg := imagetest.Registry(t)
+	base := reg + "/busybox:net"
+	pushTo(t, base, imagetest.Image(t, true, nil, imagetest.BusyboxFiles(t)))
+	l, err := net.Listen("tcp", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "host service") })}
+	go srv.Serve(l)
+	defer srv.Close()
+	port := fmt.Sprint(l.Addr().(*net.TCPAddr).Port)
+	ext := hostAddress()
+	if ext == "" {
+		t.Fatal("this machine has no non-loopback IPv4 address to test with")
+	}
+	get := func(host string) string {
+		return `printf 'GET / HTTP/1.0\r\n\r\n' | busybox nc -w 5 ` + host + " " + port + " | grep -q 'host service'"
+	}
+	probe := "busybox ip link show lo | grep -q UP && echo up > /lo; " +
+		get("127.0.0.1") + "; echo $? > /rc-loop; " + get(ext) + "; echo $? > /rc-ext; true"
+	for _, tc := range []struct {
+		mode            string
+		network         string // the Dockerfile's --network
+		loopback, outer bool
+	}{
+		{"host", "", true, true},
+		{"private", "", false, false},
+		{"private", "--network=host ", false, false},
+		{"slirp4netns", "", false, true},
+	} {
+		t.Run(tc.mode+tc.network, func(t *testing.T) {
+			ctx := t.TempDir()
+			os.WriteFile(filepath.Join(ctx, "Dockerfile"), []byte("FROM "+base+"\nRUN "+tc.network+probe+"\n"), 0o644)
+			dest := reg + "/kiln/net:" + tc.mode
+			r := kiln(t, nil, "--context", ctx, "-d", dest, "--insecure", "--insecure-pull", "--isolation", "chroot", "--run-network", tc.mode)
+			if r.code != 0 {
+				t.Fatalf("build failed (%d):\n%s", r.code, r.stderr)
+			}
+			fs := imagetest.Flatten(t, pull(t, dest))
+			if fs["lo"].Content != "up\n" {
+				t.Errorf("loopback is not up in the RUN")
+			}
+			if got := fs["rc-loop"].Content == "0\n"; got != tc.loopback {
+				t.Errorf("reached this host's loopback service: %v, want %v", got, tc.loopback)
+			}
+			if got := fs["rc-ext"].Content == "0\n"; got != tc.outer {
+				t.Errorf("reached %s: %v, want %v", ext, got, tc.outer)
+			}
+		})
+	}
 }

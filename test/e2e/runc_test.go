@@ -48,7 +48,14 @@ type container struct {
 	cwd       string // default /
 	binds     []bind
 	hosts     string // /etc/hosts content; empty: none bound
+	// userns, when set, runs the container in a user namespace mapping
+	// ids 0..Size-1 to the host's HostID.. (a Kubernetes pod with
+	// hostUsers: false); the rootfs and binds must belong to HostID.
+	userns *idRange
 }
+
+// idRange is a user namespace mapping.
+type idRange struct{ HostID, Size int }
 
 // runContainer runs c with runc and returns the process's outcome.
 func runContainer(t *testing.T, c container) result {
@@ -83,8 +90,29 @@ func runContainer(t *testing.T, c container) result {
 			ns = append(ns, n)
 		}
 	}
+	if c.userns != nil {
+		ns = append(ns, map[string]any{"type": "user"})
+		m := []any{map[string]any{"containerID": 0, "hostID": c.userns.HostID, "size": c.userns.Size}}
+		linux["uidMappings"], linux["gidMappings"] = m, m
+	}
 	linux["namespaces"] = ns
 	mounts := cfg["mounts"].([]any)
+	if c.userns != nil {
+		// sysfs needs a network namespace of the user namespace's own, and
+		// this container has the host's: bind /sys, as runc's rootless spec
+		// does.
+		var kept []any
+		for _, m := range mounts {
+			switch m.(map[string]any)["destination"] {
+			case "/sys":
+				kept = append(kept, map[string]any{"destination": "/sys", "type": "none", "source": "/sys", "options": []any{"rbind", "nosuid", "noexec", "nodev", "ro"}})
+			case "/sys/fs/cgroup":
+			default:
+				kept = append(kept, m)
+			}
+		}
+		mounts = kept
+	}
 	binds := c.binds
 	if c.hosts != "" {
 		hosts := filepath.Join(bundle, "hosts")

@@ -62,6 +62,7 @@ type Build struct {
 	ContextRecord                               string
 	Isolation                                   string
 	UserNS                                      string
+	RunNetwork                                  string
 	Log                                         options.LogFlags
 }
 
@@ -128,6 +129,7 @@ func (b *Build) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
 	fs.StringVar(&b.ContextRecord, "context-record", "", "fetch-context's record of the context, for the build record, when it is not context.json beside the context.")
 	fs.StringArrayVar(&b.Secrets, "secret", nil, "Build secret for RUN --mount=type=secret: id=ID,src=PATH or id=ID,env=VAR; repeatable. Never written to layers, history or logs.")
 	fs.StringVar(&b.Isolation, "isolation", "auto", "How the build is isolated: chroot (a private root directory; RUN in mount and pid namespaces), in-place (kaniko's model: the container's own / is the image root; needs no capability), or auto (in-place only in a container that cannot create namespaces).")
+	fs.StringVar(&b.RunNetwork, "run-network", "auto", "Chroot isolation: RUN's network: auto (slirp4netns where it is on PATH, else host), host (this host's network, its loopback included), private (loopback only) or slirp4netns (out through NAT, never this host's loopback). In place RUN has the container's network.")
 	fs.StringVar(&b.UserNS, "userns", "auto", "Chroot isolation: run RUN in a user namespace, its root id-mapped, so that root in a RUN is not root on the host: auto (where the kernel allows it, else a warning), required (the default mapping, or fail), none, or HOSTID[:SIZE] (the host ids image ids 0.. map to; required).")
 	b.Log.AddFlags(fs)
 }
@@ -301,6 +303,7 @@ func (b *Build) Job(fs *pflag.FlagSet, getenv func(string) string, lookupEnv fun
 			SnapshotMode:        b.SnapshotMode,
 			Isolation:           b.Isolation,
 			UserNS:              b.UserNS,
+			RunNetwork:          b.RunNetwork,
 			KanikoDir:           b.KanikoDir,
 			Force:               b.Force,
 			IgnorePaths:         b.IgnorePaths,
