@@ -12,13 +12,14 @@ import (
 	"io/fs"
 	"os"
 	"path"
-	"path/filepath"
 	"runtime"
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -86,7 +87,12 @@ func Take(ctx context.Context, root string, o Options) (*Snapshot, error) {
 	if s.mode == "" {
 		s.mode = Full
 	}
-	results, err := parallelWalk(ctx, root, o.Ignore)
+	rootFD, err := openRoot(root)
+	if err != nil {
+		return nil, fmt.Errorf("snapshotting %s: %w", root, err)
+	}
+	defer unix.Close(rootFD)
+	results, err := parallelWalk(ctx, rootFD, o.Ignore)
 	if err != nil {
 		return nil, fmt.Errorf("snapshotting %s: %w", root, err)
 	}
@@ -106,7 +112,7 @@ type walked struct {
 // parallelWalk stats everything under root with several workers (the
 // walk is bound by system calls, which block), each directory listed by
 // one worker. It returns the workers' results.
-func parallelWalk(ctx context.Context, root string, ignore func(string) bool) ([][]walked, error) {
+func parallelWalk(ctx context.Context, root int, ignore func(string) bool) ([][]walked, error) {
 	workers := 2 * runtime.GOMAXPROCS(0)
 	if workers < 4 {
 		workers = 4
@@ -154,20 +160,23 @@ func parallelWalk(ctx context.Context, root string, ignore func(string) bool) ([
 }
 
 // listDir stats the entries of one directory, appending them to out, and
-// returns its subdirectories.
-func listDir(ctx context.Context, root, rel string, ignore func(string) bool, out *[]walked) ([]string, error) {
+// returns its subdirectories. The directory is opened beneath the root
+// without following any symlink, and its entries are looked at relative
+// to it: nothing the RUN left can lead the walk out of the root.
+func listDir(ctx context.Context, root int, rel string, ignore func(string) bool, out *[]walked) ([]string, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	f, err := os.Open(filepath.Join(root, rel))
+	fd, err := openBeneath(root, rel, unix.O_RDONLY|unix.O_DIRECTORY)
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
 			return nil, nil
 		}
 		return nil, err
 	}
+	f := os.NewFile(uintptr(fd), rel)
 	names, err := f.Readdirnames(-1)
-	f.Close()
+	defer f.Close()
 	if err != nil {
 		return nil, err
 	}
@@ -181,7 +190,7 @@ func listDir(ctx context.Context, root, rel string, ignore func(string) bool, ou
 			continue
 		}
 		var st unix.Statx_t
-		if err := unix.Statx(unix.AT_FDCWD, filepath.Join(root, p), unix.AT_SYMLINK_NOFOLLOW,
+		if err := unix.Statx(fd, n, unix.AT_SYMLINK_NOFOLLOW,
 			unix.STATX_BASIC_STATS|unix.STATX_BTIME, &st); err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
 				continue
@@ -338,6 +347,13 @@ func (s *Snapshot) Diff(ctx context.Context, o Options) (Changes, *Snapshot, err
 // opaque markers, and each changed path; files that share an inode are
 // written once and then as hard links. Sockets are skipped.
 func Entries(root string, c Changes) ([]layer.Entry, error) {
+	rootFD, err := openRoot(root)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(rootFD)
+	dirs := &dirCache{root: rootFD}
+	defer dirs.close()
 	var out []layer.Entry
 	seen := map[string]bool{}
 	links := map[[2]uint64]string{}
@@ -347,7 +363,7 @@ func Entries(root string, c Changes) ([]layer.Entry, error) {
 			chain = append(chain, d)
 		}
 		for i := len(chain) - 1; i >= 0; i-- {
-			e, _, err := entry(root, chain[i], links, c.after)
+			e, _, err := entry(dirs, root, chain[i], links, c.after)
 			if err != nil {
 				return err
 			}
@@ -393,7 +409,7 @@ func Entries(root string, c Changes) ([]layer.Entry, error) {
 		if seen[it.p] {
 			continue
 		}
-		e, ok, err := entry(root, it.p, links, c.after)
+		e, ok, err := entry(dirs, root, it.p, links, c.after)
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
 				continue // gone since the walk
@@ -408,18 +424,27 @@ func Entries(root string, c Changes) ([]layer.Entry, error) {
 	return out, nil
 }
 
-// entry builds the layer entry of image path p from the file at root/p.
-// ok is false for files a layer cannot hold (sockets).
-func entry(root, p string, links map[[2]uint64]string, after *Snapshot) (layer.Entry, bool, error) {
-	host := filepath.Join(root, p)
+// entry builds the layer entry of image path p from the file at p in
+// the root (rootFD): its directory opened beneath the root without
+// following symlinks, p itself never followed. ok is false for files a
+// layer cannot hold (sockets).
+func entry(dirs *dirCache, root, p string, links map[[2]uint64]string, after *Snapshot) (layer.Entry, bool, error) {
+	dir, base := path.Split(p)
+	dfd, err := dirs.get(dir)
+	if err != nil {
+		if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
+			err = fs.ErrNotExist // a symlink stands where the directory was
+		}
+		return layer.Entry{}, false, &fs.PathError{Op: "open", Path: "/" + dir, Err: err}
+	}
 	st, ok := state{}, false
 	if after != nil {
 		st, ok = after.files[p]
 	}
 	if !ok {
 		var sx unix.Statx_t
-		if err := unix.Statx(unix.AT_FDCWD, host, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_BASIC_STATS, &sx); err != nil {
-			return layer.Entry{}, false, &fs.PathError{Op: "statx", Path: host, Err: err}
+		if err := unix.Statx(dfd, base, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_BASIC_STATS, &sx); err != nil {
+			return layer.Entry{}, false, &fs.PathError{Op: "statx", Path: "/" + p, Err: err}
 		}
 		st = stateOf(&sx)
 	}
@@ -432,7 +457,7 @@ func entry(root, p string, links map[[2]uint64]string, after *Snapshot) (layer.E
 	case syscall.S_IFDIR:
 		h.Typeflag = tar.TypeDir
 	case syscall.S_IFLNK:
-		target, err := os.Readlink(host)
+		target, err := readlinkat(dfd, base)
 		if err != nil {
 			return e, false, err
 		}
@@ -447,7 +472,7 @@ func entry(root, p string, links map[[2]uint64]string, after *Snapshot) (layer.E
 			links[key] = p
 		}
 		h.Typeflag = tar.TypeReg
-		e.Source = host
+		e.Open = func() (*os.File, error) { return openFile(root, p) }
 		e.Sized = true
 	case syscall.S_IFIFO:
 		h.Typeflag = tar.TypeFifo
@@ -460,12 +485,211 @@ func entry(root, p string, links map[[2]uint64]string, after *Snapshot) (layer.E
 	default:
 		return e, false, nil
 	}
-	if x := xattrs(host); len(x) > 0 {
+	if x := xattrsAt(dfd, base); len(x) > 0 {
 		h.PAXRecords = x
 		h.Format = tar.FormatPAX
 	}
 	e.Header = h
 	return e, true, nil
+}
+
+// dirCache holds the descriptor of the directory the last entry was in:
+// entries come sorted, so those of one directory come together.
+type dirCache struct {
+	root int
+	dir  string
+	fd   int
+	open bool
+}
+
+func (c *dirCache) get(dir string) (int, error) {
+	if c.open && c.dir == dir {
+		return c.fd, nil
+	}
+	c.close()
+	fd, err := openBeneath(c.root, dir, unix.O_PATH|unix.O_DIRECTORY)
+	if err != nil {
+		return -1, err
+	}
+	c.dir, c.fd, c.open = dir, fd, true
+	return fd, nil
+}
+
+func (c *dirCache) close() {
+	if c.open {
+		unix.Close(c.fd)
+		c.open = false
+	}
+}
+
+// openRoot opens a root directory for walking beneath it.
+func openRoot(root string) (int, error) {
+	return unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+}
+
+// openBeneath opens rel below the root descriptor with flags, following
+// no symlink at all (openat2 RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS; on
+// kernels without openat2, one O_NOFOLLOW element at a time).
+func openBeneath(root int, rel string, flags int) (int, error) {
+	rel = strings.Trim(rel, "/")
+	if rel == "" {
+		rel = "."
+	}
+	fd, err := unix.Openat2(root, rel, &unix.OpenHow{
+		Flags:   uint64(flags | unix.O_CLOEXEC | unix.O_NOFOLLOW),
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+	})
+	if !errors.Is(err, unix.ENOSYS) {
+		return fd, err
+	}
+	cur, err := unix.Openat(root, ".", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	elems := strings.Split(rel, "/")
+	for i, e := range elems {
+		if e == "." || e == "" {
+			continue
+		}
+		if e == ".." {
+			unix.Close(cur)
+			return -1, unix.EXDEV
+		}
+		fl := unix.O_PATH | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC
+		if i == len(elems)-1 {
+			fl = flags | unix.O_NOFOLLOW | unix.O_CLOEXEC
+		}
+		next, err := unix.Openat(cur, e, fl, 0)
+		unix.Close(cur)
+		if err != nil {
+			return -1, err
+		}
+		cur = next
+	}
+	if rel == "." && flags&unix.O_PATH == 0 {
+		next, err := unix.Openat(cur, ".", flags|unix.O_CLOEXEC, 0)
+		unix.Close(cur)
+		return next, err
+	}
+	return cur, nil
+}
+
+// openFile opens the regular file p beneath root for a layer.
+func openFile(root, p string) (*os.File, error) {
+	rfd, err := openRoot(root)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(rfd)
+	fd, err := openBeneath(rfd, p, unix.O_RDONLY|unix.O_NONBLOCK)
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: "/" + p, Err: err}
+	}
+	return os.NewFile(uintptr(fd), "/"+p), nil
+}
+
+func readlinkat(dfd int, name string) (string, error) {
+	buf := make([]byte, 256)
+	for {
+		n, err := unix.Readlinkat(dfd, name, buf)
+		if err != nil {
+			return "", &fs.PathError{Op: "readlink", Path: name, Err: err}
+		}
+		if n < len(buf) {
+			return string(buf[:n]), nil
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+}
+
+// The *xattrat system calls (Linux 6.13) read extended attributes
+// relative to a directory descriptor.
+const (
+	sysGetxattrat  = 464
+	sysListxattrat = 465
+)
+
+// xattrArgs is the kernel's struct xattr_args.
+type xattrArgs struct {
+	value uint64
+	size  uint32
+	flags uint32
+}
+
+// noXattrat says the kernel lacks the *xattrat calls.
+var noXattrat atomic.Bool
+
+// xattrsAt reads the extended attributes of name in the directory dfd
+// (not following it) as PAX records: with listxattrat/getxattrat where
+// the kernel has them, else through the descriptor's /proc/self/fd link.
+func xattrsAt(dfd int, name string) map[string]string {
+	if !noXattrat.Load() {
+		out, err := xattrsAtSyscall(dfd, name)
+		if !errors.Is(err, unix.ENOSYS) {
+			return out
+		}
+		noXattrat.Store(true)
+	}
+	return xattrs(fmt.Sprintf("/proc/self/fd/%d/%s", dfd, name))
+}
+
+func xattrsAtSyscall(dfd int, name string) (map[string]string, error) {
+	p, err := unix.BytePtrFromString(name)
+	if err != nil {
+		return nil, err
+	}
+	list := func(buf []byte) (int, error) {
+		var ptr unsafe.Pointer
+		if len(buf) > 0 {
+			ptr = unsafe.Pointer(&buf[0])
+		}
+		n, _, e := unix.Syscall6(sysListxattrat, uintptr(dfd), uintptr(unsafe.Pointer(p)), unix.AT_SYMLINK_NOFOLLOW, uintptr(ptr), uintptr(len(buf)), 0)
+		if e != 0 {
+			return 0, e
+		}
+		return int(n), nil
+	}
+	size, err := list(nil)
+	if err != nil || size == 0 {
+		return nil, err
+	}
+	buf := make([]byte, size)
+	if size, err = list(buf); err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
+	for _, attr := range strings.Split(strings.TrimRight(string(buf[:size]), "\x00"), "\x00") {
+		if attr == "" {
+			continue
+		}
+		ap, err := unix.BytePtrFromString(attr)
+		if err != nil {
+			continue
+		}
+		get := func(val []byte) (int, error) {
+			args := xattrArgs{size: uint32(len(val))}
+			if len(val) > 0 {
+				args.value = uint64(uintptr(unsafe.Pointer(&val[0])))
+			}
+			n, _, e := unix.Syscall6(sysGetxattrat, uintptr(dfd), uintptr(unsafe.Pointer(p)), unix.AT_SYMLINK_NOFOLLOW,
+				uintptr(unsafe.Pointer(ap)), uintptr(unsafe.Pointer(&args)), unsafe.Sizeof(args))
+			runtime.KeepAlive(val)
+			if e != 0 {
+				return 0, e
+			}
+			return int(n), nil
+		}
+		vsize, err := get(nil)
+		if err != nil {
+			continue
+		}
+		val := make([]byte, vsize)
+		if vsize, err = get(val); err != nil {
+			continue
+		}
+		out["SCHILY.xattr."+attr] = string(val[:vsize])
+	}
+	return out, nil
 }
 
 // xattrs reads a file's extended attributes as PAX records.
