@@ -75,14 +75,22 @@ func (st *stage) runArgs(c *instructions.RunCommand) ([]string, []run.Script, er
 }
 
 // runEnv is what RUN sees: the image env, the stage's ARGs, the proxy
-// ARGs given, and a PATH when none is set.
+// ARGs given, a PATH when none is set and, as runc gives it, HOME from
+// the user's passwd entry ("/" without one) when none is set.
 func (b *builder) runEnv(st *stage) []string {
 	env := st.env.Merge(b.args.ProxyArgs())
 	if _, ok := env.Get("PATH"); !ok {
-		env.Set("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+		env.Set("PATH", defaultPath)
+	}
+	if _, ok := env.Get("HOME"); !ok {
+		env.Set("HOME", rootfs.HomeDir(st.fs, st.cfg.Config.User))
 	}
 	return env.List()
 }
+
+// defaultPath is the PATH of RUN without one, and of FROM scratch images
+// (BuildKit's dockerfile2llb).
+const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 // runHistory is BuildKit's created_by for RUN: "|N K=V ... argv".
 func runHistory(st *stage, argv []string) string {

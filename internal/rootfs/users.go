@@ -23,7 +23,8 @@ const maxDB = 16 << 20
 type dbEntry struct {
 	name string
 	id   int
-	gid  int // primary group, passwd only
+	gid  int    // primary group, passwd only
+	home string // home directory, passwd only
 }
 
 // readDB reads /etc/passwd (users true) or /etc/group inside root.
@@ -58,6 +59,9 @@ func readDB(root *fsroot.Root, users bool) ([]dbEntry, error) {
 		e := dbEntry{name: parts[0], id: id}
 		if users && len(parts) > 3 {
 			e.gid, _ = strconv.Atoi(parts[3])
+		}
+		if users && len(parts) > 5 {
+			e.home = parts[5]
 		}
 		out = append(out, e)
 	}
@@ -116,6 +120,8 @@ func resolveOwner(root *fsroot.Root, spec string, chown bool) (IDs, error) {
 		}
 	case found:
 		ids.UID, ids.GID = e.id, e.gid
+	case u == "root":
+		// As BuildKit: root is 0:0 without a passwd entry (or file).
 	default:
 		return IDs{}, fmt.Errorf("unable to find user %s: no matching entries in passwd file", u)
 	}
@@ -130,6 +136,10 @@ func resolveOwner(root *fsroot.Root, spec string, chown bool) (IDs, error) {
 			ge, found, err := lookup(root, false, g)
 			if err != nil {
 				return IDs{}, err
+			}
+			if !found && g == "root" {
+				ge = dbEntry{id: 0}
+				found = true
 			}
 			if !found {
 				return IDs{}, fmt.Errorf("unable to find group %s: no matching entries in group file", g)
@@ -170,6 +180,20 @@ func SupplementaryGroups(root *fsroot.Root, user string) ([]int, error) {
 		}
 	}
 	return out, nil
+}
+
+// HomeDir is the home directory a container runtime gives the USER value
+// spec ("" means root): its passwd entry's, or "/" when it has none.
+func HomeDir(root *fsroot.Root, spec string) string {
+	u, _, _ := strings.Cut(spec, ":")
+	if u == "" {
+		u = "root"
+	}
+	e, found, err := lookup(root, true, u)
+	if err != nil || !found || e.home == "" {
+		return "/"
+	}
+	return e.home
 }
 
 // UserName returns the passwd name of a USER value's user part, or "".
