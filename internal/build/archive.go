@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"mime"
 	"net/http"
 	"net/url"
@@ -113,7 +114,11 @@ func (b *builder) extract(w *writer, f io.Reader, dest string) error {
 			m.owner = *w.o.chown
 		}
 		if w.o.chmod != nil && h.Typeflag != tar.TypeSymlink {
-			m.mode = tarMode(*w.o.chmod)
+			own := rootfs.ModeFromTar(h.Mode)
+			if h.Typeflag == tar.TypeDir {
+				own |= fs.ModeDir
+			}
+			m.mode = tarMode(w.o.chmod.apply(own))
 		}
 		switch h.Typeflag {
 		case tar.TypeDir:
@@ -134,7 +139,7 @@ func (b *builder) extract(w *writer, f io.Reader, dest string) error {
 			if !tparent.Exists(tname) {
 				return fmt.Errorf("archive entry %q: hard link target %q not in the archive", h.Name, h.Linkname)
 			}
-			err = w.hardlink(target, img)
+			err = w.hardlink(target, img, m)
 		default:
 			b.log.Debug("ADD: skipping special archive entry", "entry", h.Name)
 		}
@@ -229,7 +234,7 @@ func (b *builder) addURL(ctx context.Context, w *writer, src string, r copyReque
 		m.owner = *w.o.chown
 	}
 	if w.o.chmod != nil {
-		m.mode = tarMode(*w.o.chmod)
+		m.mode = tarMode(w.o.chmod.apply(0o600))
 	}
 	if err := w.file(target, tmp, m); err != nil {
 		return fmt.Errorf("ADD %s: %w", redactURL(src), err)

@@ -193,8 +193,10 @@ type builder struct {
 	// in-place "/".
 	roots  []*fsroot.Root
 	liveFS *fsroot.Root
-	// fromImages are the --from images pulled so far.
+	// fromImages are the --from images pulled so far, bases the FROM
+	// images (by reference and platform).
 	fromImages map[string]v1.Image
+	bases      map[string]v1.Image
 	http       *http.Client
 	// secrets are the secret values read so far, hidden in RUN output.
 	secrets redactor
@@ -219,7 +221,7 @@ type builder struct {
 }
 
 func newBuilder(o Options) (*builder, error) {
-	b := &builder{o: o, log: o.Logger, stages: map[int]*stage{}, images: map[string]*fsroot.Root{}, fromImages: map[string]v1.Image{}, http: o.HTTPClient, started: time.Now().UTC()}
+	b := &builder{o: o, log: o.Logger, stages: map[int]*stage{}, images: map[string]*fsroot.Root{}, fromImages: map[string]v1.Image{}, bases: map[string]v1.Image{}, http: o.HTTPClient, started: time.Now().UTC()}
 	if b.log == nil {
 		b.log = slog.New(slog.DiscardHandler)
 	}
@@ -529,6 +531,11 @@ func (b *builder) run(ctx context.Context) (*Result, error) {
 	})
 	if err != nil {
 		return nil, err
+	}
+	if b.o.SkipUnusedStages {
+		if err := b.requireOnbuildStages(ctx); err != nil {
+			return nil, err
+		}
 	}
 	var last *stage
 	for _, ps := range b.plan.Stages {

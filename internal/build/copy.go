@@ -95,16 +95,6 @@ func (b *builder) copySource(ctx context.Context, st *stage, from string) (*sour
 	return &source{fs: fr, what: "image " + ref, owner: true}, nil
 }
 
-// parseChmod parses an octal --chmod value.
-func parseChmod(s string) (*fs.FileMode, error) {
-	n, err := strconv.ParseUint(s, 8, 32)
-	if err != nil || n > 0o7777 {
-		return nil, fmt.Errorf("--chmod=%s: want an octal mode such as 0755", s)
-	}
-	m := rootfs.ModeFromTar(int64(n))
-	return &m, nil
-}
-
 func hasMeta(p string) bool { return strings.ContainsAny(p, "*?[") }
 
 func isURL(s string) bool {
@@ -159,8 +149,18 @@ func (b *builder) copy(ctx context.Context, st *stage, r copyRequest) ([]layer.E
 			destIsDir = true
 		}
 	}
-	if n := len(r.sources.SourcePaths) + len(r.sources.SourceContents); n > 1 && !destIsDir {
-		return nil, fmt.Errorf("when using %s with more than one source file, the destination must be a directory and end with a /", r.name)
+	// As BuildKit, each source is copied on its own (an empty wildcard
+	// copies nothing); only several files landing on one file is an error.
+	landed := map[string]string{}
+	land := func(target, what string) error {
+		if destIsDir {
+			return nil
+		}
+		if prev, ok := landed[target]; ok {
+			return fmt.Errorf("%s: both %s and %s land on the file %s; end the destination with / to copy them into a directory", r.name, prev, what, target)
+		}
+		landed[target] = what
+		return nil
 	}
 	if r.checksum != "" {
 		for _, s := range r.sources.SourcePaths {
@@ -182,7 +182,10 @@ func (b *builder) copy(ctx context.Context, st *stage, r copyRequest) ([]layer.E
 			m.owner = *wo.chown
 		}
 		if wo.chmod != nil {
-			m.mode = tarMode(*wo.chmod)
+			m.mode = tarMode(wo.chmod.apply(0o644))
+		}
+		if err := land(into(c.Path), "<<"+c.Path); err != nil {
+			return nil, err
 		}
 		if err := w.file(into(c.Path), strings.NewReader(c.Data), m); err != nil {
 			return nil, fmt.Errorf("%s heredoc %s: %w", r.name, c.Path, err)
@@ -218,7 +221,6 @@ func (b *builder) copy(ctx context.Context, st *stage, r copyRequest) ([]layer.E
 		} else {
 			matches = []string{pattern}
 		}
-		toDir := destIsDir || len(matches) > 1
 		for _, m := range matches {
 			// What the path names, every symlink followed inside the source:
 			// an ignored file is not in the context under any name.
@@ -271,8 +273,11 @@ func (b *builder) copy(ctx context.Context, st *stage, r copyRequest) ([]layer.E
 					return nil, fmt.Errorf("ADD %s: %w", sp, err)
 				}
 			default:
-				if !r.parents && toDir {
+				if !r.parents && destIsDir {
 					target = path.Join(dest, path.Base(m))
+				}
+				if err := land(target, m); err != nil {
+					return nil, err
 				}
 				parent, name, err := src.fs.Parent(real)
 				if err != nil {

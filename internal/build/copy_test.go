@@ -272,7 +272,8 @@ func TestCopyErrors(t *testing.T) {
 	}{
 		{"missing source", "FROM REG/base:oci\nCOPY nope /x\n", nil, []string{"Dockerfile:2", `"nope" not found in the build context`}},
 		{"excluded source", "FROM REG/base:oci\nCOPY secret.txt /x\n", map[string]string{".dockerignore": "secret.txt", "secret.txt": "s"}, []string{"Dockerfile:2", "excluded by .dockerignore"}},
-		{"several sources need a directory", "FROM REG/base:oci\nCOPY a b /x\n", map[string]string{"a": "", "b": ""}, []string{"Dockerfile:2", "must be a directory and end with a /"}},
+		{"several files on one file", "FROM REG/base:oci\nCOPY a b /x\n", map[string]string{"a": "", "b": ""}, []string{"Dockerfile:2", "both a and b land on the file /x"}},
+		{"several heredocs on one file", "FROM REG/base:oci\nCOPY <<A <<B /x\na\nA\nb\nB\n", nil, []string{"Dockerfile:2", "land on the file /x"}},
 		{"unknown chown user", "FROM REG/base:oci\nCOPY --chown=ghost a /x\n", map[string]string{"a": ""}, []string{"Dockerfile:2", "unable to find user ghost"}},
 		{"bad chmod", "FROM REG/base:oci\nCOPY --chmod=9z a /x\n", map[string]string{"a": ""}, []string{"Dockerfile:2", "--chmod=9z"}},
 		{"hostile archive", "FROM REG/base:oci\nADD evil.tar /x/\n", map[string]string{"evil.tar": string(imagetest.Tar(imagetest.Reg("../../escape", "x", 0o644, 0, 0)))}, []string{"Dockerfile:2", "escapes"}},

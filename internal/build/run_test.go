@@ -162,15 +162,23 @@ func keys(m map[string]imagetest.Entry) []string {
 	return out
 }
 
-func TestRunUnchangedAddsNoLayer(t *testing.T) {
+// TestRunUnchangedAddsAnEmptyLayer: as BuildKit, a RUN that changes
+// nothing still commits a layer, an empty one, so layers and history align
+// as Docker's do (semantics issue, item 3).
+func TestRunUnchangedAddsAnEmptyLayer(t *testing.T) {
 	f := newFixture(t)
 	_, cf, img := f.mustRun(buildSpec{dockerfile: "FROM REG/busybox:1\nRUN true\nRUN echo x > /dev/null\n"})
 	ls, _ := img.Layers()
-	if len(ls) != 1 {
-		t.Errorf("%d layers, want only the base's", len(ls))
+	if len(ls) != 3 {
+		t.Fatalf("%d layers, want the base's and one per RUN", len(ls))
+	}
+	for _, l := range ls[1:] {
+		if names := imagetest.LayerNames(t, l); len(names) != 0 {
+			t.Errorf("a RUN that changed nothing wrote %v", names)
+		}
 	}
 	hist := cf.History[1:]
-	if len(hist) != 2 || !hist[0].EmptyLayer || !hist[1].EmptyLayer || !strings.HasPrefix(hist[0].CreatedBy, "RUN /bin/sh -c true") {
+	if len(hist) != 2 || hist[0].EmptyLayer || hist[1].EmptyLayer || !strings.HasPrefix(hist[0].CreatedBy, "RUN /bin/sh -c true") {
 		t.Errorf("history %+v", hist)
 	}
 }

@@ -207,7 +207,7 @@ func (b *builder) runInstruction(ctx context.Context, st *stage, c *instructions
 	if err != nil {
 		return err
 	}
-	if err := b.commit(ctx, st, runHistory(st, argv), entries); err != nil {
+	if err := b.commit(ctx, st, runHistory(st, argv), entries, true); err != nil {
 		return err
 	}
 	st.snapshot = after
@@ -251,7 +251,7 @@ func (b *builder) runMounts(ctx context.Context, st *stage, c *instructions.RunC
 		case instructions.MountTypeCache:
 			id := m.CacheID
 			if id == "" {
-				id = target
+				id = path.Clean(target) // as BuildKit: /x/ and /x share a cache
 			}
 			if m.From != "" {
 				return nil, cleanup, fmt.Errorf("--mount=type=cache,from=%s is not supported yet", m.From)

@@ -83,16 +83,8 @@ func (b *builder) buildStage(ctx context.Context, ps *dockerfile.Stage) (*stage,
 		st.base = mutate.MediaType(empty.Image, types.OCIManifestSchema1)
 		st.base = mutate.ConfigMediaType(st.base, types.OCIConfigJSON)
 	default:
-		if img, ok := b.baseFromCacheDir(ps.Base); ok {
-			st.base = img
-			break
-		}
-		if b.o.Registry == nil {
-			return nil, &dockerfile.Error{File: b.df.Name, Line: ps.Line, Err: fmt.Errorf("FROM %s: no registry client", ps.Base)}
-		}
-		st.base, err = b.o.Registry.PullPlatform(ctx, ps.Base, st.platform)
-		if err != nil {
-			return nil, &dockerfile.Error{File: b.df.Name, Line: ps.Line, Err: fmt.Errorf("FROM %s: %w", ps.Base, err)}
+		if st.base, err = b.baseImage(ctx, ps, st.platform); err != nil {
+			return nil, err
 		}
 	}
 	if ps.BaseStage < 0 && !strings.EqualFold(ps.Base, "scratch") {
@@ -121,9 +113,27 @@ func (b *builder) buildStage(ctx context.Context, ps *dockerfile.Stage) (*stage,
 		st.cfg.OS, st.cfg.Architecture, st.cfg.Variant = st.platform.OS, st.platform.Architecture, st.platform.Variant
 		st.cfg.RootFS.Type = "layers"
 	}
+	// As BuildKit: a relative working directory in the base's config is
+	// taken from "/" (system.NormalizeWorkdir), and PATH is always set.
+	if wd := st.cfg.Config.WorkingDir; wd != "" && !path.IsAbs(wd) {
+		st.cfg.Config.WorkingDir = path.Join("/", wd)
+	}
 	st.startInterval = healthStartInterval(st.base)
 	st.imgEnv = dockerfile.NewEnv(st.cfg.Config.Env)
+	if _, ok := st.imgEnv.Get("PATH"); !ok {
+		st.imgEnv.Set("PATH", defaultPath)
+	}
 	st.env = st.imgEnv.Clone()
+	if ps.BaseStage >= 0 {
+		// A stage built on another inherits its ARGs (BuildKit's
+		// dispatchState.init), values included.
+		prev := b.stages[ps.BaseStage]
+		for _, k := range prev.args.Keys() {
+			v, _ := prev.args.Get(k)
+			st.args.Set(k, v)
+			st.env.Set(k, v)
+		}
+	}
 	triggers := st.cfg.Config.OnBuild
 	st.cfg.Config.OnBuild = nil
 
@@ -275,6 +285,78 @@ func (b *builder) initKey(st *stage) error {
 	return nil
 }
 
+// baseImage is the image a stage's FROM names, from the cache directory
+// or the registry, fetched once per build.
+func (b *builder) baseImage(ctx context.Context, ps *dockerfile.Stage, platform v1.Platform) (v1.Image, error) {
+	key := ps.Base + "\x00" + platformString(platform)
+	if img, ok := b.bases[key]; ok {
+		return img, nil
+	}
+	img, ok := b.baseFromCacheDir(ps.Base)
+	if !ok {
+		if b.o.Registry == nil {
+			return nil, &dockerfile.Error{File: b.df.Name, Line: ps.Line, Err: fmt.Errorf("FROM %s: no registry client", ps.Base)}
+		}
+		var err error
+		if img, err = b.o.Registry.PullPlatform(ctx, ps.Base, platform); err != nil {
+			return nil, &dockerfile.Error{File: b.df.Name, Line: ps.Line, Err: fmt.Errorf("FROM %s: %w", ps.Base, err)}
+		}
+	}
+	b.bases[key] = img
+	return img, nil
+}
+
+// stagePlatform is the platform a stage builds for.
+func (b *builder) stagePlatform(ps *dockerfile.Stage) (v1.Platform, error) {
+	if ps.Platform == "" {
+		return b.platform, nil
+	}
+	p, err := ParsePlatform(ps.Platform)
+	if err != nil {
+		return v1.Platform{}, &dockerfile.Error{File: b.df.Name, Line: ps.Line, Err: fmt.Errorf("FROM --platform: %w", err)}
+	}
+	return p, nil
+}
+
+// requireOnbuildStages marks, besides the stages the target needs, those
+// its base images' ONBUILD triggers read (COPY --from=<stage>, RUN
+// --mount from=), which only the images' configs tell.
+func (b *builder) requireOnbuildStages(ctx context.Context) error {
+	for changed := true; changed; {
+		changed = false
+		for _, ps := range b.plan.Stages {
+			if !ps.Build || ps.BaseStage >= 0 || strings.EqualFold(ps.Base, "scratch") {
+				continue
+			}
+			platform, err := b.stagePlatform(ps)
+			if err != nil {
+				return err
+			}
+			img, err := b.baseImage(ctx, ps, platform)
+			if err != nil {
+				return err
+			}
+			cf, err := img.ConfigFile()
+			if err != nil {
+				return fmt.Errorf("base image %s: reading config: %w", ps.Base, err)
+			}
+			var cmds []instructions.Command
+			for _, t := range cf.Config.OnBuild {
+				if cmd, err := dockerfile.ParseTrigger(t); err == nil {
+					cmds = append(cmds, cmd)
+				}
+			}
+			for _, j := range b.df.CommandRefs(cmds, ps.Index, b.plan.Meta) {
+				if !b.plan.Stages[j].Build {
+					b.plan.Require(b.df, j)
+					changed = true
+				}
+			}
+		}
+	}
+	return nil
+}
+
 // baseFromCacheDir finds a base image warm-cache stored.
 func (b *builder) baseFromCacheDir(ref string) (v1.Image, bool) {
 	if b.o.BaseImages == nil {
@@ -394,10 +476,12 @@ func (st *stage) finish(now time.Time) error {
 	return nil
 }
 
-// commit records an instruction: a layer of entries, or an empty-layer
-// history entry when there are none.
-func (b *builder) commit(ctx context.Context, st *stage, createdBy string, entries []layer.Entry) error {
-	if len(entries) == 0 || b.o.SingleSnapshot {
+// commit records an instruction. As BuildKit, RUN, COPY, ADD and a
+// WORKDIR other than / commit a layer (withLayer), empty or not, so that
+// layers and history align as Docker's do; metadata instructions record
+// an empty-layer history entry.
+func (b *builder) commit(ctx context.Context, st *stage, createdBy string, entries []layer.Entry, withLayer bool) error {
+	if !withLayer || b.o.SingleSnapshot {
 		// With --single-snapshot the stage's one layer is the difference
 		// between its start and its end, taken in buildStage.
 		st.history = append(st.history, v1.History{
@@ -405,7 +489,9 @@ func (b *builder) commit(ctx context.Context, st *stage, createdBy string, entri
 		})
 		return nil
 	}
-	st.snapshot = nil
+	if len(entries) > 0 {
+		st.snapshot = nil
+	}
 	return b.addLayer(ctx, st, createdBy, entries)
 }
 
@@ -546,7 +632,7 @@ func (b *builder) dispatch(ctx context.Context, st *stage, cmd instructions.Comm
 		if err != nil {
 			return err
 		}
-		return b.commit(ctx, st, created, entries)
+		return b.commit(ctx, st, created, entries, st.cfg.Config.WorkingDir != "/")
 	case *instructions.CopyCommand:
 		entries, err := b.copy(ctx, st, copyRequest{
 			sources: cmd.SourcesAndDest, from: cmd.From, chown: cmd.Chown, chmod: cmd.Chmod,
@@ -555,7 +641,7 @@ func (b *builder) dispatch(ctx context.Context, st *stage, cmd instructions.Comm
 		if err != nil {
 			return err
 		}
-		return b.commit(ctx, st, created, entries)
+		return b.commit(ctx, st, created, entries, true)
 	case *instructions.AddCommand:
 		unpack := true
 		if cmd.Unpack != nil {
@@ -569,13 +655,13 @@ func (b *builder) dispatch(ctx context.Context, st *stage, cmd instructions.Comm
 		if err != nil {
 			return err
 		}
-		return b.commit(ctx, st, created, entries)
+		return b.commit(ctx, st, created, entries, true)
 	case *instructions.RunCommand:
 		return b.runInstruction(ctx, st, cmd)
 	default:
 		return fmt.Errorf("%s is not supported", strings.ToUpper(cmd.Name()))
 	}
-	return b.commit(ctx, st, created, nil)
+	return b.commit(ctx, st, created, nil, false)
 }
 
 // commandLine turns a CMD or ENTRYPOINT into its exec form.
@@ -668,7 +754,7 @@ func (b *builder) workdir(st *stage, p string) ([]layer.Entry, error) {
 		return nil, fmt.Errorf("WORKDIR %s: %w", p, err)
 	}
 	if !w.createdAny {
-		return nil, nil
+		return nil, nil // the layer is empty, as BuildKit's mkdir of an existing directory
 	}
 	return w.entries(), nil
 }

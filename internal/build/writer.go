@@ -8,9 +8,12 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	mode "github.com/tonistiigi/dchapes-mode"
 
 	"github.com/kilnbuild/kiln/internal/fsroot"
 	"github.com/kilnbuild/kiln/internal/layer"
@@ -21,13 +24,54 @@ import (
 type writerOptions struct {
 	// chown, when set, owns everything copied and every directory created.
 	chown *rootfs.IDs
-	// chmod, when set, is the mode of everything copied (not of links).
-	chmod *fs.FileMode
+	// chmod, when set, gives everything copied its mode (not links).
+	chmod *chmodSpec
 	// createOwner owns created parent directories when chown is not set.
 	createOwner rootfs.IDs
 	// preserveOwner keeps source owners (stages, images); otherwise copied
 	// files belong to 0:0, as Docker does for the build context.
 	preserveOwner bool
+}
+
+// chmodSpec is a COPY/ADD --chmod: an octal mode, or a symbolic one
+// ("u=rwX,go=rX") applied to each source's own mode, as BuildKit does.
+type chmodSpec struct {
+	octal *fs.FileMode
+	sym   *mode.Set
+}
+
+// parseChmod parses a --chmod value, octal or symbolic.
+func parseChmod(s string) (*chmodSpec, error) {
+	if n, err := strconv.ParseUint(s, 8, 32); err == nil {
+		if n > 0o7777 {
+			return nil, fmt.Errorf("--chmod=%s: an octal mode is at most 07777", s)
+		}
+		m := rootfs.ModeFromTar(int64(n))
+		return &chmodSpec{octal: &m}, nil
+	}
+	set, err := mode.Parse(s)
+	if err != nil {
+		return nil, fmt.Errorf("--chmod=%s: want an octal mode (0755) or a symbolic one (u=rwX,go=rX): %v", s, err)
+	}
+	return &chmodSpec{sym: &set}, nil
+}
+
+// apply gives the mode for a source whose own mode (type bits included)
+// is m.
+func (c *chmodSpec) apply(m fs.FileMode) fs.FileMode {
+	if c.octal != nil {
+		return *c.octal
+	}
+	return c.sym.Apply(m) &^ fs.ModeType
+}
+
+// dirMode is the mode of the parent directories a COPY creates: an octal
+// --chmod's (BuildKit's fsutil creates them so), else 0755.
+func (w *writer) dirMode() int64 {
+	if w.o.chmod != nil && w.o.chmod.octal != nil {
+		return tarMode(*w.o.chmod.octal)
+	}
+	return 0o755
 }
 
 type fileKey struct{ dev, ino uint64 }
@@ -126,11 +170,12 @@ func (w *writer) mkdirAll(dir string) (*fsroot.Dir, error) {
 	if w.o.chown != nil {
 		owner = *w.o.chown
 	}
+	dm := w.dirMode()
 	d, err := w.root.MkdirAll(clean, fsroot.MkdirOptions{Created: func(p *fsroot.Dir, name string) error {
-		if err := w.setMeta(p, name, tar.TypeDir, owner, 0o755, w.now); err != nil {
+		if err := w.setMeta(p, name, tar.TypeDir, owner, dm, w.now); err != nil {
 			return err
 		}
-		w.record(path.Join(p.Path(), name), tar.Header{Typeflag: tar.TypeDir, Mode: 0o755, Uid: owner.UID, Gid: owner.GID, ModTime: w.now}, nil)
+		w.record(path.Join(p.Path(), name), tar.Header{Typeflag: tar.TypeDir, Mode: dm, Uid: owner.UID, Gid: owner.GID, ModTime: w.now}, nil)
 		w.createdAny = true
 		return nil
 	}})
@@ -197,7 +242,7 @@ func (w *writer) metaFor(fi fs.FileInfo) meta {
 		m.owner = *w.o.chown
 	}
 	if w.o.chmod != nil && fi.Mode()&fs.ModeSymlink == 0 {
-		m.mode = tarMode(*w.o.chmod)
+		m.mode = tarMode(w.o.chmod.apply(fi.Mode()))
 	}
 	return m
 }
@@ -328,8 +373,10 @@ func (w *writer) symlink(dest, linkTarget string, m meta) error {
 }
 
 // hardlink makes dest a hard link to the image path already written at
-// targetImg (a real path this writer wrote).
-func (w *writer) hardlink(dest, targetImg string) error {
+// targetImg (a real path this writer wrote). The link's header carries the
+// file's own metadata m, as BuildKit and kaniko write it: appliers such as
+// containerd's chown and chmod every entry, link entries included.
+func (w *writer) hardlink(dest, targetImg string, m meta) error {
 	parent, name, img, err := w.target(dest)
 	if err != nil {
 		return err
@@ -345,7 +392,12 @@ func (w *writer) hardlink(dest, targetImg string) error {
 	if err := parent.Link(td, tname, name); err != nil {
 		return err
 	}
-	w.record(img, tar.Header{Typeflag: tar.TypeLink, Linkname: targetImg}, nil)
+	if i, ok := w.index[targetImg]; ok {
+		// The file as this writer wrote it.
+		t := w.list[i].Header
+		m = meta{mode: t.Mode, owner: rootfs.IDs{UID: t.Uid, GID: t.Gid}, mtime: t.ModTime}
+	}
+	w.record(img, tar.Header{Typeflag: tar.TypeLink, Linkname: targetImg, Mode: m.mode, Uid: m.owner.UID, Gid: m.owner.GID, ModTime: m.mtime}, nil)
 	return nil
 }
 
@@ -371,7 +423,7 @@ func (w *writer) copyFrom(src *fsroot.Dir, name string, fi fs.FileInfo, dest str
 		if ok && st.Nlink > 1 {
 			key = fileKey{uint64(st.Dev), st.Ino}
 			if first, seen := w.links[key]; seen {
-				return w.hardlink(dest, first)
+				return w.hardlink(dest, first, m)
 			}
 		}
 		f, err := src.Open(name)

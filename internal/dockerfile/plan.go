@@ -56,6 +56,7 @@ type Plan struct {
 // PlatformArgs returns BuildKit's predefined platform ARGs.
 func PlatformArgs(target, build v1.Platform) *Env {
 	e := &Env{}
+	e.Set("TARGETSTAGE", "default")
 	for _, p := range []struct {
 		prefix string
 		p      v1.Platform
@@ -106,6 +107,9 @@ func (d *Dockerfile) Plan(o PlanOptions) (*Plan, error) {
 		if p.Target < 0 || !strings.EqualFold(d.Stages[p.Target].Name, o.Target) {
 			return nil, &Error{File: d.Name, Err: fmt.Errorf("--target %q: no stage with that name", o.Target)}
 		}
+		// BuildKit's predefined TARGETSTAGE: the target's name, "default"
+		// without --target.
+		meta.Set("TARGETSTAGE", strings.ToLower(o.Target))
 	}
 	exp := meta.Expander(d.Escape)
 	for i := 0; i <= p.Target; i++ {
@@ -136,29 +140,27 @@ func (d *Dockerfile) Plan(o PlanOptions) (*Plan, error) {
 		}
 		return p, nil
 	}
-	var mark func(i int) error
-	mark = func(i int) error {
-		s := p.Stages[i]
-		if s.Build {
-			return nil
-		}
-		s.Build = true
-		if s.BaseStage >= 0 {
-			if err := mark(s.BaseStage); err != nil {
-				return err
-			}
-		}
-		for _, dep := range d.FromRefs(s.Index, meta) {
-			if err := mark(dep); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	if err := mark(p.Target); err != nil {
-		return nil, err
-	}
+	p.Require(d, p.Target)
 	return p, nil
+}
+
+// Require marks stage i to be built, with every stage it needs: its base
+// stage and the stages its COPY --from and RUN --mount from= read.
+func (p *Plan) Require(d *Dockerfile, i int) {
+	if i < 0 || i >= len(p.Stages) {
+		return
+	}
+	s := p.Stages[i]
+	if s.Build {
+		return
+	}
+	s.Build = true
+	if s.BaseStage >= 0 {
+		p.Require(d, s.BaseStage)
+	}
+	for _, dep := range d.FromRefs(s.Index, p.Meta) {
+		p.Require(d, dep)
+	}
 }
 
 // stageByName finds an earlier stage named name (FROM accepts names only).
@@ -172,21 +174,38 @@ func (d *Dockerfile) stageByName(name string, before int) int {
 	return -1
 }
 
-// FromRefs returns the earlier stages that stage i reads with COPY --from.
+// FromRefs returns the earlier stages that stage i reads with COPY --from
+// and RUN --mount from=.
 func (d *Dockerfile) FromRefs(i int, meta *Env) []int {
+	return d.CommandRefs(d.Stages[i].Commands, i, meta)
+}
+
+// CommandRefs returns the stages before stage i that cmds read with COPY
+// --from and RUN --mount from= (ONBUILD triggers' included, for which
+// kiln parses the base image's triggers).
+func (d *Dockerfile) CommandRefs(cmds []instructions.Command, i int, meta *Env) []int {
 	var out []int
 	exp := meta.Expander(d.Escape)
-	for _, c := range d.Stages[i].Commands {
-		cp, ok := c.(*instructions.CopyCommand)
-		if !ok || cp.From == "" {
-			continue
+	add := func(ref string) {
+		if ref == "" {
+			return
 		}
-		from, err := exp(cp.From)
+		from, err := exp(ref)
 		if err != nil {
-			continue
+			return
 		}
 		if j := d.StageIndex(from, i); j >= 0 {
 			out = append(out, j)
+		}
+	}
+	for _, c := range cmds {
+		switch c := c.(type) {
+		case *instructions.CopyCommand:
+			add(c.From)
+		case *instructions.RunCommand:
+			for _, m := range instructions.GetMounts(c) {
+				add(m.From)
+			}
 		}
 	}
 	return out

@@ -87,7 +87,7 @@ func (b *Build) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
 	fs.StringVar(&b.ImageNameTagWithDigestFile, "image-name-tag-with-digest-file", "", "Write repo:tag@digest, one line per destination, to this file.")
 	fs.StringArrayVar(&b.BuildArgs, "build-arg", nil, "Build argument KEY=VALUE, or KEY to take the value from the environment; repeatable.")
 	fs.StringVar(&b.Target, "target", "", "Stage to build (default: the last).")
-	fs.BoolVar(&b.SkipUnusedStages, "skip-unused-stages", false, "Build only the stages the target depends on.")
+	fs.BoolVar(&b.SkipUnusedStages, "skip-unused-stages", true, "Build only the stages the target depends on (as BuildKit and kaniko v1.28; =false builds every stage up to the target).")
 	fs.StringArrayVar(&b.Labels, "label", nil, "Label KEY=VALUE to set on the image; repeatable.")
 	fs.StringVar(&b.CustomPlatform, "custom-platform", "", "Platform os/arch[/variant] of base images and the result (default: this machine's).")
 	fs.StringVar(&b.CustomPlatform, "customPlatform", "", "Deprecated alias of --custom-platform.")
