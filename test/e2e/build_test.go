@@ -68,7 +68,40 @@ func pull(t *testing.T, ref string, opts ...remote.Option) v1.Image {
 	if err != nil {
 		t.Fatalf("pulling %s: %v", ref, err)
 	}
+	checkAligned(t, ref, img)
 	return img
+}
+
+// checkAligned asserts that an image's layers and history align as
+// Docker's do: one non-empty history entry per layer, and every RUN,
+// COPY, ADD and WORKDIR (but WORKDIR /) kiln recorded has its layer.
+func checkAligned(t *testing.T, ref string, img v1.Image) {
+	t.Helper()
+	ls, err := img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var withLayer int
+	for _, h := range cf.History {
+		if !h.EmptyLayer {
+			withLayer++
+		}
+		if h.Comment != "kiln.dockerfile.v0" {
+			continue
+		}
+		op := strings.Fields(h.CreatedBy + " x")[0]
+		layered := op == "RUN" || op == "COPY" || op == "ADD" || (op == "WORKDIR" && strings.TrimSpace(strings.TrimPrefix(h.CreatedBy, "WORKDIR")) != "/")
+		if layered == h.EmptyLayer && !strings.HasPrefix(h.CreatedBy, "single snapshot") {
+			t.Errorf("%s: history %q has empty_layer=%v", ref, h.CreatedBy, h.EmptyLayer)
+		}
+	}
+	if withLayer != len(ls) {
+		t.Errorf("%s: %d layers but %d history entries with a layer", ref, len(ls), withLayer)
+	}
 }
 
 // checkFullImage asserts what testdata/full must produce.
