@@ -4,7 +4,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
@@ -35,22 +34,19 @@ func run(ctx context.Context, args []string) int {
 		return code
 	}
 	o.BuildArgs = append(o.BuildArgs, fs.Args()...)
-	log, err := o.Log.Logger(os.Stderr)
+	log, err := o.Log.Logger(os.Stderr, os.Getenv)
 	if err == nil {
 		err = o.Validate(fs)
 	}
 	var job build.Job
 	if err == nil {
-		job, err = o.Job(fs, os.Getenv, os.LookupEnv, log)
+		job, err = o.Job(fs, os.Getenv, os.LookupEnv, log, os.Stdout, os.Stderr)
 	}
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "build: %v\n", err)
-		return 2
+		return options.Refuse(log, os.Stderr, "build", err)
 	}
 	if _, err := build.Execute(ctx, job); err != nil {
-		log.Error("build failed", "error", err.Error())
-		fmt.Fprintf(os.Stderr, "build: error: %v\n", err)
-		return 1
+		return options.Fail(log, "build", err)
 	}
 	return 0
 }

@@ -5,7 +5,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
@@ -31,16 +30,13 @@ func run(args []string) int {
 	if code, done := options.Parse(fs, "Usage: emit-results --build-record FILE [outputs]", args, os.Stderr); done {
 		return code
 	}
-	log, err := o.Log.Logger(os.Stderr)
+	log, err := o.Log.Logger(os.Stderr, os.Getenv)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "emit-results: %v\n", err)
-		return 2
+		return options.Refuse(log, os.Stderr, "emit-results", err)
 	}
 	v, err := results.Emit(o.Results)
 	if err != nil {
-		log.Error("emit-results failed", "error", err.Error())
-		fmt.Fprintf(os.Stderr, "emit-results: error: %v\n", err)
-		return 1
+		return options.Fail(log, "emit-results", err)
 	}
 	log.Info("results written", "digest", v.Digest, "url", v.URL)
 	return 0

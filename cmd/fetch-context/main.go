@@ -5,7 +5,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
@@ -31,7 +30,7 @@ func run(ctx context.Context, args []string) int {
 	if code, done := options.Parse(fs, "Usage: fetch-context --context SOURCE --dest DIR [flags]", args, os.Stderr); done {
 		return code
 	}
-	log, err := o.Log.Logger(os.Stderr)
+	log, err := o.Log.Logger(os.Stderr, os.Getenv)
 	if err == nil && o.Skip() {
 		log.Info("no context source given: nothing to fetch")
 		return 0
@@ -42,13 +41,10 @@ func run(ctx context.Context, args []string) int {
 		fo, record, err = o.Options(os.Getenv, os.Stdin, log)
 	}
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "fetch-context: %v\n", err)
-		return 2
+		return options.Refuse(log, os.Stderr, "fetch-context", err)
 	}
 	if err := buildcontext.FetchAndRecord(ctx, fo, record, o.ResultsDir); err != nil {
-		log.Error("fetch-context failed", "error", err.Error())
-		fmt.Fprintf(os.Stderr, "fetch-context: error: %v\n", err)
-		return 1
+		return options.Fail(log, "fetch-context", err)
 	}
 	return 0
 }

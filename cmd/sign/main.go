@@ -4,7 +4,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
@@ -30,7 +29,7 @@ func run(ctx context.Context, args []string) int {
 	if code, done := options.Parse(fs, "Usage: sign --build-record FILE (--key KEY | --identity-token-file FILE) [flags]", args, os.Stderr); done {
 		return code
 	}
-	log, err := o.Log.Logger(os.Stderr)
+	log, err := o.Log.Logger(os.Stderr, os.Getenv)
 	if err == nil && o.Skip() {
 		log.Info("no key and no keyless identity: not signing")
 		return 0
@@ -40,13 +39,10 @@ func run(ctx context.Context, args []string) int {
 		so, err = o.Options(os.Getenv, log)
 	}
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "sign: %v\n", err)
-		return 2
+		return options.Refuse(log, os.Stderr, "sign", err)
 	}
 	if err := sign.Sign(ctx, so); err != nil {
-		log.Error("sign failed", "error", err.Error())
-		fmt.Fprintf(os.Stderr, "sign: error: %v\n", err)
-		return 1
+		return options.Fail(log, "sign", err)
 	}
 	return 0
 }

@@ -4,7 +4,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
@@ -30,7 +29,7 @@ func run(ctx context.Context, args []string) int {
 	if code, done := options.Parse(fs, "Usage: warm-cache [flags]\n\nStores base images in a cache directory for build --cache-dir.", args, os.Stderr); done {
 		return code
 	}
-	log, err := o.Log.Logger(os.Stderr)
+	log, err := o.Log.Logger(os.Stderr, os.Getenv)
 	if err == nil && o.Skip() {
 		log.Info("no image to warm: nothing to do")
 		return 0
@@ -40,13 +39,10 @@ func run(ctx context.Context, args []string) int {
 		wo, err = o.Options(os.Getenv, os.LookupEnv, log)
 	}
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "warm-cache: %v\n", err)
-		return 2
+		return options.Refuse(log, os.Stderr, "warm-cache", err)
 	}
 	if err := cache.Warm(ctx, wo); err != nil {
-		log.Error("warm-cache failed", "error", err.Error())
-		fmt.Fprintf(os.Stderr, "warm-cache: error: %v\n", err)
-		return 1
+		return options.Fail(log, "warm-cache", err)
 	}
 	return 0
 }

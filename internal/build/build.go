@@ -127,6 +127,10 @@ type Options struct {
 	LookupEnv func(string) (string, bool)
 	// Logger receives progress.
 	Logger *slog.Logger
+	// RunStdout and RunStderr, when set, receive what RUN prints, line by
+	// line as printed (secrets masked); unset, RUN's lines are log records
+	// with their stream's name.
+	RunStdout, RunStderr io.Writer
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }

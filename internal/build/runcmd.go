@@ -2,6 +2,7 @@ package build
 
 import (
 	"context"
+	"io"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -182,7 +183,7 @@ func (b *builder) runInstruction(ctx context.Context, st *stage, c *instructions
 		Slirp4netns: b.slirp,
 		UserNS:      userns,
 		Protect:     secretPlaces{b.ignore},
-		Output:      func(line string) { b.log.Info(b.redact(line), "stage", label, "run", true) },
+		Output:      func(stream, line string) { b.runOutput(label, stream, b.redact(line)) },
 	}
 	if b.inPlace {
 		err = run.Direct(ctx, spec, files, ro)
@@ -220,6 +221,21 @@ func (b *builder) snapshotMode() snapshot.Mode {
 		return snapshot.Full
 	}
 	return m
+}
+
+// runOutput passes a line a RUN printed on: as the command wrote it, to
+// the build's own stdout or stderr (kaniko's behaviour), or, for a JSON
+// log, as a record that keeps the stream's name.
+func (b *builder) runOutput(stage, stream, line string) {
+	w := b.o.RunStdout
+	if stream == "stderr" {
+		w = b.o.RunStderr
+	}
+	if w == nil {
+		b.log.Info(line, "stage", stage, "stream", stream)
+		return
+	}
+	io.WriteString(w, line+"\n")
 }
 
 // redact hides secret values in a line of output.

@@ -20,8 +20,27 @@ type Options struct {
 	Verbosity string
 	// Format is one of text, color, json.
 	Format string
-	// Timestamp adds a time to every record.
+	// Timestamp adds a time to every text and color record (JSON records
+	// always have one, as kaniko's do).
 	Timestamp bool
+	// Color colours the color format; without it (no terminal, NO_COLOR)
+	// the color format is the same layout without escape codes.
+	Color bool
+}
+
+// levelName is a level as kaniko's logrus names it.
+func levelName(l slog.Level) string {
+	switch {
+	case l >= slog.LevelError:
+		return "error"
+	case l >= slog.LevelWarn:
+		return "warning"
+	case l >= slog.LevelInfo:
+		return "info"
+	case l >= slog.LevelDebug:
+		return "debug"
+	}
+	return "trace"
 }
 
 // ParseLevel maps a kaniko (logrus) verbosity name to a slog level.
@@ -47,22 +66,31 @@ func New(w io.Writer, o Options) (*slog.Logger, error) {
 	if err != nil {
 		return nil, err
 	}
-	ho := &slog.HandlerOptions{Level: level}
-	if !o.Timestamp {
-		ho.ReplaceAttr = func(groups []string, a slog.Attr) slog.Attr {
-			if len(groups) == 0 && a.Key == slog.TimeKey {
-				return slog.Attr{}
+	replace := func(keepTime bool) func([]string, slog.Attr) slog.Attr {
+		return func(groups []string, a slog.Attr) slog.Attr {
+			if len(groups) > 0 {
+				return a
+			}
+			switch a.Key {
+			case slog.TimeKey:
+				if !keepTime {
+					return slog.Attr{}
+				}
+			case slog.LevelKey:
+				if l, ok := a.Value.Any().(slog.Level); ok {
+					return slog.String(slog.LevelKey, levelName(l))
+				}
 			}
 			return a
 		}
 	}
 	switch strings.ToLower(o.Format) {
 	case "json":
-		return slog.New(slog.NewJSONHandler(w, ho)), nil
+		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level, ReplaceAttr: replace(true)})), nil
 	case "text":
-		return slog.New(slog.NewTextHandler(w, ho)), nil
+		return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level, ReplaceAttr: replace(o.Timestamp)})), nil
 	case "", "color":
-		return slog.New(&colorHandler{w: w, level: level, timestamp: o.Timestamp, mu: &sync.Mutex{}}), nil
+		return slog.New(&colorHandler{w: w, level: level, timestamp: o.Timestamp, color: o.Color, mu: &sync.Mutex{}}), nil
 	}
 	return nil, fmt.Errorf("--log-format %q: want one of text, color, json", o.Format)
 }
@@ -73,6 +101,7 @@ type colorHandler struct {
 	w         io.Writer
 	level     slog.Level
 	timestamp bool
+	color     bool
 	attrs     []slog.Attr
 	group     string
 	mu        *sync.Mutex
@@ -98,7 +127,11 @@ func (h *colorHandler) Handle(_ context.Context, r slog.Record) error {
 	default:
 		color, name = "\x1b[37m", "TRAC"
 	}
-	fmt.Fprintf(&b, "%s%s\x1b[0m %s", color, name, r.Message)
+	reset := "\x1b[0m"
+	if !h.color {
+		color, reset = "", ""
+	}
+	fmt.Fprintf(&b, "%s%s%s %s", color, name, reset, r.Message)
 	write := func(a slog.Attr) {
 		if a.Equal(slog.Attr{}) {
 			return
@@ -107,7 +140,7 @@ func (h *colorHandler) Handle(_ context.Context, r slog.Record) error {
 		if h.group != "" {
 			key = h.group + "." + key
 		}
-		fmt.Fprintf(&b, " %s=%s%v\x1b[0m", key, color, a.Value.Resolve())
+		fmt.Fprintf(&b, " %s=%s%v%s", key, color, a.Value.Resolve(), reset)
 	}
 	for _, a := range h.attrs {
 		write(a)

@@ -14,9 +14,10 @@ func TestNew(t *testing.T) {
 		want      string
 		wantErr   string
 	}{
-		{name: "json", opts: Options{Format: "json", Verbosity: "info"}, want: `"msg":"hello"`},
-		{name: "text", opts: Options{Format: "text", Verbosity: "debug"}, wantDebug: true, want: "msg=hello"},
-		{name: "color", opts: Options{Format: "color"}, want: "INFO\x1b[0m hello k=\x1b[36mv"},
+		{name: "json", opts: Options{Format: "json", Verbosity: "info"}, want: `"level":"info","msg":"hello","k":"v"`},
+		{name: "text", opts: Options{Format: "text", Verbosity: "debug"}, wantDebug: true, want: "level=info msg=hello"},
+		{name: "color", opts: Options{Format: "color", Color: true}, want: "INFO\x1b[0m hello k=\x1b[36mv"},
+		{name: "color without a terminal", opts: Options{Format: "color"}, want: "INFO hello k=v\n"},
 		{name: "trace", opts: Options{Format: "text", Verbosity: "trace"}, wantDebug: true, want: "msg=hello"},
 		{name: "bad format", opts: Options{Format: "xml"}, wantErr: "--log-format"},
 		{name: "bad level", opts: Options{Verbosity: "loud"}, wantErr: "--verbosity"},
@@ -43,8 +44,20 @@ func TestNew(t *testing.T) {
 			if got := strings.Contains(out, "dbg"); got != tt.wantDebug {
 				t.Errorf("debug shown = %v, want %v", got, tt.wantDebug)
 			}
-			if strings.Contains(out, "time=") || strings.Contains(out, `"time"`) {
+			if tt.opts.Format == "json" {
+				// kaniko's JSON records always have a time; one object a line.
+				for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+					if !strings.HasPrefix(line, `{"time":"`) || !strings.HasSuffix(line, "}") {
+						t.Errorf("JSON line %q", line)
+					}
+				}
+			} else if strings.Contains(out, "time=") {
 				t.Errorf("timestamp present without --log-timestamp: %q", out)
+			}
+			if tt.opts.Format != "color" || !tt.opts.Color {
+				if strings.Contains(out, "\x1b[") {
+					t.Errorf("escape codes without colour: %q", out)
+				}
 			}
 		})
 	}

@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 
 	"github.com/spf13/pflag"
+	"golang.org/x/term"
 
 	"github.com/kilnbuild/kiln/internal/logging"
 )
@@ -34,7 +36,42 @@ func Parse(fs *pflag.FlagSet, usage string, args []string, stderr io.Writer, all
 }
 
 // Logger builds the step's logger from --verbosity, --log-format and
-// --log-timestamp.
-func (l LogFlags) Logger(w io.Writer) (*slog.Logger, error) {
-	return logging.New(w, logging.Options{Verbosity: l.Verbosity, Format: l.Format, Timestamp: l.Timestamp})
+// --log-timestamp. The color format colours only a terminal, and never
+// with NO_COLOR set (https://no-color.org).
+func (l LogFlags) Logger(w io.Writer, getenv func(string) string) (*slog.Logger, error) {
+	color := false
+	if f, ok := w.(*os.File); ok && getenv("NO_COLOR") == "" {
+		color = term.IsTerminal(int(f.Fd()))
+	}
+	return logging.New(w, logging.Options{Verbosity: l.Verbosity, Format: l.Format, Timestamp: l.Timestamp, Color: color})
+}
+
+// exitCoder is an error that carries the exit code the step should end
+// with (a RUN's, as kaniko ends with it).
+type exitCoder interface{ ExitCode() int }
+
+// Fail reports a step's failure once, through its logger, and returns its
+// exit code: the failed RUN's own code where a RUN failed (kaniko's
+// behaviour, which GitLab's allow_failure:exit_codes and Argo's retry rules
+// rely on), else 1.
+func Fail(log *slog.Logger, step string, err error) int {
+	log.Error(step+" failed", "error", err.Error())
+	var ec exitCoder
+	if errors.As(err, &ec) {
+		if c := ec.ExitCode(); c > 0 && c < 256 {
+			return c
+		}
+	}
+	return 1
+}
+
+// Refuse reports bad flags or settings (exit code 2): through the logger
+// once it exists, so a JSON log stays JSON, else on stderr.
+func Refuse(log *slog.Logger, stderr io.Writer, step string, err error) int {
+	if log != nil {
+		log.Error(step+": "+err.Error())
+	} else {
+		fmt.Fprintf(stderr, "%s: %v\n", step, err)
+	}
+	return 2
 }

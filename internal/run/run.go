@@ -111,6 +111,9 @@ type ExitError struct {
 	Tail []string
 }
 
+// ExitCode is the command's exit status.
+func (e *ExitError) ExitCode() int { return e.Code }
+
 func (e *ExitError) Error() string {
 	msg := fmt.Sprintf("exit code %d", e.Code)
 	if len(e.Tail) > 0 {
@@ -121,8 +124,9 @@ func (e *ExitError) Error() string {
 
 // Options configure Run.
 type Options struct {
-	// Output receives each line the command prints, as it is printed.
-	Output func(line string)
+	// Output receives each line the command prints, as it is printed, with
+	// its stream ("stdout" or "stderr").
+	Output func(stream, line string)
 	// WorkDir holds the spec file while the command runs.
 	WorkDir string
 	// Executable is the binary re-executed as sandbox init; empty means
@@ -217,25 +221,35 @@ func Run(ctx context.Context, spec Spec, o Options) error {
 // turns a failure into an ExitError with the output's tail. started, when
 // set, runs once the process exists; its failure kills it.
 func execute(cmd *exec.Cmd, o Options, started func(pid int) error) error {
-	pr, pw, err := os.Pipe()
+	outR, outW, err := os.Pipe()
 	if err != nil {
 		return err
 	}
-	cmd.Stdout, cmd.Stderr = pw, pw
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		outR.Close()
+		outW.Close()
+		return err
+	}
+	cmd.Stdout, cmd.Stderr = outW, errW
 	if err := cmd.Start(); err != nil {
-		pr.Close()
-		pw.Close()
+		outR.Close()
+		outW.Close()
+		errR.Close()
+		errW.Close()
 		if errors.Is(err, syscall.EPERM) && cmd.SysProcAttr != nil && cmd.SysProcAttr.Cloneflags != 0 {
 			return fmt.Errorf("starting the RUN sandbox: %w (chroot isolation needs CAP_SYS_ADMIN; in a container without it use --isolation=in-place)", err)
 		}
 		return fmt.Errorf("starting %s: %w", cmd.Path, err)
 	}
-	pw.Close()
+	outW.Close()
+	errW.Close()
+	defer outR.Close()
+	defer errR.Close()
 	if started != nil {
 		if err := started(cmd.Process.Pid); err != nil {
 			cmd.Process.Kill()
 			cmd.Wait()
-			pr.Close()
 			return err
 		}
 	}
@@ -243,28 +257,38 @@ func execute(cmd *exec.Cmd, o Options, started func(pid int) error) error {
 	if n <= 0 {
 		n = 20
 	}
-	var tail []string
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		sc := bufio.NewScanner(pr)
-		sc.Buffer(make([]byte, 64*1024), 1024*1024)
-		for sc.Scan() {
-			line := sc.Text()
-			if o.Output != nil {
-				o.Output(line)
+	var (
+		mu       sync.Mutex
+		tail     []string
+		lastErr  string // the last line on stderr: a sandbox failure says why there
+		wg       sync.WaitGroup
+		readLine = func(stream string, r io.Reader) {
+			defer wg.Done()
+			sc := bufio.NewScanner(r)
+			sc.Buffer(make([]byte, 64*1024), 1024*1024)
+			for sc.Scan() {
+				line := sc.Text()
+				mu.Lock()
+				if o.Output != nil {
+					o.Output(stream, line)
+				}
+				tail = append(tail, line)
+				if len(tail) > n {
+					tail = tail[1:]
+				}
+				if stream == "stderr" {
+					lastErr = line
+				}
+				mu.Unlock()
 			}
-			tail = append(tail, line)
-			if len(tail) > n {
-				tail = tail[1:]
-			}
+			io.Copy(io.Discard, r)
 		}
-		io.Copy(io.Discard, pr)
-	}()
+	)
+	wg.Add(2)
+	go readLine("stdout", outR)
+	go readLine("stderr", errR)
 	err = cmd.Wait()
 	wg.Wait()
-	pr.Close()
 	if err != nil {
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {
@@ -272,8 +296,8 @@ func execute(cmd *exec.Cmd, o Options, started func(pid int) error) error {
 			if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
 				code = 128 + int(ws.Signal())
 			}
-			if code == initFailure && len(tail) > 0 && strings.HasPrefix(tail[len(tail)-1], "kiln sandbox: ") {
-				return errors.New(strings.TrimPrefix(tail[len(tail)-1], "kiln sandbox: "))
+			if code == initFailure && strings.HasPrefix(lastErr, "kiln sandbox: ") {
+				return errors.New(strings.TrimPrefix(lastErr, "kiln sandbox: "))
 			}
 			return &ExitError{Code: code, Tail: tail}
 		}

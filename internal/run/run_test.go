@@ -38,16 +38,19 @@ func root(t *testing.T) string {
 
 func TestRun(t *testing.T) {
 	r := root(t)
-	var lines []string
+	streams := map[string][]string{}
 	err := Run(context.Background(), Spec{
 		Root: r, Args: []string{"/bin/sh", "-c", "echo one; echo two >&2; id -u; test -c /dev/null && test -e /proc/self/status && echo devices"},
 		Env: []string{"PATH=/bin"}, UID: 4321, GID: 4321,
-	}, Options{WorkDir: t.TempDir(), Output: func(l string) { lines = append(lines, l) }})
+	}, Options{WorkDir: t.TempDir(), Output: func(stream, l string) { streams[stream] = append(streams[stream], l) }})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := strings.Join(lines, ","); got != "one,two,4321,devices" {
-		t.Errorf("output %q", got)
+	if got := strings.Join(streams["stdout"], ","); got != "one,4321,devices" {
+		t.Errorf("stdout %q", got)
+	}
+	if got := strings.Join(streams["stderr"], ","); got != "two" {
+		t.Errorf("stderr %q", got)
 	}
 	// Mount points created for the run are gone, and "/" keeps its time.
 	ents, _ := os.ReadDir(r)
@@ -144,7 +147,7 @@ func TestRunUserNS(t *testing.T) {
 			var lines []string
 			spec := tc.spec
 			spec.Root, spec.Env = r, []string{"PATH=/bin"}
-			err := Run(context.Background(), spec, Options{WorkDir: t.TempDir(), UserNS: ns, Output: func(l string) { lines = append(lines, l) }})
+			err := Run(context.Background(), spec, Options{WorkDir: t.TempDir(), UserNS: ns, Output: func(_, l string) { lines = append(lines, l) }})
 			if got := strings.Join(lines, ","); got != tc.want || err != nil {
 				t.Errorf("output %q, want %q (err %v)", got, tc.want, err)
 			}

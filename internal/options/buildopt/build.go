@@ -6,6 +6,7 @@ package buildopt
 import (
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -243,8 +244,9 @@ func (b *Build) Validate(fs *pflag.FlagSet) error {
 }
 
 // Job turns validated flags into the engine's job. fs tells which flags were
-// set explicitly.
-func (b *Build) Job(fs *pflag.FlagSet, getenv func(string) string, lookupEnv func(string) (string, bool), log *slog.Logger) (build.Job, error) {
+// set explicitly; stdout and stderr receive RUN's output as it prints it,
+// except with a JSON log, which gets records instead.
+func (b *Build) Job(fs *pflag.FlagSet, getenv func(string) string, lookupEnv func(string) (string, bool), log *slog.Logger, stdout, stderr io.Writer) (build.Job, error) {
 	ro, err := b.Registry.RegistryOptions(getenv, b.KanikoDir, log)
 	if err != nil {
 		return build.Job{}, err
@@ -322,6 +324,8 @@ func (b *Build) Job(fs *pflag.FlagSet, getenv func(string) string, lookupEnv fun
 			Registry:            client,
 			LookupEnv:           lookupEnv,
 			Logger:              log,
+			RunStdout:           runOut(b.Log.Format, stdout),
+			RunStderr:           runOut(b.Log.Format, stderr),
 		},
 		Output: output.Options{
 			Destinations:               dests,
@@ -381,4 +385,13 @@ func secretIDs(m map[string]build.Secret) []string {
 		out = append(out, id)
 	}
 	return out
+}
+
+// runOut is where RUN output goes for a log format: passed through, or nil
+// (log records) for JSON.
+func runOut(format string, w io.Writer) io.Writer {
+	if strings.EqualFold(format, "json") {
+		return nil
+	}
+	return w
 }

@@ -1,6 +1,7 @@
 package buildopt
 
 import (
+	"io"
 	"log/slog"
 	"strings"
 	"testing"
@@ -97,7 +98,7 @@ func TestJob(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	j, err := b.Job(fs, func(string) string { return "" }, func(string) (string, bool) { return "", false }, slog.Default())
+	j, err := b.Job(fs, func(string) string { return "" }, func(string) (string, bool) { return "", false }, slog.Default(), io.Discard, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
