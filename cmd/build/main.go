@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
@@ -27,6 +28,17 @@ func main() {
 }
 
 func run(ctx context.Context, args []string) int {
+	if len(args) > 0 {
+		switch args[0] { // kaniko's executor subcommands
+		case "version", "--version":
+			fmt.Println(buildopt.Version())
+			return 0
+		case "login":
+			return buildopt.RunLogin(args[1:], os.Stdin, os.Stderr, os.Getenv)
+		case "push":
+			return buildopt.RunPush(ctx, args[1:], os.Stderr, os.Getenv)
+		}
+	}
 	fs := pflag.NewFlagSet("build", pflag.ContinueOnError)
 	var o buildopt.Build
 	o.AddFlags(fs, os.Getenv)
@@ -34,6 +46,7 @@ func run(ctx context.Context, args []string) int {
 		return code
 	}
 	o.BuildArgs = append(o.BuildArgs, fs.Args()...)
+	o.Environ = os.Environ()
 	log, err := o.Log.Logger(os.Stderr, os.Getenv)
 	if err == nil {
 		err = o.Validate(fs)

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 
 	"github.com/kilnbuild/kiln/internal/buildcontext"
 	"github.com/kilnbuild/kiln/internal/cache"
@@ -57,8 +58,10 @@ type Options struct {
 	Getenv func(string) string
 	// BuildArgs are --build-arg values (KEY=VALUE or KEY).
 	BuildArgs []string
-	// Target is the stage to build; empty means the last.
-	Target string
+	// Target is the stage to build; empty means the last. AlsoBuild are
+	// more stages to build with it (kaniko v1.28's --target a,b).
+	Target    string
+	AlsoBuild []string
 	// SkipUnusedStages builds only the stages the target needs.
 	SkipUnusedStages bool
 	// Labels are extra KEY=VALUE labels set on the final image.
@@ -93,8 +96,19 @@ type Options struct {
 	IgnorePaths []string
 	// IgnoreVarRun leaves /var/run alone in place.
 	IgnoreVarRun bool
-	// Cleanup empties the in-place root at the end of the build (--cleanup).
-	Cleanup bool
+	// Cleanup empties the in-place root at the end of the build (--cleanup);
+	// PreCleanup before it.
+	Cleanup, PreCleanup bool
+	// Materialize leaves the in-place root as the target image has it even
+	// when every layer came from the cache.
+	Materialize bool
+	// DryRun prints the plan and builds nothing (the result has no image).
+	DryRun bool
+	// ImageFormat forces the image's media types: "docker" or "oci"; empty
+	// follows the base image.
+	ImageFormat string
+	// Annotations are set on the image's manifest.
+	Annotations map[string]string
 
 	// inContainer replaces run.InContainer in tests.
 	inContainer func() bool
@@ -530,7 +544,7 @@ func (b *builder) run(ctx context.Context) (*Result, error) {
 	b.args = dockerfile.NewBuildArgs(b.o.BuildArgs, b.o.LookupEnv)
 	hostPlatform, _ := ParsePlatform("")
 	b.plan, err = b.df.Plan(dockerfile.PlanOptions{
-		BuildArgs: b.args, Target: b.o.Target, SkipUnusedStages: b.o.SkipUnusedStages,
+		BuildArgs: b.args, Target: b.o.Target, AlsoBuild: b.o.AlsoBuild, SkipUnusedStages: b.o.SkipUnusedStages,
 		TargetPlatform: b.platform, BuildPlatform: hostPlatform,
 	})
 	if err != nil {
@@ -539,6 +553,15 @@ func (b *builder) run(ctx context.Context) (*Result, error) {
 	if b.o.SkipUnusedStages {
 		if err := b.requireOnbuildStages(ctx); err != nil {
 			return nil, err
+		}
+	}
+	if b.o.DryRun {
+		b.printPlan()
+		return &Result{StartedOn: b.started}, nil
+	}
+	if b.inPlace && b.o.PreCleanup {
+		if err := rootfs.Clear(b.o.Root, b.ignore); err != nil {
+			return nil, fmt.Errorf("--pre-cleanup: %w", err)
 		}
 	}
 	var last *stage
@@ -553,7 +576,14 @@ func (b *builder) run(ctx context.Context) (*Result, error) {
 			return nil, err
 		}
 		b.stages[ps.Index] = st
-		last = st
+		if ps.Index == b.plan.Target {
+			last = st
+		}
+	}
+	if b.inPlace && b.o.Materialize && last.root == b.o.Root {
+		if err := b.materialize(ctx, last); err != nil {
+			return nil, fmt.Errorf("--materialize: %w", err)
+		}
 	}
 	if b.inPlace && b.o.Cleanup {
 		if err := rootfs.Clear(b.o.Root, b.ignore); err != nil {
@@ -565,7 +595,10 @@ func (b *builder) run(ctx context.Context) (*Result, error) {
 	if unused := b.args.Unused(); len(unused) > 0 {
 		b.log.Warn("build args were not consumed", "args", strings.Join(unused, ","))
 	}
-	img := last.img
+	img, err := b.finalImage(last.img)
+	if err != nil {
+		return nil, err
+	}
 	d, err := img.Digest()
 	if err != nil {
 		return nil, fmt.Errorf("computing image digest: %w", err)
@@ -575,6 +608,34 @@ func (b *builder) run(ctx context.Context) (*Result, error) {
 		Image: img, Digest: d, Materials: record.SortMaterials(b.materials), Context: b.ctxRecord, StartedOn: b.started,
 		Dockerfile: record.File{Path: displayName(dfPath), SHA256: "sha256:" + hex.EncodeToString(sum[:])},
 	}, nil
+}
+
+// printPlan logs the stages --dryrun would build, with their instructions.
+func (b *builder) printPlan() {
+	for _, ps := range b.plan.Stages {
+		if !ps.Build {
+			b.log.Info("plan: skip stage", "stage", stageLabel(ps))
+			continue
+		}
+		b.log.Info("plan: build stage", "stage", stageLabel(ps), "from", ps.Base, "target", ps.Index == b.plan.Target)
+		for _, cmd := range ps.Commands {
+			b.log.Info("plan: "+sourceText(cmd), "stage", stageLabel(ps))
+		}
+	}
+}
+
+// finalImage applies --image-format and --annotation to the target's image.
+func (b *builder) finalImage(img v1.Image) (v1.Image, error) {
+	var err error
+	if b.o.ImageFormat != "" {
+		if img, err = convertFormat(img, b.o.ImageFormat); err != nil {
+			return nil, fmt.Errorf("--image-format %s: %w", b.o.ImageFormat, err)
+		}
+	}
+	if len(b.o.Annotations) > 0 {
+		img = mutate.Annotations(img, b.o.Annotations).(v1.Image)
+	}
+	return img, nil
 }
 
 func stageLabel(s *dockerfile.Stage) string {

@@ -62,7 +62,7 @@ func (j Job) record(res *Result) ([]byte, error) {
 // output unless the whole build and every push succeeded.
 func Execute(ctx context.Context, j Job) (*Result, error) {
 	log := j.Build.Logger
-	if !j.Output.NoPush && !j.SkipPushPermissionCheck && j.Build.Registry != nil {
+	if !j.Output.NoPush && !j.SkipPushPermissionCheck && j.Build.Registry != nil && !j.Build.DryRun {
 		for _, d := range j.Output.Destinations {
 			if err := j.Build.Registry.CheckPush(ctx, d); err != nil {
 				return nil, fmt.Errorf("--destination %s: %w", d, err)
@@ -74,6 +74,9 @@ func Execute(ctx context.Context, j Job) (*Result, error) {
 		return nil, err
 	}
 	defer res.Close()
+	if res.Image == nil { // --dryrun: the plan was printed
+		return res, nil
+	}
 	out := j.Output
 	if out.BuildRecord != "" {
 		if out.BuildRecordData, err = j.record(res); err != nil {

@@ -12,8 +12,10 @@ import (
 type PlanOptions struct {
 	// BuildArgs are the --build-arg values.
 	BuildArgs *BuildArgs
-	// Target is the --target stage; empty means the last stage.
-	Target string
+	// Target is the --target stage; empty means the last stage. AlsoBuild
+	// are more stages to build with it.
+	Target    string
+	AlsoBuild []string
 	// SkipUnusedStages builds only the stages the target depends on.
 	SkipUnusedStages bool
 	// TargetPlatform is the platform of the image built.
@@ -111,8 +113,18 @@ func (d *Dockerfile) Plan(o PlanOptions) (*Plan, error) {
 		// without --target.
 		meta.Set("TARGETSTAGE", strings.ToLower(o.Target))
 	}
+	last := p.Target
+	var also []int
+	for _, name := range o.AlsoBuild {
+		j := d.StageIndex(name, len(d.Stages))
+		if j < 0 || !strings.EqualFold(d.Stages[j].Name, name) {
+			return nil, &Error{File: d.Name, Err: fmt.Errorf("--target %q: no stage with that name", name)}
+		}
+		also = append(also, j)
+		last = max(last, j)
+	}
 	exp := meta.Expander(d.Escape)
-	for i := 0; i <= p.Target; i++ {
+	for i := 0; i <= last; i++ {
 		st := d.Stages[i]
 		base, err := exp(st.BaseName)
 		if err != nil {
@@ -136,11 +148,17 @@ func (d *Dockerfile) Plan(o PlanOptions) (*Plan, error) {
 	}
 	if !o.SkipUnusedStages {
 		for _, s := range p.Stages {
-			s.Build = true
+			s.Build = s.Index <= p.Target
+		}
+		for _, j := range also {
+			p.Require(d, j)
 		}
 		return p, nil
 	}
 	p.Require(d, p.Target)
+	for _, j := range also {
+		p.Require(d, j)
+	}
 	return p, nil
 }
 

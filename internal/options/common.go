@@ -22,6 +22,7 @@ type RegistryFlags struct {
 	SkipDefaultRegistryFallback      bool
 	ImageDownloadRetry               int
 	IdleTimeout                      time.Duration
+	CredentialHelpers                []string
 }
 
 // LogFlags are --verbosity, --log-format and --log-timestamp.
@@ -52,6 +53,7 @@ func (r *RegistryFlags) AddFlags(fs *pflag.FlagSet, getenv func(string) string) 
 	fs.StringArrayVar(&r.Maps, "registry-map", maps, "orig=new[;orig=new]: pull from new instead of orig (registry or repository prefix); repeatable (env KANIKO_REGISTRY_MAP).")
 	fs.BoolVar(&r.SkipDefaultRegistryFallback, "skip-default-registry-fallback", false, "Fail when no mirror or mapped registry has the image.")
 	fs.IntVar(&r.ImageDownloadRetry, "image-download-retry", 0, "Retries for each pull, with exponential backoff from 1s.")
+	fs.StringArrayVar(&r.CredentialHelpers, "credential-helpers", registry.Helpers, "Credential helpers used after DOCKER_AUTH_CONFIG and config.json: env (KANIKO_<HOST>_USER/_PASSWORD), google, ecr, acr, gitlab (CI_REGISTRY); repeatable or comma-separated; an empty value turns them all off.")
 	fs.DurationVar(&r.IdleTimeout, "registry-idle-timeout", registry.DefaultIdleTimeout, "A registry connection that moves no data for this long fails (and is retried as --push-retry and --image-download-retry say).")
 }
 
@@ -115,8 +117,12 @@ func (r *RegistryFlags) RegistryOptions(getenv func(string) string, kanikoDir st
 			}
 		}
 	}
+	helpers, err := registry.ParseHelpers(r.CredentialHelpers)
+	if err != nil {
+		return registry.Options{}, fmt.Errorf("--credential-helpers: %w", err)
+	}
 	return registry.Options{
-		Keychain:                    registry.DefaultKeychain(getenv, kanikoDir),
+		Keychain:                    registry.NewKeychain(getenv, kanikoDir, helpers),
 		Insecure:                    r.Insecure,
 		InsecurePull:                r.InsecurePull,
 		InsecureRegistries:          r.InsecureRegistries,

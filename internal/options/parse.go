@@ -35,6 +35,23 @@ func Parse(fs *pflag.FlagSet, usage string, args []string, stderr io.Writer, all
 	return 0, false
 }
 
+// ParseWithArgs is Parse for subcommands that take positional arguments
+// (left in fs.Args()).
+func ParseWithArgs(fs *pflag.FlagSet, usage string, args []string, stderr io.Writer) (code int, done bool) {
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "%s\n\nFlags:\n%s", usage, fs.FlagUsages())
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return 0, true
+		}
+		fmt.Fprintf(stderr, "%s: %v\n", fs.Name(), err)
+		return 2, true
+	}
+	return 0, false
+}
+
 // Logger builds the step's logger from --verbosity, --log-format and
 // --log-timestamp. The color format colours only a terminal, and never
 // with NO_COLOR set (https://no-color.org).
@@ -69,7 +86,7 @@ func Fail(log *slog.Logger, step string, err error) int {
 // once it exists, so a JSON log stays JSON, else on stderr.
 func Refuse(log *slog.Logger, stderr io.Writer, step string, err error) int {
 	if log != nil {
-		log.Error(step+": "+err.Error())
+		log.Error(step + ": " + err.Error())
 	} else {
 		fmt.Fprintf(stderr, "%s: %v\n", step, err)
 	}

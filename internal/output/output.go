@@ -41,6 +41,25 @@ type Options struct {
 	// BuildRecord receives BuildRecordData (the build record).
 	BuildRecord     string
 	BuildRecordData []byte
+	// IgnoreImmutableTagErrors treats the registries' known "tag is
+	// immutable" refusals as success (--push-ignore-immutable-tag-errors).
+	IgnoreImmutableTagErrors bool
+}
+
+// immutableTagErrors are the refusals of registries whose tags cannot be
+// moved (kaniko's list).
+var immutableTagErrors = []string{
+	"The repository has enabled tag immutability",        // Artifact Registry
+	"cannot be overwritten because the tag is immutable", // ECR
+}
+
+func isImmutableTagError(err error) bool {
+	for _, s := range immutableTagErrors {
+		if strings.Contains(err.Error(), s) {
+			return true
+		}
+	}
+	return false
 }
 
 // Pusher writes an image to a registry.
@@ -129,6 +148,10 @@ func Write(ctx context.Context, img v1.Image, o Options, p Pusher, log *slog.Log
 		for _, d := range o.Destinations {
 			if t, ok := d.(name.Tag); ok {
 				if err := p.Tag(ctx, t, img); err != nil {
+					if o.IgnoreImmutableTagErrors && isImmutableTagError(err) {
+						log.Warn("the tag is immutable and stays where it was (--push-ignore-immutable-tag-errors)", "destination", d.String(), "error", err.Error())
+						continue
+					}
 					return fmt.Errorf("tagging %s: %w", d, err)
 				}
 			}

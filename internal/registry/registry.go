@@ -22,6 +22,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 )
 
 // Options configures a Client. The zero value talks TLS to every registry
@@ -291,6 +292,9 @@ func (c *Client) PullPlatform(ctx context.Context, ref string, platform v1.Platf
 			return img, nil
 		}
 		c.log.Debug("pull failed", "image", cand, "error", err)
+		if r, perr := name.ParseReference(cand); perr == nil {
+			err = c.authHint(err, r.Context().RegistryStr())
+		}
 		errs = append(errs, fmt.Errorf("%s: %w", cand, err))
 	}
 	return nil, fmt.Errorf("pulling image %s: %w", ref, errors.Join(errs...))
@@ -359,6 +363,10 @@ const progressInterval = 5 * time.Second
 // Write pushes img to ref, retrying as --push-retry says, and logs progress
 // of long uploads.
 func (c *Client) Write(ctx context.Context, ref name.Reference, img v1.Image) error {
+	return c.authHint(c.write(ctx, ref, img), ref.Context().RegistryStr())
+}
+
+func (c *Client) write(ctx context.Context, ref name.Reference, img v1.Image) error {
 	return c.retry(ctx, c.o.PushRetry, "pushing "+ref.String(), func() error {
 		updates := make(chan v1.Update, 16)
 		// ggcr closes updates when the push ends.
@@ -379,9 +387,22 @@ func (c *Client) Write(ctx context.Context, ref name.Reference, img v1.Image) er
 // Tag points tag at img, whose manifest is already in tag's repository,
 // retrying as --push-retry says.
 func (c *Client) Tag(ctx context.Context, tag name.Tag, img v1.Image) error {
-	return c.retry(ctx, c.o.PushRetry, "tagging "+tag.String(), func() error {
+	return c.authHint(c.retry(ctx, c.o.PushRetry, "tagging "+tag.String(), func() error {
 		return remote.Tag(tag, img, c.options(ctx, true, c.o.Platform)...)
-	})
+	}), tag.Context().RegistryStr())
+}
+
+// authHint adds to a registry's 401 or 403 where kiln looked for
+// credentials for it, and what it found (never a secret).
+func (c *Client) authHint(err error, host string) error {
+	var terr *transport.Error
+	if err == nil || !errors.As(err, &terr) || (terr.StatusCode != http.StatusUnauthorized && terr.StatusCode != http.StatusForbidden) {
+		return err
+	}
+	if ex, ok := c.keychain.(interface{ Explain(string) string }); ok {
+		return fmt.Errorf("%w (%s)", err, ex.Explain(host))
+	}
+	return err
 }
 
 // CheckPush verifies the credentials allow pushing to ref's repository.
@@ -391,7 +412,7 @@ func (c *Client) CheckPush(ctx context.Context, ref name.Reference) error {
 		return fmt.Errorf("resolving credentials for %s: %w", ref.Context(), err)
 	}
 	if err := remote.CheckPushPermission(ref, authn.NewMultiKeychain(staticKeychain{auth}), c.pushTr); err != nil {
-		return fmt.Errorf("checking push permission for %s: %w", ref, err)
+		return fmt.Errorf("checking push permission for %s: %w", ref, c.authHint(err, ref.Context().RegistryStr()))
 	}
 	return nil
 }

@@ -33,7 +33,9 @@ func TestWarmCacheWithRegistryStopped(t *testing.T) {
 	srv.Close() // the registry is gone from here on
 
 	out := t.TempDir()
+	// As in kaniko, the warmed base images are used with --cache.
 	r = kiln(t, nil, "--context", ctx, "--build-arg", "BASE="+base, "--cache-dir", cacheDir, "--no-push",
+		"--cache", "--cache-repo", "oci:"+filepath.Join(out, "layers"),
 		"--tar-path", filepath.Join(out, "img.tar"), "--isolation", "chroot")
 	if r.code != 0 {
 		t.Fatalf("build from the warmed cache failed:\n%s", r.stderr)

@@ -232,4 +232,3 @@ func TestHostileCorpus(t *testing.T) {
 		}
 	}
 }
-

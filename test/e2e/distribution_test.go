@@ -210,6 +210,61 @@ func TestDistributionAuthAndTLS(t *testing.T) {
 		pull(t, d.host+"/kiln/full:kdir", d.remoteOpts()...)
 	})
 
+	// kaniko v1.28's other credential sources (drop-in issue, item 4).
+	gcfg, _ := os.ReadFile(filepath.Join(good, "config.json"))
+	hostVar := "KANIKO_" + strings.ToUpper(strings.NewReplacer(".", "_", ":", "_", "-", "_").Replace(d.host))
+	for _, tc := range []struct {
+		name string
+		env  []string
+	}{
+		{"DOCKER_AUTH_CONFIG", []string{"DOCKER_AUTH_CONFIG=" + string(gcfg)}},
+		{"env credential helper", []string{hostVar + "_USER=" + d.user, hostVar + "_PASSWORD=" + d.password}},
+		{"gitlab credential helper", []string{"CI_REGISTRY=" + d.host, "CI_REGISTRY_USER=" + d.user, "CI_REGISTRY_PASSWORD=" + d.password}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dest := d.host + "/kiln/full:" + strings.ReplaceAll(tc.name, " ", "-")
+			args := append([]string{"-d", dest, "--registry-certificate", d.host + "=" + d.caFile}, common...)
+			r := kiln(t, tc.env, args...)
+			if r.code != 0 {
+				t.Fatalf("build failed:\n%s", r.stderr)
+			}
+			if strings.Contains(r.stderr, d.password) {
+				t.Error("the password appears in the log")
+			}
+			pull(t, dest, d.remoteOpts()...)
+		})
+	}
+	t.Run("credential helpers off", func(t *testing.T) {
+		env := []string{hostVar + "_USER=" + d.user, hostVar + "_PASSWORD=" + d.password}
+		args := append([]string{"-d", d.host + "/kiln/full:nohelpers", "--registry-certificate", d.host + "=" + d.caFile, "--credential-helpers", ""}, common...)
+		r := kiln(t, env, args...)
+		if r.code == 0 {
+			t.Fatal("pushed without credentials")
+		}
+		// A 401 says where kiln looked for credentials for the host.
+		contains(t, r.stderr, "credentials looked for in", "config.json: no config.json in")
+	})
+	t.Run("login then build, and push a layout built earlier", func(t *testing.T) {
+		cfg := t.TempDir()
+		login := exec.Command(filepath.Join(binDir, "build"), "login", d.host, "-u", d.user, "--password-stdin")
+		login.Env = []string{"DOCKER_CONFIG=" + cfg, "PATH=" + os.Getenv("PATH")}
+		login.Stdin = strings.NewReader(d.password + "\n")
+		if out, err := login.CombinedOutput(); err != nil {
+			t.Fatalf("login: %v\n%s", err, out)
+		}
+		out := t.TempDir()
+		args := append([]string{"--no-push", "--oci-layout-path", filepath.Join(out, "layout"), "--registry-certificate", d.host + "=" + d.caFile}, common...)
+		if r := kiln(t, []string{"DOCKER_CONFIG=" + cfg}, args...); r.code != 0 {
+			t.Fatalf("build failed:\n%s", r.stderr)
+		}
+		dest := d.host + "/kiln/pushed:1"
+		r := kiln(t, []string{"DOCKER_CONFIG=" + cfg}, "push", filepath.Join(out, "layout"), "-d", dest, "--registry-certificate", d.host+"="+d.caFile)
+		if r.code != 0 {
+			t.Fatalf("push failed:\n%s", r.stderr)
+		}
+		checkFullImage(t, pull(t, dest, d.remoteOpts()...), types.DockerManifestSchema2)
+	})
+
 	failures := []struct {
 		name  string
 		env   []string

@@ -72,3 +72,78 @@ func TestLogsAndExitCode(t *testing.T) {
 		t.Errorf("NO_COLOR: exit %d, %q", r.code, r.stderr)
 	}
 }
+
+// TestKanikoFlags is the drop-in issue's item 6 and 9: flags and
+// environment kaniko v1.28 accepts work with its meaning, or are accepted
+// with a log line; nothing exits 2 that kaniko takes.
+func TestKanikoFlags(t *testing.T) {
+	reg := imagetest.Registry(t)
+	base := reg + "/busybox:flags"
+	pushTo(t, base, imagetest.Image(t, false, nil, imagetest.BusyboxFiles(t)))
+	ctx := t.TempDir()
+	os.WriteFile(filepath.Join(ctx, "Dockerfile"), []byte("FROM "+base+` AS a
+RUN echo a > /a
+FROM `+base+` AS b
+RUN echo b > /b
+FROM a AS final
+COPY --from=b /b /b
+`), 0o644)
+
+	// --annotation, --image-format, deprecated and no-op flags, FF_ flags.
+	dest := reg + "/kiln/flags:1"
+	r := kiln(t, []string{"FF_KANIKO_COPY_AS_ROOT=1", "FF_KANIKO_RUN_VIA_TINI=1", "FF_KANIKO_MADE_UP=1"},
+		"--context", ctx, "-d", dest, "--insecure", "--insecure-pull", "--annotation", "org.example/owner=team",
+		"--image-format", "oci", "--force-build-metadata", "--preserve-context", "--materialize", "--pre-cleanup",
+		"--push-ignore-immutable-tag-errors", "--credential-helpers", "env,google", "--use-new-run")
+	if r.code != 0 {
+		t.Fatalf("build failed (%d):\n%s", r.code, r.stderr)
+	}
+	contains(t, r.stderr, "--force-build-metadata is deprecated", "FF_KANIKO_COPY_AS_ROOT", "natively", "FF_KANIKO_RUN_VIA_TINI", "ignored", "unknown kaniko feature flag")
+	img := pull(t, dest)
+	m, _ := img.Manifest()
+	if m.MediaType != "application/vnd.oci.image.manifest.v1+json" || m.Annotations["org.example/owner"] != "team" {
+		t.Errorf("manifest %s with annotations %v, want OCI with the annotation", m.MediaType, m.Annotations)
+	}
+	for _, l := range m.Layers {
+		if !strings.HasPrefix(string(l.MediaType), "application/vnd.oci.image.layer") {
+			t.Errorf("layer media type %s in an OCI image", l.MediaType)
+		}
+	}
+	if fs := imagetest.Flatten(t, img); fs["a"].Content != "a\n" || fs["b"].Content != "b\n" {
+		t.Errorf("image files %v", fs)
+	}
+
+	// --target a,b builds both, delivers the first.
+	out := t.TempDir()
+	r = kiln(t, nil, "--context", ctx, "--no-push", "--insecure-pull", "--target", "a,b", "--oci-layout-path", filepath.Join(out, "l"))
+	if r.code != 0 {
+		t.Fatalf("--target a,b (%d):\n%s", r.code, r.stderr)
+	}
+	contains(t, r.stderr, "stage=a", "stage=b")
+
+	// --dryrun prints the plan and builds nothing.
+	r = kiln(t, nil, "--context", ctx, "--no-push", "--insecure-pull", "--dryrun", "--digest-file", filepath.Join(out, "digest"))
+	if r.code != 0 {
+		t.Fatalf("--dryrun (%d):\n%s", r.code, r.stderr)
+	}
+	contains(t, r.stderr, "plan: build stage", "plan: RUN echo a > /a")
+	mustNotExist(t, filepath.Join(out, "digest"))
+
+	// KANIKO_NO_PUSH is parsed as kaniko does; garbage is an error.
+	if r := kiln(t, []string{"KANIKO_NO_PUSH=1"}, "--context", ctx, "--insecure-pull"); r.code != 0 {
+		t.Errorf("KANIKO_NO_PUSH=1 without a destination: exit %d\n%s", r.code, r.stderr)
+	}
+	if r := kiln(t, []string{"KANIKO_NO_PUSH=maybe"}, "--context", ctx, "--insecure-pull"); r.code == 0 || !strings.Contains(r.stderr, "KANIKO_NO_PUSH") {
+		t.Errorf("KANIKO_NO_PUSH=maybe: exit %d\n%s", r.code, r.stderr)
+	}
+	// --image-format docker with zstd is refused, as kaniko does.
+	if r := kiln(t, nil, "--context", ctx, "--no-push", "--image-format", "docker", "--compression", "zstd"); r.code != 2 {
+		t.Errorf("docker + zstd: exit %d\n%s", r.code, r.stderr)
+	}
+	// version, and --version.
+	for _, arg := range []string{"version", "--version"} {
+		if r := kiln(t, nil, arg); r.code != 0 || !strings.HasPrefix(r.stdout, "kiln@") {
+			t.Errorf("%s: exit %d, %q", arg, r.code, r.stdout)
+		}
+	}
+}

@@ -10,10 +10,13 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/spf13/pflag"
 
 	"github.com/kilnbuild/kiln/internal/build"
@@ -58,6 +61,10 @@ type Build struct {
 	SkipPushPermissionCheck                     bool
 	Git                                         string
 	ForceBuildMetadata                          bool
+	Annotations                                 []string
+	ImageFormat                                 string
+	DryRun, PreserveContext, Materialize        bool
+	PreCleanup                                  bool
 	Secrets                                     []string
 	BuildRecord                                 string
 	ContextRecord                               string
@@ -65,6 +72,9 @@ type Build struct {
 	UserNS                                      string
 	RunNetwork                                  string
 	Log                                         options.LogFlags
+	envErr                                      error // an invalid KANIKO_* boolean
+	// Environ is the step's environment, for the FF_KANIKO_* flags.
+	Environ []string
 }
 
 // AddFlags registers kaniko's executor flags on fs. Environment variables
@@ -74,10 +84,10 @@ func (b *Build) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
 	fs.StringVarP(&b.Dockerfile, "dockerfile", "f", "Dockerfile", "Path to the Dockerfile: absolute, relative to the working directory or the context, or an http(s) URL.")
 	fs.StringVarP(&b.Context, "context", "c", "/workspace/", "Build context: a directory, dir://, tar://path (.tar, .tar.gz, .tar.zst), tar://stdin, git://host/repo.git#ref#commit, an http(s) .git URL, or an https tarball (#sha256= pin).")
 	fs.StringVar(&b.ContextSubPath, "context-sub-path", "", "Sub-directory of the context to use as the context.")
-	fs.StringVarP(&b.Bucket, "bucket", "b", "", "Legacy GCS bucket context (not supported yet).")
+	fs.StringVarP(&b.Bucket, "bucket", "b", "", "Legacy GCS bucket context: the context is gs://BUCKET/context.tar.gz (or BUCKET itself when it has a scheme).")
 	fs.MarkHidden("bucket")
 	fs.StringArrayVarP(&b.Destinations, "destination", "d", nil, "Image reference to push to; repeatable. All get the same digest.")
-	fs.BoolVar(&b.NoPush, "no-push", getenv("KANIKO_NO_PUSH") == "true", "Do not push the image (env KANIKO_NO_PUSH).")
+	fs.BoolVar(&b.NoPush, "no-push", envBool(getenv, "KANIKO_NO_PUSH", &b.envErr), "Do not push the image (env KANIKO_NO_PUSH).")
 	fs.BoolVar(&b.NoPushCache, "no-push-cache", false, "Use the layer cache but do not add to it.")
 	fs.StringVar(&b.TarPath, "tar-path", "", "Also write the image as a tarball that docker load reads, tagged with the destinations.")
 	fs.StringVar(&b.TarPath, "tarPath", "", "Deprecated alias of --tar-path.")
@@ -87,7 +97,7 @@ func (b *Build) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
 	fs.StringVar(&b.ImageNameWithDigestFile, "image-name-with-digest-file", "", "Write repo@digest, one line per destination, to this file.")
 	fs.StringVar(&b.ImageNameTagWithDigestFile, "image-name-tag-with-digest-file", "", "Write repo:tag@digest, one line per destination, to this file.")
 	fs.StringArrayVar(&b.BuildArgs, "build-arg", nil, "Build argument KEY=VALUE, or KEY to take the value from the environment; repeatable.")
-	fs.StringVar(&b.Target, "target", "", "Stage to build (default: the last).")
+	fs.StringVar(&b.Target, "target", "", "Stage to build (default: the last); a comma-separated list builds each listed stage, the first being the image delivered (kaniko v1.28).")
 	fs.BoolVar(&b.SkipUnusedStages, "skip-unused-stages", true, "Build only the stages the target depends on (as BuildKit and kaniko v1.28; =false builds every stage up to the target).")
 	fs.StringArrayVar(&b.Labels, "label", nil, "Label KEY=VALUE to set on the image; repeatable.")
 	fs.StringVar(&b.CustomPlatform, "custom-platform", "", "Platform os/arch[/variant] of base images and the result (default: this machine's).")
@@ -103,7 +113,13 @@ func (b *Build) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
 	fs.BoolVar(&b.IgnoreVarRun, "whitelist-var-run", true, "Deprecated alias of --ignore-var-run.")
 	fs.MarkHidden("whitelist-var-run")
 	fs.StringArrayVar(&b.IgnorePaths, "ignore-path", nil, "Path to leave out of snapshots (and, in place, never emptied or unpacked over); repeatable.")
-	fs.BoolVar(&b.Cleanup, "cleanup", false, "In place, empty the file system at the end of the build (kiln always removes its work directory).")
+	fs.BoolVar(&b.Cleanup, "cleanup", envBool(getenv, "KANIKO_CLEANUP", &b.envErr), "In place, empty the file system at the end of the build (env KANIKO_CLEANUP; kiln always removes its work directory).")
+	fs.BoolVar(&b.PreCleanup, "pre-cleanup", envBool(getenv, "KANIKO_PRE_CLEANUP", &b.envErr), "In place, empty the file system before the build (env KANIKO_PRE_CLEANUP).")
+	fs.BoolVar(&b.PreserveContext, "preserve-context", envBool(getenv, "KANIKO_PRESERVE_CONTEXT", &b.envErr), "Accepted (env KANIKO_PRESERVE_CONTEXT): kiln never empties or overwrites the context in place.")
+	fs.BoolVar(&b.Materialize, "materialize", false, "In place, leave the file system as the target image has it even when every layer came from the cache.")
+	fs.BoolVar(&b.DryRun, "dryrun", false, "Print the build plan (stages and instructions) and stop: nothing is built or pushed.")
+	fs.StringArrayVar(&b.Annotations, "annotation", nil, "KEY=VALUE annotation on the image's manifest; repeatable.")
+	fs.StringVar(&b.ImageFormat, "image-format", "", "Media types of the image: docker or oci (default: the base image's; FROM scratch gives oci).")
 	fs.BoolVar(&b.Force, "force", false, "Allow in-place isolation outside a container.")
 	kdir := getenv("KANIKO_DIR")
 	if kdir == "" {
@@ -122,10 +138,10 @@ func (b *Build) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
 	b.Registry.AddFlags(fs, getenv)
 	fs.IntVar(&b.PushRetry, "push-retry", 0, "Retries for each push, with exponential backoff from 1s.")
 	fs.IntVar(&b.ImageFSExtractRetry, "image-fs-extract-retry", 0, "Retries for extracting a base image.")
-	fs.BoolVar(&b.PushIgnoreImmutableTagErrors, "push-ignore-immutable-tag-errors", false, "Treat immutable-tag push errors as success (not supported yet).")
+	fs.BoolVar(&b.PushIgnoreImmutableTagErrors, "push-ignore-immutable-tag-errors", false, "Treat the registries' known immutable-tag errors (Artifact Registry, ECR) as success.")
 	fs.BoolVar(&b.SkipPushPermissionCheck, "skip-push-permission-check", false, "Do not check, before building, that every destination accepts a push.")
 	fs.StringVar(&b.Git, "git", "", "Git context options: branch=,single-branch=,recurse-submodules=,depth=,insecure-skip-tls=.")
-	fs.BoolVar(&b.ForceBuildMetadata, "force-build-metadata", false, "Write layers for metadata instructions (not supported yet).")
+	fs.BoolVar(&b.ForceBuildMetadata, "force-build-metadata", false, "Deprecated (kaniko v1.28): accepted with a warning; kiln commits layers as BuildKit does.")
 	fs.StringVar(&b.BuildRecord, "build-record", "", "Write the build record (JSON: images, digests, Dockerfile, context, base images, masked build args, platform, times) here; default: build.json beside --digest-file, or inside --oci-layout-path; \"-\" for none.")
 	fs.StringVar(&b.ContextRecord, "context-record", "", "fetch-context's record of the context, for the build record, when it is not context.json beside the context.")
 	fs.StringArrayVar(&b.Secrets, "secret", nil, "Build secret for RUN --mount=type=secret: id=ID,src=PATH or id=ID,env=VAR; repeatable. Never written to layers, history or logs.")
@@ -176,23 +192,40 @@ func parseSecrets(values []string) (map[string]build.Secret, error) {
 	return out, nil
 }
 
-// notYet refuses flags whose behaviour kiln has not built yet, so none is
-// silently ignored.
-func (b *Build) notYet(fs *pflag.FlagSet) error {
-	for _, f := range []string{
-		"bucket", "push-ignore-immutable-tag-errors", "force-build-metadata",
-	} {
-		if fs.Changed(f) {
-			return fmt.Errorf("--%s is not supported yet", f)
-		}
+// envBool reads a boolean environment variable as kaniko does
+// (strconv.ParseBool); an invalid value is kept in *bad for Validate.
+func envBool(getenv func(string) string, name string, bad *error) bool {
+	v := getenv(name)
+	if v == "" {
+		return false
 	}
-	return nil
+	b, err := strconv.ParseBool(v)
+	if err != nil && *bad == nil {
+		*bad = fmt.Errorf("invalid value %q for the %s environment variable: want true or false", v, name)
+	}
+	return b
 }
 
 // Validate checks the flag values that need no I/O.
 func (b *Build) Validate(fs *pflag.FlagSet) error {
-	if err := b.notYet(fs); err != nil {
-		return err
+	if b.envErr != nil {
+		return b.envErr
+	}
+	switch b.ImageFormat {
+	case "", "docker", "oci":
+	default:
+		return fmt.Errorf("--image-format %q: want docker or oci", b.ImageFormat)
+	}
+	if b.ImageFormat == "docker" && b.Compression == "zstd" {
+		return errors.New("--compression=zstd cannot be used with --image-format=docker: Docker's schema 2 has no zstd layer media type")
+	}
+	for _, a := range b.Annotations {
+		if k, _, ok := strings.Cut(a, "="); !ok || k == "" {
+			return fmt.Errorf("--annotation %q: want KEY=VALUE", a)
+		}
+	}
+	if _, err := registry.ParseHelpers(b.Registry.CredentialHelpers); err != nil {
+		return fmt.Errorf("--credential-helpers: %w", err)
 	}
 	switch b.SnapshotMode {
 	case "full", "redo", "time":
@@ -282,6 +315,26 @@ func (b *Build) Job(fs *pflag.FlagSet, getenv func(string) string, lookupEnv fun
 			return build.Job{}, err
 		}
 	}
+	b.compatNotes(fs, getenv, log)
+	context := b.Context
+	if b.Bucket != "" {
+		// kaniko's legacy --bucket: the context tarball in a GCS bucket.
+		context = b.Bucket
+		if !strings.Contains(context, "://") {
+			context = "gs://" + strings.TrimSuffix(context, "/") + "/context.tar.gz"
+		}
+	}
+	targets := strings.Split(b.Target, ",")
+	annotations := map[string]string{}
+	for _, a := range b.Annotations {
+		k, v, _ := strings.Cut(a, "=")
+		annotations[k] = v
+	}
+	var baseImages func(string) (v1.Image, bool)
+	if b.Cache {
+		// As kaniko: the warmed base images are the cache's, used with --cache.
+		baseImages = cache.BaseImages(b.CacheDir, b.CacheTTL)
+	}
 	work := filepath.Join(os.TempDir(), "kiln")
 	if fs.Changed("kaniko-dir") || getenv("KANIKO_DIR") != "" || b.Isolation == "in-place" {
 		work = filepath.Join(b.KanikoDir, "work")
@@ -289,14 +342,15 @@ func (b *Build) Job(fs *pflag.FlagSet, getenv func(string) string, lookupEnv fun
 	return build.Job{
 		Build: build.Options{
 			Dockerfile:          b.Dockerfile,
-			Context:             b.Context,
+			Context:             context,
 			ContextSubPath:      b.ContextSubPath,
 			ContextRecord:       b.ContextRecord,
 			Git:                 gitOpts,
 			Stdin:               os.Stdin,
 			Getenv:              getenv,
 			BuildArgs:           b.BuildArgs,
-			Target:              b.Target,
+			Target:              strings.TrimSpace(targets[0]),
+			AlsoBuild:           trimAll(targets[1:]),
 			SkipUnusedStages:    b.SkipUnusedStages,
 			Labels:              b.Labels,
 			Platform:            b.CustomPlatform,
@@ -311,11 +365,16 @@ func (b *Build) Job(fs *pflag.FlagSet, getenv func(string) string, lookupEnv fun
 			IgnorePaths:         b.IgnorePaths,
 			IgnoreVarRun:        b.IgnoreVarRun,
 			Cleanup:             b.Cleanup,
+			PreCleanup:          b.PreCleanup,
+			Materialize:         b.Materialize,
+			DryRun:              b.DryRun,
+			ImageFormat:         b.ImageFormat,
+			Annotations:         annotations,
 			Cache:               b.Cache,
 			CacheStore:          store,
 			CacheCopyLayers:     b.CacheCopyLayers,
 			CacheRunLayers:      b.CacheRunLayers,
-			BaseImages:          cache.BaseImages(b.CacheDir, b.CacheTTL),
+			BaseImages:          baseImages,
 			Secrets:             secrets,
 			Compression:         comp,
 			CompressionLevel:    b.CompressionLevel,
@@ -336,6 +395,7 @@ func (b *Build) Job(fs *pflag.FlagSet, getenv func(string) string, lookupEnv fun
 			ImageNameWithDigestFile:    b.ImageNameWithDigestFile,
 			ImageNameTagWithDigestFile: b.ImageNameTagWithDigestFile,
 			BuildRecord:                b.buildRecordPath(),
+			IgnoreImmutableTagErrors:   b.PushIgnoreImmutableTagErrors,
 		},
 		SkipPushPermissionCheck: b.SkipPushPermissionCheck,
 		SecretIDs:               secretIDs(secrets),
@@ -394,4 +454,84 @@ func runOut(format string, w io.Writer) io.Writer {
 		return nil
 	}
 	return w
+}
+
+func trimAll(ss []string) []string {
+	var out []string
+	for _, s := range ss {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// nativeFlags are kaniko v1.28's FF_KANIKO_* feature flags whose
+// behaviour kiln has always (the way the flag's default or enabled
+// setting has it), ignoredFlags those that mean nothing in kiln.
+var (
+	nativeFlags = map[string]string{
+		"FF_KANIKO_BUILDKIT_ARG_ENV_PRECEDENCE":   "an ARG after an inherited ENV is overridden by --build-arg, as BuildKit",
+		"FF_KANIKO_CACHE_PROBE_AFTER_MISS":        "the cache is probed after a miss",
+		"FF_KANIKO_CHOWN_ON_IMPLICIT_DIRS":        "directories COPY creates belong to --chown",
+		"FF_KANIKO_COPY_AS_ROOT":                  "COPY from the context gives 0:0 unless --chown",
+		"FF_KANIKO_COPY_CHMOD_ON_IMPLICIT_DIRS":   "directories COPY creates take an octal --chmod",
+		"FF_KANIKO_OCI_SCRATCH_BASE":              "FROM scratch gives OCI media types",
+		"FF_KANIKO_PRESERVE_HARDLINKS":            "hard links stay hard links",
+		"FF_KANIKO_RELATIVE_LINK_TARGETS":         "hard link targets are relative in layers",
+		"FF_KANIKO_RUN_MOUNT_BIND":                "RUN --mount=type=bind works",
+		"FF_KANIKO_RUN_HONOR_GROUP":               "RUN honours USER's group and supplementary groups",
+		"FF_KANIKO_SECUREJOIN_EXTRACTION":         "layers are unpacked through handles inside the root",
+		"FF_KANIKO_PRESERVE_MOUNTED_PATHS":        "in place, mount points are never emptied",
+		"FF_KANIKO_DEPRECATE_INTER_STAGE_RESTORE": "the context is never emptied between stages",
+		"FF_KANIKO_NO_PROPAGATE_ANNOTATIONS":      "base image annotations are not copied",
+		"FF_KANIKO_VOLUME_SKIP_MKDIR":             "VOLUME creates no directory",
+		"FF_KANIKO_OCI_WARMER":                    "warm-cache writes an OCI layout",
+		"FF_KANIKO_WARMER_CACHE_LOCK":             "concurrent warm-cache runs are safe",
+		"FF_KANIKO_CLEAN_KANIKO_DIR":              "the work directory is always removed",
+		"FF_KANIKO_SCOPED_DOCKERIGNORE":           "<Dockerfile>.dockerignore is honoured",
+		"FF_KANIKO_EXPAND_HEREDOC":                "heredocs expand as BuildKit's",
+	}
+	ignoredFlags = []string{
+		"FF_KANIKO_CACHE_LOOKAHEAD", "FF_KANIKO_CROSS_REPO_MOUNT", "FF_KANIKO_DISABLE_HTTP2", "FF_KANIKO_HASH_DIR_FRAMING",
+		"FF_KANIKO_IGNORE_CACHED_MANIFEST", "FF_KANIKO_INFER_CROSS_STAGE_CACHE_KEY", "FF_KANIKO_PATH_SCOPED_REGISTRY_AUTH",
+		"FF_KANIKO_PRECOMPILE_DOCKERIGNORE", "FF_KANIKO_REPRODUCIBLE_PRESERVE_BASE_LAYERS", "FF_KANIKO_RESOLVE_CACHE_KEY",
+		"FF_KANIKO_ROLLING_CACHE_KEY", "FF_KANIKO_RUN_VIA_TINI", "FF_KANIKO_SHARED_BASE_CACHE", "FF_KANIKO_SKIP_CACHED_STAGES",
+		"FF_KANIKO_SKIP_RELABEL_RECOMPRESS", "FF_KANIKO_SKIP_WRITE_WHITEOUTS", "FF_KANIKO_UNTAR_SKIP_ROOT",
+	}
+)
+
+// compatNotes says, once, what kiln does with kaniko settings it accepts
+// without acting on them the same way.
+func (b *Build) compatNotes(fs *pflag.FlagSet, getenv func(string) string, log *slog.Logger) {
+	if b.ForceBuildMetadata {
+		log.Warn("--force-build-metadata is deprecated (kaniko v1.28) and changes nothing: kiln commits layers as BuildKit does")
+	}
+	if b.PreserveContext {
+		log.Info("--preserve-context: kiln never empties or overwrites the context")
+	}
+	if b.UseNewRun {
+		log.Debug("--use-new-run: kiln's change detection is always the fast one")
+	}
+	if fs.Changed("cache-dir") && !b.Cache {
+		log.Info("--cache-dir is used with --cache only, as in kaniko", "cache-dir", b.CacheDir)
+	}
+	if b.Isolation != "in-place" && (b.Materialize || b.PreCleanup) {
+		log.Debug("--materialize and --pre-cleanup concern in-place builds")
+	}
+	for _, kv := range b.Environ {
+		name, _, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(name, "FF_KANIKO_") {
+			continue
+		}
+		if what, native := nativeFlags[name]; native {
+			log.Info("kaniko feature flag: kiln does this natively", "flag", name, "behaviour", what)
+			continue
+		}
+		if slices.Contains(ignoredFlags, name) {
+			log.Info("kaniko feature flag ignored: it has no meaning in kiln", "flag", name)
+			continue
+		}
+		log.Warn("unknown kaniko feature flag", "flag", name)
+	}
 }
