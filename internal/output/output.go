@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -227,6 +228,7 @@ func tempBeside(target, flag string) (*os.File, error) {
 // later one fails.
 func renameStage(tmp, target, flag string) *staged {
 	backup := ""
+	var inPlace []byte // a mounted file's old content, written over in place
 	return &staged{
 		commit: func() error {
 			if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
@@ -234,7 +236,14 @@ func renameStage(tmp, target, flag string) *staged {
 			}
 			if _, err := os.Lstat(target); err == nil {
 				backup = tmp + ".old"
-				if err := os.Rename(target, backup); err != nil {
+				err := os.Rename(target, backup)
+				if errors.Is(err, syscall.EBUSY) {
+					// A file mounted on its own (Kubernetes' /dev/termination-
+					// log) cannot be renamed: write it in place.
+					backup = ""
+					return writeInPlace(tmp, target, flag, &inPlace)
+				}
+				if err != nil {
 					backup = ""
 					return fmt.Errorf("%s %s: %w", flag, target, err)
 				}
@@ -249,6 +258,10 @@ func renameStage(tmp, target, flag string) *staged {
 			return nil
 		},
 		rollback: func() {
+			if inPlace != nil {
+				os.WriteFile(target, inPlace, 0)
+				return
+			}
 			os.RemoveAll(target)
 			if backup != "" {
 				os.Rename(backup, target)
@@ -257,6 +270,25 @@ func renameStage(tmp, target, flag string) *staged {
 		abort:  func() { os.RemoveAll(tmp) },
 		finish: func() { os.RemoveAll(backup) },
 	}
+}
+
+// writeInPlace writes tmp's content over the file target, keeping the
+// old content in *old for a rollback, and removes tmp.
+func writeInPlace(tmp, target, flag string, old *[]byte) error {
+	prev, err := os.ReadFile(target)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", flag, target, err)
+	}
+	data, err := os.ReadFile(tmp)
+	if err == nil {
+		err = os.WriteFile(target, data, 0)
+	}
+	os.Remove(tmp)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", flag, target, err)
+	}
+	*old = prev
+	return nil
 }
 
 // checkTarget refuses a file output whose path names a directory, before

@@ -15,6 +15,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/kilnbuild/kiln/internal/imagetest"
 )
 
@@ -218,5 +220,28 @@ func TestWriteLateFailureRollsBack(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(out, "new.tar")); err == nil {
 		t.Error("the tarball was written although the digest file cannot be")
+	}
+}
+
+// TestDigestFileOnAMountedFile: kaniko's README writes the digest to
+// /dev/termination-log, a file Kubernetes mounts on its own, which a
+// rename cannot replace: it is written in place.
+func TestDigestFileOnAMountedFile(t *testing.T) {
+	dir := t.TempDir()
+	target := filepath.Join(dir, "termination-log")
+	src := filepath.Join(t.TempDir(), "log")
+	os.WriteFile(target, nil, 0o644)
+	os.WriteFile(src, []byte("old"), 0o644)
+	if err := unix.Mount(src, target, "", unix.MS_BIND, ""); err != nil {
+		t.Fatalf("bind-mounting a file (root is required): %v", err)
+	}
+	defer unix.Unmount(target, unix.MNT_DETACH)
+	img, _ := random.Image(100, 1)
+	d, _ := img.Digest()
+	if err := Write(context.Background(), img, Options{NoPush: true, DigestFile: target}, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(src); string(b) != d.String() {
+		t.Errorf("the mounted file holds %q, want %s", b, d)
 	}
 }

@@ -140,9 +140,11 @@ func (b *Build) Marshal() ([]byte, error) { return json.MarshalIndent(b, "", "  
 // DefaultPath is where a build writes its record when not told: beside
 // the digest file, or inside the OCI layout directory.
 func DefaultPath(digestFile, layoutDir string) string {
+	dir := filepath.Dir(filepath.Clean(digestFile))
 	switch {
-	case digestFile != "":
-		return filepath.Join(filepath.Dir(digestFile), "build.json")
+	case digestFile != "" && dir != "/dev" && !strings.HasPrefix(dir, "/dev/") && !strings.HasPrefix(dir, "/proc"):
+		// Not beside /dev/termination-log (kaniko README's digest file).
+		return filepath.Join(dir, "build.json")
 	case layoutDir != "":
 		return filepath.Join(layoutDir, "build.json")
 	}

@@ -1,10 +1,12 @@
-// Command debugimage publishes the -debug variant of kiln's build step
-// image, for CI systems that run a job's script in the build container
-// (GitLab CI, Buildkite): the ko-built build image plus a busybox shell
-// under /busybox and the emit-results binary.
+// Command debugimage publishes kiln's build step image as kaniko users
+// expect it (/kaniko/executor, /kaniko/ssl/certs, /kaniko/.docker) and its
+// -debug variant, for CI systems that run a job's script in the build
+// container (GitLab CI, Buildkite): the same plus a busybox shell under
+// /busybox and the emit-results binary.
 //
 //	KO_CONFIG_PATH=ko.yaml ko build --bare ./cmd/build         # -> BUILD
 //	KO_CONFIG_PATH=ko.yaml ko build --bare ./cmd/emit-results  # -> EMIT
+//	go run ./tasks/debugimage --build BUILD --shell none --tag ghcr.io/kilnbuild/kiln/build:0.1
 //	go run ./tasks/debugimage --build BUILD --add EMIT \
 //	    --shell gcr.io/distroless/static-debian12:debug --tag ghcr.io/kilnbuild/kiln/build:0.1-debug
 package main
@@ -30,7 +32,7 @@ func (r *refs) Set(v string) error { *r = append(*r, v); return nil }
 
 func main() {
 	build := flag.String("build", "", "the build step image (ko-built; an index or an image)")
-	shell := flag.String("shell", "gcr.io/distroless/static-debian12:debug", "an image holding a static busybox under /busybox")
+	shell := flag.String("shell", "gcr.io/distroless/static-debian12:debug", "an image holding a static busybox under /busybox; none publishes the build image without it")
 	tag := flag.String("tag", "", "where to push the -debug image")
 	insecure := flag.Bool("insecure", false, "allow plain HTTP registries")
 	var extras refs
@@ -73,6 +75,12 @@ func run(build, shell, tag string, extras []string, insecure bool) error {
 	if err != nil {
 		return err
 	}
+	if b, err = release.KanikoLayout(b); err != nil {
+		return err
+	}
+	if shell == "none" {
+		return push(tag, b, nopts, ropts)
+	}
 	sh, err := index("shell", shell)
 	if err != nil {
 		return err
@@ -89,14 +97,18 @@ func run(build, shell, tag string, extras []string, insecure bool) error {
 	if err != nil {
 		return err
 	}
+	return push(tag, debug, nopts, ropts)
+}
+
+func push(tag string, idx v1.ImageIndex, nopts []name.Option, ropts []remote.Option) error {
 	ref, err := name.ParseReference(tag, nopts...)
 	if err != nil {
 		return fmt.Errorf("--tag %q: %w", tag, err)
 	}
-	if err := remote.WriteIndex(ref, debug, ropts...); err != nil {
+	if err := remote.WriteIndex(ref, idx, ropts...); err != nil {
 		return fmt.Errorf("pushing %s: %w", ref, err)
 	}
-	d, _ := debug.Digest()
+	d, _ := idx.Digest()
 	fmt.Println(ref.Context().Name() + "@" + d.String())
 	return nil
 }

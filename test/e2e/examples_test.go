@@ -60,7 +60,19 @@ func koImage(t *testing.T, bin string) v1.Image {
 func stepImages(t *testing.T) (build, debug v1.Image) {
 	t.Helper()
 	stepImagesOnce.Do(func() {
-		buildImg = koImage(t, "build")
+		// The build image as a release publishes it: kaniko's layout.
+		kidx, err := release.IndexOf(koImage(t, "build"))
+		if err == nil {
+			kidx, err = release.KanikoLayout(kidx)
+		}
+		if err != nil {
+			stepImagesErr = err
+			return
+		}
+		im, _ := kidx.IndexManifest()
+		if buildImg, stepImagesErr = kidx.Image(im.Manifests[0].Digest); stepImagesErr != nil {
+			return
+		}
 		bb, err := os.ReadFile("/bin/busybox")
 		if err != nil {
 			stepImagesErr = err
@@ -89,7 +101,7 @@ func stepImages(t *testing.T) (build, debug v1.Image) {
 			stepImagesErr = err
 			return
 		}
-		im, _ := debug.IndexManifest()
+		im, _ = debug.IndexManifest()
 		debugImg, stepImagesErr = debug.Image(im.Manifests[0].Digest)
 	})
 	if stepImagesErr != nil {
@@ -137,6 +149,50 @@ func readYAML(t *testing.T, path string, into any) {
 	}
 	if err := yaml.Unmarshal(data, into); err != nil {
 		t.Fatalf("%s: %v", path, err)
+	}
+}
+
+// TestKanikoReadmeInRunc runs kaniko's README pod as it is written, from
+// kiln's build image (drop-in issue, items 1 and 3): the image's own
+// entrypoint (/kaniko/executor), credentials mounted at
+// /kaniko/.docker/config.json, the registry's CA mounted into
+// /kaniko/ssl/certs/ and nothing else, and --digest-file=/dev/termination-log,
+// a file mounted on its own as Kubernetes mounts it.
+func TestKanikoReadmeInRunc(t *testing.T) {
+	build, _ := stepImages(t)
+	cf, _ := build.ConfigFile()
+	if len(cf.Config.Entrypoint) != 1 || cf.Config.Entrypoint[0] != "/kaniko/executor" {
+		t.Fatalf("the build image's entrypoint is %v, want kaniko's /kaniko/executor", cf.Config.Entrypoint)
+	}
+	d := startDistribution(t)
+	base := d.host + "/base/busybox:readme"
+	pushTo(t, base, imagetest.Image(t, true, nil, imagetest.BusyboxFiles(t)), d.remoteOpts()...)
+	ctx := t.TempDir()
+	os.WriteFile(filepath.Join(ctx, "Dockerfile"), []byte("FROM "+base+"\nRUN echo created by the kaniko README > /readme\n"), 0o644)
+	certs := t.TempDir()
+	ca, _ := os.ReadFile(d.caFile)
+	os.WriteFile(filepath.Join(certs, "registry.crt"), ca, 0o644)
+	termination := filepath.Join(t.TempDir(), "termination-log")
+	os.WriteFile(termination, nil, 0o644)
+	dockerCfg := filepath.Join(d.dockerConfig(t, d.user, d.password), "config.json")
+	dest := d.host + "/kaniko/readme:1"
+	args := append(append([]string{}, cf.Config.Entrypoint...), "--dockerfile=Dockerfile", "--context=dir:///workspace",
+		"--destination="+dest, "--digest-file=/dev/termination-log")
+	r := runContainer(t, container{
+		rootfs: unpack(t, build), env: append(imageEnv(t, build), "HOME=/root", "KUBERNETES_SERVICE_HOST=10.96.0.1"),
+		args:  args,
+		binds: []bind{{ctx, "/workspace"}, {dockerCfg, "/kaniko/.docker/config.json"}, {certs, "/kaniko/ssl/certs"}, {termination, "/dev/termination-log"}},
+	})
+	if r.code != 0 {
+		t.Fatalf("kaniko's README pod failed (%d):\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	img := pull(t, dest, d.remoteOpts()...)
+	digest, _ := img.Digest()
+	if got, _ := os.ReadFile(termination); string(got) != digest.String() {
+		t.Errorf("/dev/termination-log holds %q, want %s", got, digest)
+	}
+	if got := imagetest.Flatten(t, img)["readme"].Content; got != "created by the kaniko README\n" {
+		t.Errorf("/readme = %q", got)
 	}
 }
 
