@@ -36,6 +36,16 @@ import (
 	"github.com/kilnbuild/kiln/internal/run"
 )
 
+// BaseImages is a store of base images by manifest digest, as warm-cache
+// and kaniko's warmer write them (cache.BaseDir).
+type BaseImages interface {
+	// ByDigest returns the image stored under manifest digest h.
+	ByDigest(h v1.Hash) (v1.Image, error)
+	// ByName returns the freshest image stored under a reference for a
+	// platform, and when it was stored.
+	ByName(ref string, p v1.Platform) (v1.Image, time.Time, error)
+}
+
 // Options says what to build. Paths are host paths.
 type Options struct {
 	// Dockerfile is the Dockerfile's path (absolute, relative to the working
@@ -121,9 +131,9 @@ type Options struct {
 	CacheStore cache.Store
 	// CacheCopyLayers and CacheRunLayers say which instructions are cached.
 	CacheCopyLayers, CacheRunLayers bool
-	// BaseImages finds base images stored by warm-cache (--cache-dir)
-	// before the registry is asked; nil means none.
-	BaseImages func(ref string) (v1.Image, bool)
+	// BaseImages are the base images warm-cache stored (--cache-dir);
+	// nil means none.
+	BaseImages BaseImages
 	// SingleSnapshot writes one layer per stage, at its end.
 	SingleSnapshot bool
 	// Compression and CompressionLevel configure new layers.

@@ -11,9 +11,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
@@ -292,15 +294,9 @@ func (b *builder) baseImage(ctx context.Context, ps *dockerfile.Stage, platform 
 	if img, ok := b.bases[key]; ok {
 		return img, nil
 	}
-	img, ok := b.baseFromCacheDir(ps.Base)
-	if !ok {
-		if b.o.Registry == nil {
-			return nil, &dockerfile.Error{File: b.df.Name, Line: ps.Line, Err: fmt.Errorf("FROM %s: no registry client", ps.Base)}
-		}
-		var err error
-		if img, err = b.o.Registry.PullPlatform(ctx, ps.Base, platform); err != nil {
-			return nil, &dockerfile.Error{File: b.df.Name, Line: ps.Line, Err: fmt.Errorf("FROM %s: %w", ps.Base, err)}
-		}
+	img, err := b.pullBase(ctx, ps.Base, platform)
+	if err != nil {
+		return nil, &dockerfile.Error{File: b.df.Name, Line: ps.Line, Err: fmt.Errorf("FROM %s: %w", ps.Base, err)}
 	}
 	b.bases[key] = img
 	return img, nil
@@ -357,16 +353,59 @@ func (b *builder) requireOnbuildStages(ctx context.Context) error {
 	return nil
 }
 
-// baseFromCacheDir finds a base image warm-cache stored.
-func (b *builder) baseFromCacheDir(ref string) (v1.Image, bool) {
-	if b.o.BaseImages == nil {
-		return nil, false
+// pullBase fetches a base image as kaniko does with --cache-dir: a
+// digest reference is looked up in the cache directory first; any other is
+// resolved in the registry and its manifest digest looked up there, so a
+// moved tag is never served stale. When the registry cannot be reached
+// (not when it refuses), the image warm-cache stored under the name is
+// used, with a warning.
+func (b *builder) pullBase(ctx context.Context, ref string, platform v1.Platform) (v1.Image, error) {
+	dir := b.o.BaseImages
+	if dir != nil {
+		if d, err := name.NewDigest(ref, name.WeakValidation); err == nil {
+			if h, err := v1.NewHash(d.DigestStr()); err == nil {
+				if img, err := dir.ByDigest(h); err == nil {
+					b.log.Info("base image from the cache directory", "image", ref)
+					return img, nil
+				} else if !errors.Is(err, cache.ErrMiss) {
+					b.log.Warn("not using the cache directory's copy", "image", ref, "error", err)
+				}
+			}
+		}
 	}
-	img, ok := b.o.BaseImages(ref)
-	if ok {
-		b.log.Info("base image from the cache directory", "image", ref)
+	if b.o.Registry == nil {
+		return nil, errors.New("no registry client")
 	}
-	return img, ok
+	img, err := b.o.Registry.PullPlatform(ctx, ref, platform)
+	if err != nil {
+		var te *transport.Error
+		if dir == nil || ctx.Err() != nil || errors.As(err, &te) {
+			return nil, err
+		}
+		cimg, at, cerr := dir.ByName(ref, platform)
+		if cerr != nil {
+			return nil, err
+		}
+		b.log.Warn("registry unreachable: using the image warm-cache stored under this name", "image", ref,
+			"stored", at.UTC().Format(time.RFC3339), "error", err)
+		return cimg, nil
+	}
+	if dir == nil {
+		return img, nil
+	}
+	h, err := img.Digest()
+	if err != nil {
+		return nil, err
+	}
+	cimg, err := dir.ByDigest(h)
+	if err != nil {
+		if !errors.Is(err, cache.ErrMiss) {
+			b.log.Warn("not using the cache directory's copy", "image", ref, "error", err)
+		}
+		return img, nil
+	}
+	b.log.Info("base image from the cache directory", "image", ref, "digest", h.String())
+	return cimg, nil
 }
 
 func platformString(p v1.Platform) string {

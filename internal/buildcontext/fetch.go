@@ -149,6 +149,11 @@ func Fetch(ctx context.Context, o FetchOptions) (*Record, error) {
 	if rec.SHA256, err = CanonicalDigest(tmp); err != nil {
 		return nil, err
 	}
+	// MkdirTemp made tmp 0700; a later step running as another user
+	// must be able to read the context (kaniko's and git's 0755).
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		return nil, err
+	}
 	if err := moveInto(tmp, o.Dest); err != nil {
 		return nil, err
 	}

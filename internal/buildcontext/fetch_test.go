@@ -96,6 +96,10 @@ func TestFetchArchives(t *testing.T) {
 		if rec.Version != tc.ver {
 			t.Errorf("%s: version %q", tc.src, rec.Version)
 		}
+		// A later step running as another user reads the context.
+		if st, err := os.Stat(dest); err != nil || st.Mode().Perm() != 0o755 {
+			t.Errorf("%s: %s mode %v, %v: want 0755", tc.src, dest, st.Mode(), err)
+		}
 		digests = append(digests, rec.SHA256)
 	}
 	for _, d := range digests[1:] {

@@ -4,26 +4,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
-	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
-	"github.com/google/go-containerregistry/pkg/v1/match"
+	"golang.org/x/sys/unix"
 
 	"github.com/kilnbuild/kiln/internal/dockerfile"
 )
-
-// refAnnotation names a base image in the cache directory's layout.
-const refAnnotation = "org.opencontainers.image.ref.name"
-
-// createdAnnotation records when warm-cache stored an image.
-const createdAnnotation = "dev.kiln.cache.created"
 
 // WarmOptions configure Warm.
 type WarmOptions struct {
@@ -35,10 +28,10 @@ type WarmOptions struct {
 	BuildArgs []string
 	// LookupEnv serves --build-arg KEY.
 	LookupEnv func(string) (string, bool)
-	// Dir is the cache directory (an OCI layout).
-	Dir string
-	// TTL is how long a stored image stays fresh; Force replaces it anyway.
-	TTL   time.Duration
+	// Dir is the cache directory, with the TTL after which a stored image
+	// is stored again.
+	Dir BaseDir
+	// Force stores images even when a fresh copy is there.
 	Force bool
 	// Platform selects from image indexes.
 	Platform v1.Platform
@@ -47,20 +40,11 @@ type WarmOptions struct {
 		PullPlatform(ctx context.Context, ref string, p v1.Platform) (v1.Image, error)
 	}
 	Logger *slog.Logger
-	Now    func() time.Time
 }
 
-// fullName normalises a reference to the name stored in the layout.
-func fullName(ref string) string {
-	r, err := name.ParseReference(ref)
-	if err != nil {
-		return ref
-	}
-	return r.Name()
-}
-
-// Warm stores base images, by digest and named by reference, in the
-// cache directory's OCI layout for build --cache-dir.
+// Warm stores base images in the cache directory, in kaniko's format (see
+// BaseDir), for build --cache-dir. As kaniko's warmer, an image that
+// cannot be stored is a warning, and Warm fails only when none could be.
 func Warm(ctx context.Context, o WarmOptions) error {
 	log := o.Logger
 	if log == nil {
@@ -74,61 +58,136 @@ func Warm(ctx context.Context, o WarmOptions) error {
 		}
 		refs = append(refs, more...)
 	}
+	refs = dedupe(refs)
 	if len(refs) == 0 {
 		return errors.New("no image to warm: give --image or --dockerfile")
 	}
-	if err := os.MkdirAll(o.Dir, 0o755); err != nil {
-		return fmt.Errorf("--cache-dir %s: %w", o.Dir, err)
+	if err := os.MkdirAll(o.Dir.Path, 0o755); err != nil {
+		return fmt.Errorf("--cache-dir %s: %w", o.Dir.Path, err)
 	}
-	p, err := layout.FromPath(o.Dir)
-	if err != nil {
-		if p, err = layout.Write(o.Dir, empty.Index); err != nil {
-			return fmt.Errorf("--cache-dir %s: %w", o.Dir, err)
-		}
-	}
+	var errs []error
 	for _, ref := range refs {
-		full := fullName(ref)
-		if !o.Force {
-			if created, ok := storedAt(p, full); ok && !expired(created, o.TTL, now(o.Now)) {
-				log.Info("already in the cache directory", "image", full)
-				continue
+		if err := warmOne(ctx, o, log, ref); err != nil {
+			if ctx.Err() != nil {
+				return err
 			}
+			log.Warn("could not store the image", "image", ref, "error", err)
+			errs = append(errs, err)
 		}
-		img, err := o.Pull.PullPlatform(ctx, ref, o.Platform)
-		if err != nil {
-			return fmt.Errorf("--image %s: %w", ref, err)
-		}
-		d, err := img.Digest()
-		if err != nil {
-			return err
-		}
-		err = p.ReplaceImage(img, match.Annotation(refAnnotation, full), layout.WithAnnotations(map[string]string{
-			refAnnotation: full, createdAnnotation: now(o.Now).UTC().Format(time.RFC3339),
-		}))
-		if err != nil {
-			return fmt.Errorf("storing %s: %w", ref, err)
-		}
-		log.Info("stored base image", "image", full, "digest", d.String())
+	}
+	if len(errs) == len(refs) {
+		return fmt.Errorf("no image could be stored in %s: %w", o.Dir.Path, errors.Join(errs...))
 	}
 	return nil
 }
 
-func storedAt(p layout.Path, full string) (time.Time, bool) {
-	idx, err := p.ImageIndex()
-	if err != nil {
-		return time.Time{}, false
-	}
-	m, err := idx.IndexManifest()
-	if err != nil {
-		return time.Time{}, false
-	}
-	for _, d := range m.Manifests {
-		if d.Annotations[refAnnotation] == full {
-			t, err := time.Parse(time.RFC3339, d.Annotations[createdAnnotation])
-			return t, err == nil
+func dedupe(refs []string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, r := range refs {
+		if !seen[r] {
+			seen[r] = true
+			out = append(out, r)
 		}
 	}
-	return time.Time{}, false
+	return out
+}
+
+// warmOne stores one image under its manifest digest.
+func warmOne(ctx context.Context, o WarmOptions, log *slog.Logger, ref string) error {
+	r, err := name.ParseReference(ref, name.WeakValidation)
+	if err != nil {
+		return fmt.Errorf("--image %s: %w", ref, err)
+	}
+	if d, ok := r.(name.Digest); ok && !o.Force {
+		if h, err := v1.NewHash(d.DigestStr()); err == nil {
+			if _, err := o.Dir.ByDigest(h); err == nil {
+				log.Info("already in the cache directory", "image", ref, "digest", h.String())
+				return nil
+			}
+		}
+	}
+	img, err := o.Pull.PullPlatform(ctx, ref, o.Platform)
+	if err != nil {
+		return fmt.Errorf("--image %s: %w", ref, err)
+	}
+	h, err := img.Digest()
+	if err != nil {
+		return fmt.Errorf("--image %s: %w", ref, err)
+	}
+	fresh := func() bool { _, err := o.Dir.ByDigest(h); return err == nil }
+	if !o.Force && fresh() {
+		log.Info("already in the cache directory", "image", ref, "digest", h.String())
+		return nil
+	}
+	unlock, err := lockEntry(o.Dir.Path, h.String())
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if !o.Force && fresh() {
+		log.Info("stored by another warmer meanwhile", "image", ref, "digest", h.String())
+		return nil
+	}
+	tmp, err := os.MkdirTemp(o.Dir.Path, ".warming-")
+	if err != nil {
+		return fmt.Errorf("--cache-dir %s: %w", o.Dir.Path, err)
+	}
+	defer os.RemoveAll(tmp)
+	p, err := layout.Write(tmp, empty.Index)
+	if err != nil {
+		return fmt.Errorf("--cache-dir %s: %w", o.Dir.Path, err)
+	}
+	if err := p.AppendImage(img, layout.WithAnnotations(map[string]string{refAnnotation: r.Name()})); err != nil {
+		return fmt.Errorf("storing %s: %w", ref, err)
+	}
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		return err
+	}
+	t := now(o.Dir.Now)
+	if err := os.Chtimes(tmp, t, t); err != nil {
+		return err
+	}
+	if err := replace(tmp, filepath.Join(o.Dir.Path, h.String())); err != nil {
+		return fmt.Errorf("storing %s: %w", ref, err)
+	}
+	log.Info("stored base image", "image", r.Name(), "digest", h.String())
+	return nil
+}
+
+// replace moves the finished entry tmp to dst in one step: an entry
+// already there (expired, forced, or a kaniko v1.24 tarball) is exchanged
+// for it, so a build reading dst sees the old entry or the new one, never
+// neither, and then removed.
+func replace(tmp, dst string) error {
+	err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, dst, unix.RENAME_NOREPLACE)
+	if !errors.Is(err, unix.EEXIST) {
+		return err
+	}
+	if err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, dst, unix.RENAME_EXCHANGE); err != nil {
+		return err
+	}
+	os.Remove(dst + ".json") // a tarball entry's manifest
+	return nil               // tmp now holds the old entry; the caller removes it
+}
+
+// lockEntry takes the lock kaniko's warmer takes for a digest
+// (<dir>/.warmer-locks/<digest>.lock), so warmers sharing a volume store
+// each image once.
+func lockEntry(dir, digest string) (func(), error) {
+	ld := filepath.Join(dir, lockDir)
+	if err := os.MkdirAll(ld, 0o755); err != nil {
+		return nil, fmt.Errorf("--cache-dir %s: %w", dir, err)
+	}
+	f, err := os.OpenFile(filepath.Join(ld, digest+".lock"), os.O_RDWR|os.O_CREATE|unix.O_NOFOLLOW, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("--cache-dir %s: %w", dir, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("--cache-dir %s: locking %s: %w", dir, digest, err)
+	}
+	return func() { f.Close() }, nil
 }
 
 // dockerfileBases lists the images a Dockerfile's FROM lines pull.
@@ -155,41 +214,6 @@ func dockerfileBases(o WarmOptions) ([]string, error) {
 		}
 	}
 	return out, nil
-}
-
-// BaseImages returns a lookup of base images warm-cache stored in dir, for
-// build --cache-dir. Images older than ttl are not used; a missing
-// directory finds nothing.
-func BaseImages(dir string, ttl time.Duration) func(ref string) (v1.Image, bool) {
-	return func(ref string) (v1.Image, bool) {
-		if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
-			return nil, false
-		}
-		p, err := layout.FromPath(dir)
-		if err != nil {
-			return nil, false
-		}
-		full := fullName(ref)
-		created, ok := storedAt(p, full)
-		if !ok || expired(created, ttl, time.Now()) {
-			return nil, false
-		}
-		idx, err := p.ImageIndex()
-		if err != nil {
-			return nil, false
-		}
-		m, err := idx.IndexManifest()
-		if err != nil {
-			return nil, false
-		}
-		for _, d := range m.Manifests {
-			if d.Annotations[refAnnotation] == full {
-				img, err := idx.Image(d.Digest)
-				return img, err == nil
-			}
-		}
-		return nil, false
-	}
 }
 
 // ReadOnly wraps a store so nothing is pushed to it (--no-push-cache).

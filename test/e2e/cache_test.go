@@ -10,37 +10,62 @@ import (
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"github.com/kilnbuild/kiln/internal/imagetest"
 )
 
-func TestWarmCacheWithRegistryStopped(t *testing.T) {
+// TestWarmCache runs kaniko's warmer invocation and then builds with the
+// warmed directory as kaniko does (--cache --cache-dir): a moved tag is
+// resolved in the registry and never served stale, and with the registry
+// gone the stored image is used.
+func TestWarmCache(t *testing.T) {
 	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
 	host := strings.TrimPrefix(srv.URL, "http://")
 	base := host + "/busybox:warm"
-	pushTo(t, base, imagetest.Image(t, true, nil, imagetest.BusyboxFiles(t)))
+	withFile := func(content string) []imagetest.File {
+		return append(imagetest.BusyboxFiles(t), imagetest.Reg("etc/base", content, 0o644, 0, 0))
+	}
+	pushTo(t, base, imagetest.Image(t, true, nil, withFile("warmed")))
 	ctx := t.TempDir()
-	os.WriteFile(filepath.Join(ctx, "Dockerfile"), []byte("ARG BASE\nFROM ${BASE}\nRUN echo warmed > /w\n"), 0o644)
+	os.WriteFile(filepath.Join(ctx, "Dockerfile"), []byte("ARG BASE\nFROM ${BASE}\nRUN cat /etc/base > /w\n"), 0o644)
 	cacheDir := filepath.Join(t.TempDir(), "cache")
 	r := step(t, "warm-cache", nil, "--dockerfile", filepath.Join(ctx, "Dockerfile"), "--build-arg", "BASE="+base,
 		"--cache-dir", cacheDir, "--insecure-pull")
 	if r.code != 0 {
 		t.Fatalf("warm-cache failed:\n%s", r.stderr)
 	}
-	contains(t, r.stderr, "stored base image")
-	r = step(t, "warm-cache", nil, "-i", base, "-c", cacheDir, "--insecure-pull")
-	contains(t, r.stderr, "already in the cache directory")
-	srv.Close() // the registry is gone from here on
-
-	out := t.TempDir()
-	// As in kaniko, the warmed base images are used with --cache.
-	r = kiln(t, nil, "--context", ctx, "--build-arg", "BASE="+base, "--cache-dir", cacheDir, "--no-push",
-		"--cache", "--cache-repo", "oci:"+filepath.Join(out, "layers"),
-		"--tar-path", filepath.Join(out, "img.tar"), "--isolation", "chroot")
-	if r.code != 0 {
-		t.Fatalf("build from the warmed cache failed:\n%s", r.stderr)
+	// kaniko's layout: <cache-dir>/sha256:<digest>, an OCI layout.
+	ents, _ := filepath.Glob(filepath.Join(cacheDir, "sha256:*", "index.json"))
+	if len(ents) != 1 {
+		t.Fatalf("cache directory entries %v, want one sha256:<digest>/index.json", ents)
 	}
-	contains(t, r.stderr, "base image from the cache directory")
+	build := func(name string) string {
+		t.Helper()
+		out := t.TempDir()
+		r := kiln(t, nil, "--context", ctx, "--build-arg", "BASE="+base, "--cache-dir", cacheDir, "--no-push",
+			"--cache", "--cache-repo", "oci:"+filepath.Join(out, "layers"), "--insecure-pull",
+			"--tar-path", filepath.Join(out, "img.tar"), "--isolation", "chroot")
+		if r.code != 0 {
+			t.Fatalf("%s: build failed:\n%s", name, r.stderr)
+		}
+		img, err := tarball.ImageFromPath(filepath.Join(out, "img.tar"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return imagetest.Flatten(t, img)["w"].Content
+	}
+	if got := build("warmed"); got != "warmed" {
+		t.Errorf("built from the warmed image: /w = %q", got)
+	}
+	pushTo(t, base, imagetest.Image(t, true, nil, withFile("moved")))
+	if got := build("moved tag"); got != "moved" {
+		t.Errorf("the tag moved after warming: /w = %q, want the new image's", got)
+	}
+	srv.Close() // the registry is gone from here on
+	if got := build("registry gone"); got != "warmed" {
+		t.Errorf("registry gone: /w = %q, want the warmed image's", got)
+	}
 	r = step(t, "warm-cache", nil, "--cache-dir", cacheDir)
 	if r.code != 2 || !strings.Contains(r.stderr, "--image or --dockerfile") {
 		t.Errorf("warm-cache without images: %d %s", r.code, r.stderr)

@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/spf13/pflag"
 
 	"github.com/kilnbuild/kiln/internal/build"
@@ -128,7 +127,7 @@ func (b *Build) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
 	fs.StringVar(&b.KanikoDir, "kaniko-dir", kdir, "kiln's own directory (env KANIKO_DIR): .docker/config.json is looked up there; when set, work files go there too.")
 	fs.BoolVar(&b.Cache, "cache", false, "Use the layer cache: RUN (and with --cache-copy-layers COPY/ADD) layers are looked up by key and stored.")
 	fs.StringVar(&b.CacheRepo, "cache-repo", "", "Cache repository (default: <first destination's repository>/cache), or oci:/path for an on-disk OCI layout.")
-	fs.StringVar(&b.CacheDir, "cache-dir", "/cache", "Directory of base images written by warm-cache, used before the registry.")
+	fs.StringVar(&b.CacheDir, "cache-dir", "/cache", "Directory of base images warm-cache (or kaniko's warmer) stored, used with --cache.")
 	fs.DurationVar(&b.CacheTTL, "cache-ttl", 336*time.Hour, "How long cache entries and warmed base images stay valid.")
 	fs.BoolVar(&b.CacheCopyLayers, "cache-copy-layers", false, "Cache COPY and ADD layers too.")
 	fs.BoolVar(&b.CacheRunLayers, "cache-run-layers", true, "Cache RUN layers.")
@@ -330,10 +329,10 @@ func (b *Build) Job(fs *pflag.FlagSet, getenv func(string) string, lookupEnv fun
 		k, v, _ := strings.Cut(a, "=")
 		annotations[k] = v
 	}
-	var baseImages func(string) (v1.Image, bool)
+	var baseImages build.BaseImages
 	if b.Cache {
 		// As kaniko: the warmed base images are the cache's, used with --cache.
-		baseImages = cache.BaseImages(b.CacheDir, b.CacheTTL)
+		baseImages = cache.BaseDir{Path: b.CacheDir, TTL: b.CacheTTL}
 	}
 	work := filepath.Join(os.TempDir(), "kiln")
 	if fs.Changed("kaniko-dir") || getenv("KANIKO_DIR") != "" || b.Isolation == "in-place" {

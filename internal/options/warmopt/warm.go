@@ -35,7 +35,7 @@ func (w *WarmCache) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
 	fs.StringArrayVarP(&w.Images, "image", "i", nil, "Image to store in the cache directory; repeatable.")
 	fs.StringVarP(&w.Dockerfile, "dockerfile", "d", "", "Store the base images this Dockerfile's FROM lines name.")
 	fs.StringArrayVar(&w.BuildArgs, "build-arg", nil, "Build argument for ARGs used in FROM; repeatable.")
-	fs.StringVarP(&w.CacheDir, "cache-dir", "c", "/cache", "Cache directory (an OCI image layout) that build --cache-dir reads.")
+	fs.StringVarP(&w.CacheDir, "cache-dir", "c", "/cache", "Cache directory build --cache-dir reads: one OCI layout per image, named by its digest (kaniko's format).")
 	fs.DurationVar(&w.CacheTTL, "cache-ttl", 336*time.Hour, "How long a stored image stays fresh.")
 	fs.BoolVar(&w.IfSet, "if-set", false, "Do nothing, successfully, when no --image or --dockerfile is given (for optional pipeline steps).")
 	fs.BoolVarP(&w.Force, "force", "f", false, "Store images even when a fresh copy is there.")
@@ -71,6 +71,6 @@ func (w *WarmCache) Options(getenv func(string) string, lookupEnv func(string) (
 	}
 	return cache.WarmOptions{
 		Images: w.Images, Dockerfile: w.Dockerfile, BuildArgs: w.BuildArgs, LookupEnv: lookupEnv,
-		Dir: w.CacheDir, TTL: w.CacheTTL, Force: w.Force, Platform: platform, Pull: client, Logger: log,
+		Dir: cache.BaseDir{Path: w.CacheDir, TTL: w.CacheTTL}, Force: w.Force, Platform: platform, Pull: client, Logger: log,
 	}, nil
 }
