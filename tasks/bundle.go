@@ -27,9 +27,10 @@ const (
 
 // Bundle packs the catalog's Tekton resources as a Tekton bundle: an image
 // with one layer per resource, each annotated with the resource's name,
-// lower-case kind and apiVersion, as `tkn bundle push` makes them.
-func Bundle() (v1.Image, error) {
-	files, err := Catalog()
+// lower-case kind and apiVersion, as `tkn bundle push` makes them. pins
+// are as for Catalog.
+func Bundle(pins map[string]string) (v1.Image, error) {
+	files, err := Catalog(pins)
 	if err != nil {
 		return nil, err
 	}

@@ -13,7 +13,7 @@ import (
 // TestBundle pushes the bundle to a registry and reads it back as Tekton's
 // bundle resolver would: one layer per resource, found by annotations.
 func TestBundle(t *testing.T) {
-	img, err := Bundle()
+	img, err := Bundle(nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,14 +7,16 @@ package tasks
 import (
 	"embed"
 	"fmt"
+	"regexp"
 	"strings"
 )
 
-//go:embed kiln-build.yaml kiln-build-step.yaml catalog-README.md
+//go:embed kiln-build.yaml kiln-build-step.yaml catalog-README.md stepaction-README.md
 var sources embed.FS
 
 // ImagePrefix is where released step images live; the catalog names them
-// with Version instead of ko:// paths.
+// tagged with Version (and pinned by digest at release) instead of ko://
+// paths.
 const (
 	ImagePrefix = "ghcr.io/kilnbuild/kiln"
 	Version     = "0.1"
@@ -24,8 +26,13 @@ const (
 const header = "# Generated from tasks/%s by `go generate ./tasks`. DO NOT EDIT.\n"
 
 // Catalog renders the catalog, in the Tekton catalog's one-repository-per-
-// resource layout: file path (relative to catalog/) to content.
-func Catalog() (map[string][]byte, error) {
+// resource layout (git-based versioning: the resource's directory holds
+// its YAML, README and samples), with an artifacthub-repo.yml at the root
+// of each Artifact Hub repository (task/ and stepaction/ are registered
+// separately, as kinds tekton-task and tekton-stepaction): file path
+// (relative to catalog/) to content. pins maps a released image (ImagePrefix
+// + "/" + step) to its digest; images without one are named by tag only.
+func Catalog(pins map[string]string) (map[string][]byte, error) {
 	out := map[string][]byte{}
 	for src, dst := range map[string]string{
 		"kiln-build.yaml":      "task/kiln-build/kiln-build.yaml",
@@ -35,22 +42,64 @@ func Catalog() (map[string][]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		out[dst] = []byte(fmt.Sprintf(header, src) + resolve(string(data)))
+		out[dst] = []byte(fmt.Sprintf(header, src) + resolve(string(data), pins))
 	}
-	readme, err := sources.ReadFile("catalog-README.md")
-	if err != nil {
-		return nil, err
+	for src, dst := range map[string]string{
+		"catalog-README.md":    "task/kiln-build/README.md",
+		"stepaction-README.md": "stepaction/kiln-build/README.md",
+	} {
+		readme, err := sources.ReadFile(src)
+		if err != nil {
+			return nil, err
+		}
+		out[dst] = readme
 	}
-	out["task/kiln-build/README.md"] = readme
 	out["task/kiln-build/samples/taskrun.yaml"] = []byte(fmt.Sprintf(header, "tasks.go") + sampleTaskRun)
-	out["artifacthub-repo.yml"] = []byte(fmt.Sprintf(header, "tasks.go") + artifactHub)
+	out["stepaction/kiln-build/samples/task.yaml"] = []byte(fmt.Sprintf(header, "tasks.go") + sampleStepActionTask)
+	for _, kind := range []string{"task", "stepaction"} {
+		out[kind+"/artifacthub-repo.yml"] = []byte(fmt.Sprintf(header, "tasks.go") + artifactHub)
+	}
 	return out, nil
 }
 
-// resolve names released images instead of ko:// paths.
-func resolve(s string) string {
-	return strings.ReplaceAll(s, "ko://github.com/kilnbuild/kiln/cmd/", ImagePrefix+"/")
+// koPath is how tasks/ names kiln's step images (ko resolves it).
+var koPath = regexp.MustCompile(`ko://github\.com/kilnbuild/kiln/cmd/([a-z-]+)`)
+
+// resolve names released images, tagged and, when pins has the digest,
+// pinned, instead of ko:// paths.
+func resolve(s string, pins map[string]string) string {
+	return koPath.ReplaceAllStringFunc(s, func(m string) string {
+		repo := ImagePrefix + "/" + koPath.FindStringSubmatch(m)[1]
+		ref := repo + ":" + Version
+		if d := pins[repo]; d != "" {
+			ref += "@" + d
+		}
+		return ref
+	})
 }
+
+// ParsePins reads a release's image list (what `ko build` prints: one
+// repo[:tag]@sha256:<hex> per line) into pins for Catalog.
+func ParsePins(data string) (map[string]string, error) {
+	pins := map[string]string{}
+	for i, line := range strings.Split(data, "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" {
+			continue
+		}
+		ref, d, ok := strings.Cut(line, "@")
+		if !ok || !digestRE.MatchString(d) {
+			return nil, fmt.Errorf("line %d: %q is not repo@sha256:<digest>", i+1, line)
+		}
+		if j := strings.LastIndex(ref, ":"); j > strings.LastIndex(ref, "/") {
+			ref = ref[:j]
+		}
+		pins[ref] = d
+	}
+	return pins, nil
+}
+
+var digestRE = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
 
 const sampleTaskRun = `apiVersion: tekton.dev/v1
 kind: TaskRun
@@ -74,8 +123,35 @@ spec:
         secretName: registry-credentials
 `
 
-const artifactHub = `repositoryID: kilnbuild-kiln
-owners:
+const sampleStepActionTask = `apiVersion: tekton.dev/v1
+kind: Task
+metadata:
+  name: build-with-kiln-step
+spec:
+  params:
+    - name: IMAGE
+      type: string
+  workspaces:
+    - name: source
+      description: The build context.
+    - name: output
+      description: The OCI layout and build.json (bind an emptyDir, not the source).
+  steps:
+    - name: build
+      ref:
+        name: kiln-build
+      params:
+        - name: IMAGE
+          value: $(params.IMAGE)
+        - name: CONTEXT
+          value: $(workspaces.source.path)
+        - name: OUTPUT
+          value: $(workspaces.output.path)
+`
+
+// artifactHub is the Artifact Hub repository metadata (ownership claim;
+// the repositoryID Artifact Hub assigns is added once registered).
+const artifactHub = `owners:
   - name: kiln maintainers
     email: maintainers@kilnbuild.dev
 `

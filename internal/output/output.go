@@ -42,6 +42,10 @@ type Options struct {
 	// BuildRecord receives BuildRecordData (the build record).
 	BuildRecord     string
 	BuildRecordData []byte
+	// BuilderOutput is Cloud Build's $BUILDER_OUTPUT: the pushed images
+	// are listed in its "output" file (what Cloud Build keeps as the step's
+	// buildStepOutputs, at most 4 KiB).
+	BuilderOutput string
 	// IgnoreImmutableTagErrors treats the registries' known "tag is
 	// immutable" refusals as success (--push-ignore-immutable-tag-errors).
 	IgnoreImmutableTagErrors bool
@@ -135,6 +139,15 @@ func Write(ctx context.Context, img v1.Image, o Options, p Pusher, log *slog.Log
 			return err
 		}
 	}
+	if o.BuilderOutput != "" && !o.NoPush && len(o.Destinations) > 0 {
+		data, dropped := builderOutput(o.Destinations, digest)
+		if dropped > 0 {
+			log.Warn("$BUILDER_OUTPUT/output holds 4 KiB: not every destination is listed", "left out", dropped)
+		}
+		if err := stage(stageFile(filepath.Join(o.BuilderOutput, "output"), "$BUILDER_OUTPUT", string(data))); err != nil {
+			return err
+		}
+	}
 	if !o.NoPush {
 		// Every repository gets the whole image by digest first; only
 		// then are tags set, so a push that fails leaves no tag on an
@@ -165,6 +178,32 @@ func Write(ctx context.Context, img v1.Image, o Options, p Pusher, log *slog.Log
 	}
 	pending = nil
 	return nil
+}
+
+// builderOutputLimit is how much of $BUILDER_OUTPUT/output Cloud Build
+// keeps.
+const builderOutputLimit = 4096
+
+// builderOutput lists the pushed images as Cloud Build's results list
+// them (name, digest), as many as fit in builderOutputLimit.
+func builderOutput(dests []name.Reference, digest v1.Hash) ([]byte, int) {
+	type image struct {
+		Name   string `json:"name"`
+		Digest string `json:"digest"`
+	}
+	var doc struct {
+		Images []image `json:"images"`
+	}
+	for i, d := range dests {
+		doc.Images = append(doc.Images, image{Name: d.String(), Digest: digest.String()})
+		if b, _ := json.Marshal(doc); len(b) > builderOutputLimit {
+			doc.Images = doc.Images[:len(doc.Images)-1]
+			data, _ := json.Marshal(doc)
+			return data, len(dests) - i
+		}
+	}
+	data, _ := json.Marshal(doc)
+	return data, 0
 }
 
 // commitAll puts every staged output into place, or, when one fails,

@@ -39,7 +39,8 @@ func ConfigDirs(getenv func(string) string, kanikoDir string) []string {
 }
 
 // DockerConfigKeychain resolves credentials from the first config.json found
-// in Dirs, with its credential helpers and credsStore.
+// in Dirs (or .dockerconfigjson, a mounted kubernetes.io/dockerconfigjson
+// Secret's key), with its credential helpers and credsStore.
 type DockerConfigKeychain struct {
 	// Dirs are searched in order; the first holding config.json is used.
 	Dirs []string
@@ -51,10 +52,29 @@ type DockerConfigKeychain struct {
 
 var _ authn.Keychain = (*DockerConfigKeychain)(nil)
 
+// secretKey is the key a kubernetes.io/dockerconfigjson Secret keeps its
+// config under, so a directory the Secret is mounted as holds this file.
+const secretKey = ".dockerconfigjson"
+
 func (k *DockerConfigKeychain) load() {
 	for _, d := range k.Dirs {
 		if fi, err := os.Stat(filepath.Join(d, config.ConfigFileName)); err == nil && !fi.IsDir() {
 			k.cf, k.err = config.Load(d)
+			return
+		}
+		p := filepath.Join(d, secretKey)
+		if fi, err := os.Stat(p); err == nil && !fi.IsDir() {
+			f, err := os.Open(p)
+			if err != nil {
+				k.err = err
+				return
+			}
+			defer f.Close()
+			if k.cf, k.err = config.LoadFromReader(f); k.err != nil {
+				k.err = fmt.Errorf("%s: %w", p, k.err)
+				return
+			}
+			k.cf.Filename = p
 			return
 		}
 	}
@@ -222,7 +242,7 @@ func (k *DockerConfigKeychain) explain(host string) string {
 	k.once.Do(k.load)
 	src := "(from the variable)"
 	if k.cf == nil && k.err == nil {
-		return "no config.json in " + strings.Join(k.Dirs, ", ")
+		return "no config.json or .dockerconfigjson in " + strings.Join(k.Dirs, ", ")
 	}
 	if k.cf != nil && k.cf.Filename != "" {
 		src = k.cf.Filename

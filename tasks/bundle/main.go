@@ -18,14 +18,15 @@ import (
 func main() {
 	ref := flag.String("ref", "", "where to push the bundle")
 	insecure := flag.Bool("insecure", false, "allow plain HTTP")
+	images := flag.String("images", "", "the release's image list (ko build's output) to pin the step images by digest")
 	flag.Parse()
-	if err := push(*ref, *insecure); err != nil {
+	if err := push(*ref, *insecure, *images); err != nil {
 		fmt.Fprintln(os.Stderr, "bundle:", err)
 		os.Exit(1)
 	}
 }
 
-func push(ref string, insecure bool) error {
+func push(ref string, insecure bool, images string) error {
 	if ref == "" {
 		return fmt.Errorf("--ref is required")
 	}
@@ -37,7 +38,17 @@ func push(ref string, insecure bool) error {
 	if err != nil {
 		return err
 	}
-	img, err := tasks.Bundle()
+	var pins map[string]string
+	if images != "" {
+		data, err := os.ReadFile(images)
+		if err != nil {
+			return err
+		}
+		if pins, err = tasks.ParsePins(string(data)); err != nil {
+			return fmt.Errorf("--images %s: %w", images, err)
+		}
+	}
+	img, err := tasks.Bundle(pins)
 	if err != nil {
 		return err
 	}

@@ -12,8 +12,23 @@ import (
 
 func main() {
 	out := flag.String("out", "catalog", "catalog directory")
+	images := flag.String("images", "", "a release's image list (ko build's output: repo@sha256:<digest> lines) to pin the images by digest")
 	flag.Parse()
-	files, err := tasks.Catalog()
+	var pins map[string]string
+	var err error
+	if *images != "" {
+		var data []byte
+		if data, err = os.ReadFile(*images); err == nil {
+			pins, err = tasks.ParsePins(string(data))
+		}
+		if err != nil {
+			err = fmt.Errorf("-images %s: %w", *images, err)
+		}
+	}
+	var files map[string][]byte
+	if err == nil {
+		files, err = tasks.Catalog(pins)
+	}
 	if err == nil {
 		for p, data := range files {
 			full := filepath.Join(*out, p)

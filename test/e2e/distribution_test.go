@@ -178,6 +178,30 @@ func TestDistributionAuthAndTLS(t *testing.T) {
 		"--context", ctx, "--build-arg", "BASE=" + base, "--build-arg", "VERSION=1.2.3", "--label", "extra=from-flag",
 	}
 
+	// The Task's dockerconfig workspace bound to a kubernetes.io/dockerconfigjson
+	// Secret: the kubelet mounts its key, .dockerconfigjson, the way it
+	// mounts every Secret (a symlink through ..data to a timestamped dir).
+	t.Run("a mounted dockerconfigjson Secret", func(t *testing.T) {
+		secret := t.TempDir()
+		cfg, _ := os.ReadFile(filepath.Join(good, "config.json"))
+		ts := filepath.Join(secret, "..2026_12_01_00_00_00.000000001")
+		os.Mkdir(ts, 0o755)
+		os.WriteFile(filepath.Join(ts, ".dockerconfigjson"), cfg, 0o644)
+		os.Symlink(filepath.Base(ts), filepath.Join(secret, "..data"))
+		os.Symlink("..data/.dockerconfigjson", filepath.Join(secret, ".dockerconfigjson"))
+		out := t.TempDir()
+		dest := d.host + "/kiln/secret:1"
+		args := append([]string{"-d", dest, "--registry-certificate", d.host + "=" + d.caFile,
+			"--digest-file", filepath.Join(out, "digest")}, common...)
+		if r := kiln(t, []string{"DOCKER_CONFIG=" + secret}, args...); r.code != 0 {
+			t.Fatalf("build failed:\n%s", r.stderr)
+		}
+		digest, _ := os.ReadFile(filepath.Join(out, "digest"))
+		if got, _ := pull(t, dest, d.remoteOpts()...).Digest(); got.String() != string(digest) {
+			t.Errorf("registry has %s, digest file says %s", got, digest)
+		}
+	})
+
 	t.Run("push with credentials and CA", func(t *testing.T) {
 		out := t.TempDir()
 		dest := d.host + "/kiln/full:1"

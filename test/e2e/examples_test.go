@@ -2,11 +2,16 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -259,20 +264,38 @@ func TestExampleGitLab(t *testing.T) {
 	}
 }
 
-// TestExampleBuildkite runs the Buildkite example: the agent hook logs in
-// to Buildkite Package Registries with an OIDC token (from a stand-in
-// buildkite-agent), then the Kubernetes step's command runs in the -debug
-// image and pushes to packages.buildkite.com, which resolves to a local
-// registry on :443 accepting that token.
+// TestExampleBuildkite runs examples/buildkite/pipeline.yml's Kubernetes
+// step as the agent-stack-k8s runs it, in runc from the -debug image: the
+// pod's hooks volume (the ConfigMap made from examples/buildkite/hooks)
+// at its mount path, the agent running BUILDKITE_HOOKS_PATH's pre-command
+// hook and then the step's command, with a buildkite-agent that answers
+// the OIDC token request and records meta-data and annotations. The push
+// goes to packages.buildkite.com, which resolves to a local registry on
+// :443 accepting that token.
 func TestExampleBuildkite(t *testing.T) {
+	type mount struct {
+		Name      string `json:"name"`
+		MountPath string `json:"mountPath"`
+	}
 	var pipeline struct {
 		Steps []struct {
 			Plugins []map[string]struct {
 				PodSpec struct {
+					Volumes []struct {
+						Name      string `json:"name"`
+						ConfigMap struct {
+							Name string `json:"name"`
+						} `json:"configMap"`
+					} `json:"volumes"`
 					Containers []struct {
-						Image   string   `json:"image"`
-						Command []string `json:"command"`
-						Args    []string `json:"args"`
+						Image        string   `json:"image"`
+						Command      []string `json:"command"`
+						Args         []string `json:"args"`
+						VolumeMounts []mount  `json:"volumeMounts"`
+						Env          []struct {
+							Name  string `json:"name"`
+							Value string `json:"value"`
+						} `json:"env"`
 					} `json:"containers"`
 				} `json:"podSpec"`
 			} `json:"plugins"`
@@ -282,23 +305,50 @@ func TestExampleBuildkite(t *testing.T) {
 	if len(pipeline.Steps) == 0 || len(pipeline.Steps[0].Plugins) == 0 || len(pipeline.Steps[0].Plugins[0]["kubernetes"].PodSpec.Containers) == 0 {
 		t.Fatalf("no kubernetes step: %+v", pipeline)
 	}
-	ctr := pipeline.Steps[0].Plugins[0]["kubernetes"].PodSpec.Containers[0]
+	pod := pipeline.Steps[0].Plugins[0]["kubernetes"].PodSpec
+	ctr := pod.Containers[0]
 	if !strings.HasSuffix(ctr.Image, "-debug") {
 		t.Errorf("image %s: the command needs the -debug image's shell", ctr.Image)
 	}
 	_, debug := stepImages(t)
 
-	// The hook, with buildkite-agent answering the OIDC token request.
-	const token = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJvcmdhbml6YXRpb246YWNtZSJ9.bk-oidc-sig"
-	agentDir, dockerDir := t.TempDir(), t.TempDir()
-	os.WriteFile(filepath.Join(agentDir, "buildkite-agent"), []byte(`#!/bin/sh
-[ "$*" = "oidc request-token --audience https://packages.buildkite.com/acme/images --lifetime 300" ] || { echo "unexpected: $*" >&2; exit 2; }
-echo `+token+"\n"), 0o755)
-	hook := exec.Command("/bin/sh", "../../examples/buildkite/hooks/pre-command")
-	hook.Env = []string{"PATH=" + agentDir + ":" + os.Getenv("PATH"), "DOCKER_CONFIG=" + dockerDir}
-	if out, err := hook.CombinedOutput(); err != nil {
-		t.Fatalf("pre-command hook: %v\n%s", err, out)
+	// The hooks volume: the ConfigMap made from examples/buildkite/hooks.
+	var hooksAt string
+	for _, v := range pod.Volumes {
+		for _, m := range ctr.VolumeMounts {
+			if m.Name == v.Name && v.ConfigMap.Name != "" {
+				hooksAt = m.MountPath
+			}
+		}
 	}
+	env := append(imageEnv(t, debug), "HOME=/root", "KUBERNETES_SERVICE_HOST=10.96.0.1")
+	var hooksPath string
+	for _, e := range ctr.Env {
+		env = append(env, e.Name+"="+e.Value)
+		if e.Name == "BUILDKITE_HOOKS_PATH" {
+			hooksPath = e.Value
+		}
+	}
+	if !slices.Contains(env, "BUILDKITE_SHELL=/busybox/sh -e -c") {
+		t.Error("BUILDKITE_SHELL is not the image's shell: the agent would look for /bin/bash")
+	}
+	if hooksAt == "" || hooksPath != hooksAt {
+		t.Fatalf("the hooks ConfigMap is mounted at %q, BUILDKITE_HOOKS_PATH is %q", hooksAt, hooksPath)
+	}
+
+	// buildkite-agent: the OIDC token, meta-data set and annotate.
+	const token = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJvcmdhbml6YXRpb246YWNtZSJ9.bk-oidc-sig"
+	agentDir, calls := t.TempDir(), t.TempDir()
+	os.WriteFile(filepath.Join(agentDir, "buildkite-agent"), []byte(`#!/busybox/sh
+case "$1 $2" in
+"oidc request-token")
+	[ "$*" = "oidc request-token --audience https://packages.buildkite.com/acme/images --lifetime 300" ] || { echo "unexpected: $*" >&2; exit 2; }
+	echo `+token+` ;;
+"meta-data set") printf '%s=%s\n' "$3" "$4" >> /buildkite/calls/meta-data ;;
+"annotate "*) echo "$*" > /buildkite/calls/annotate-args; cat > /buildkite/calls/annotation ;;
+*) echo "unexpected: $*" >&2; exit 2 ;;
+esac
+`), 0o755)
 
 	d := startRegistry(t, registryOptions{addr: "127.0.0.1:443", names: []string{"packages.buildkite.com"}, user: "buildkite", password: token})
 	base := d.host + "/acme/images/busybox:1"
@@ -306,12 +356,24 @@ echo `+token+"\n"), 0o755)
 	checkout, tmp := t.TempDir(), t.TempDir()
 	os.WriteFile(filepath.Join(checkout, "Dockerfile"), []byte("FROM packages.buildkite.com/acme/images/busybox:1\nRUN echo built by buildkite > /bk.txt\n"), 0o644)
 	const path = "/buildkite/builds/acme/app"
-	env := append(imageEnv(t, debug), "HOME=/root", "KUBERNETES_SERVICE_HOST=10.96.0.1",
-		"BUILDKITE_BUILD_CHECKOUT_PATH="+path, "BUILDKITE_COMMIT=0f1e2d3c")
+	env = append(env, "BUILDKITE_BUILD_CHECKOUT_PATH="+path, "BUILDKITE_COMMIT=0f1e2d3c")
+	for i, e := range env {
+		if strings.HasPrefix(e, "PATH=") {
+			env[i] = "PATH=/buildkite/bin:" + strings.TrimPrefix(e, "PATH=")
+		}
+	}
+	// The agent runs the pre-command hook, then the command.
+	if len(ctr.Command) != 2 || len(ctr.Args) != 1 {
+		t.Fatalf("command %v %v: want [shell, -c] [script]", ctr.Command, ctr.Args)
+	}
+	// The agent runs the hook in BUILDKITE_SHELL, keeping what it exports.
+	args := []string{ctr.Command[0], ctr.Command[1], `. "$BUILDKITE_HOOKS_PATH/pre-command" && ` + ctr.Args[0]}
+	hooks, _ := filepath.Abs("../../examples/buildkite/hooks")
 	r := runContainer(t, container{
-		rootfs: unpack(t, debug), env: env, args: append(ctr.Command, ctr.Args...),
+		rootfs: unpack(t, debug), env: env, args: args,
 		hosts: "127.0.0.1 localhost\n127.0.0.1 packages.buildkite.com\n",
-		binds: []bind{{checkout, path}, {tmp, "/tmp"}, {dockerDir, "/kaniko/.docker"}, {d.caFile, "/etc/ssl/certs/ca-certificates.crt"}},
+		binds: []bind{{checkout, path}, {tmp, "/tmp"}, {hooks, hooksAt}, {agentDir, "/buildkite/bin"}, {calls, "/buildkite/calls"},
+			{d.caFile, "/etc/ssl/certs/ca-certificates.crt"}},
 	})
 	if r.code != 0 {
 		t.Fatalf("the step failed (%d):\n%s\n%s", r.code, r.stdout, r.stderr)
@@ -333,12 +395,16 @@ echo `+token+"\n"), 0o755)
 		t.Errorf("/bk.txt = %q", got)
 	}
 	digest, _ := img.Digest()
-	meta, err := os.ReadFile(filepath.Join(tmp, "meta.env"))
-	if err != nil || !strings.Contains(string(meta), digest.String()) {
-		t.Errorf("meta-data file: %q (%v)", meta, err)
+	meta, err := os.ReadFile(filepath.Join(calls, "meta-data"))
+	if err != nil || !strings.Contains(string(meta), "IMAGE_DIGEST="+digest.String()+"\n") ||
+		!strings.Contains(string(meta), "IMAGE_URL=packages.buildkite.com/acme/images/app:0f1e2d3c\n") {
+		t.Errorf("buildkite-agent meta-data set calls: %q (%v)", meta, err)
 	}
-	if ann, err := os.ReadFile(filepath.Join(tmp, "annotation.md")); err != nil || !strings.Contains(string(ann), digest.String()) {
+	if ann, err := os.ReadFile(filepath.Join(calls, "annotation")); err != nil || !strings.Contains(string(ann), digest.String()) {
 		t.Errorf("annotation: %q (%v)", ann, err)
+	}
+	if a, _ := os.ReadFile(filepath.Join(calls, "annotate-args")); !strings.Contains(string(a), "--style success") {
+		t.Errorf("annotate %q", a)
 	}
 }
 
@@ -459,5 +525,104 @@ func TestExampleArgo(t *testing.T) {
 	// The build record carries the commit fetch-context recorded.
 	if rec, err := os.ReadFile(filepath.Join(work, "build.json")); err != nil || !strings.Contains(string(rec), commit) {
 		t.Errorf("build record lacks the commit %s: %s (%v)", commit, rec, err)
+	}
+}
+
+// TestExampleCloudBuild runs examples/cloudbuild/cloudbuild.yaml's step as
+// Cloud Build runs it: the build image's entrypoint with the step's args
+// (substitutions applied), /workspace mounted, HOME=/builder/home and
+// BUILDER_OUTPUT=/builder/outputs. Credentials come from the build's
+// service account through the metadata server (here a local one, named by
+// GCE_METADATA_HOST), and us-docker.pkg.dev resolves to a local registry
+// that accepts the token as Artifact Registry does (user _token).
+// The pushed image is read back and $BUILDER_OUTPUT/output lists it.
+func TestExampleCloudBuild(t *testing.T) {
+	var cfg struct {
+		Steps []struct {
+			Name string   `json:"name"`
+			Args []string `json:"args"`
+		} `json:"steps"`
+	}
+	readYAML(t, "../../examples/cloudbuild/cloudbuild.yaml", &cfg)
+	if len(cfg.Steps) != 1 || !strings.HasPrefix(cfg.Steps[0].Name, "ghcr.io/kilnbuild/kiln/build:") {
+		t.Fatalf("want one step in kiln's build image: %+v", cfg.Steps)
+	}
+	const accessToken = "ya29.cloud-build-service-account-token"
+	meta := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Metadata-Flavor", "Google")
+		if r.Header.Get("Metadata-Flavor") != "Google" {
+			http.Error(w, "missing Metadata-Flavor", http.StatusForbidden)
+			return
+		}
+		switch {
+		case strings.HasPrefix(r.URL.Path, "/computeMetadata/v1/instance/service-accounts/default/token"):
+			w.Header().Set("Content-Type", "application/json")
+			fmt.Fprintf(w, `{"access_token":%q,"expires_in":3599,"token_type":"Bearer"}`, accessToken)
+		case r.URL.Path == "/computeMetadata/v1/project/project-id":
+			io.WriteString(w, "acme-prod")
+		case r.URL.Path == "/computeMetadata/v1/instance/service-accounts/default/email":
+			io.WriteString(w, "builds@acme-prod.iam.gserviceaccount.com")
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	defer meta.Close()
+
+	d := startRegistry(t, registryOptions{addr: "127.0.0.1:443", names: []string{"us-docker.pkg.dev"}, user: "_token", password: accessToken})
+	base := d.host + "/acme-prod/images/busybox:1"
+	pushTo(t, base, imagetest.Image(t, true, nil, imagetest.BusyboxFiles(t)), d.remoteOpts()...)
+	workspace, outputs, home := t.TempDir(), t.TempDir(), t.TempDir()
+	os.WriteFile(filepath.Join(workspace, "Dockerfile"), []byte("FROM us-docker.pkg.dev/acme-prod/images/busybox:1\nRUN echo built on cloud build > /cb.txt\n"), 0o644)
+	subst := strings.NewReplacer("$PROJECT_ID", "acme-prod", "$SHORT_SHA", "1a2b3c4")
+	build, _ := stepImages(t)
+	bcf, _ := build.ConfigFile()
+	args := append([]string(nil), bcf.Config.Entrypoint...)
+	for _, a := range cfg.Steps[0].Args {
+		args = append(args, subst.Replace(a))
+	}
+	env := append(imageEnv(t, build), "HOME=/builder/home", "BUILDER_OUTPUT=/builder/outputs",
+		"PROJECT_ID=acme-prod", "BUILD_ID=5f0e", "GCE_METADATA_HOST="+strings.TrimPrefix(meta.URL, "http://"))
+	// Cloud Build runs steps with Docker, which puts /.dockerenv in every
+	// container (with Docker's default capabilities, kiln builds in place).
+	rootfs := unpack(t, build)
+	os.WriteFile(filepath.Join(rootfs, ".dockerenv"), nil, 0o644)
+	r := runContainer(t, container{
+		rootfs: rootfs, env: env, args: args, cwd: "/workspace",
+		hosts: "127.0.0.1 localhost\n127.0.0.1 us-docker.pkg.dev\n",
+		binds: []bind{{workspace, "/workspace"}, {outputs, "/builder/outputs"}, {home, "/builder/home"},
+			{d.caFile, "/etc/ssl/certs/ca-certificates.crt"}},
+	})
+	if r.code != 0 {
+		t.Fatalf("the step failed (%d):\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	if strings.Contains(r.stdout+r.stderr, accessToken) {
+		t.Error("the access token is in the step's log")
+	}
+	dest := "us-docker.pkg.dev/acme-prod/images/app:1a2b3c4"
+	dialer := &net.Dialer{Timeout: 5 * time.Second}
+	tr := d.client.Transport.(*http.Transport).Clone()
+	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if addr == "us-docker.pkg.dev:443" {
+			addr = "127.0.0.1:443"
+		}
+		return dialer.DialContext(ctx, network, addr)
+	}
+	img := pull(t, dest, remote.WithTransport(tr), remote.WithAuth(&authn.Basic{Username: "_token", Password: accessToken}))
+	if got := imagetest.Flatten(t, img)["cb.txt"].Content; got != "built on cloud build\n" {
+		t.Errorf("/cb.txt = %q", got)
+	}
+	digest, _ := img.Digest()
+	data, err := os.ReadFile(filepath.Join(outputs, "output"))
+	if err != nil {
+		t.Fatalf("$BUILDER_OUTPUT/output: %v", err)
+	}
+	var out struct {
+		Images []struct{ Name, Digest string } `json:"images"`
+	}
+	if err := json.Unmarshal(data, &out); err != nil || len(out.Images) != 1 || out.Images[0].Name != dest || out.Images[0].Digest != digest.String() {
+		t.Errorf("$BUILDER_OUTPUT/output = %s (%v), want %s at %s", data, err, dest, digest)
+	}
+	if got, _ := os.ReadFile(filepath.Join(workspace, "digest")); string(got) != digest.String() {
+		t.Errorf("--digest-file: %q", got)
 	}
 }

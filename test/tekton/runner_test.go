@@ -26,6 +26,7 @@ import (
 	"github.com/tektoncd/pipeline/pkg/apis/config"
 	v1 "github.com/tektoncd/pipeline/pkg/apis/pipeline/v1"
 	"github.com/tektoncd/pipeline/pkg/reconciler/taskrun/resources"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 )
@@ -91,6 +92,14 @@ func busyboxImage(t *testing.T) gcrv1.Image {
 // temporary directories. It returns the results directory.
 func runTask(t *testing.T, taskFile string, tr *v1.TaskRun, setup ...func(workspace func(string) string)) string {
 	t.Helper()
+	return runTaskIn(t, t.TempDir(), taskFile, tr, setup...)
+}
+
+// runTaskIn is runTask with the workspaces under root, so a second run
+// reuses them as a PersistentVolumeClaim workspace is reused. The Task's
+// volumes (emptyDir) are new for every run, as they are for every pod.
+func runTaskIn(t *testing.T, root, taskFile string, tr *v1.TaskRun, setup ...func(workspace func(string) string)) string {
+	t.Helper()
 	data, err := os.ReadFile(taskFile)
 	if err != nil {
 		t.Fatal(err)
@@ -111,10 +120,30 @@ func runTask(t *testing.T, taskFile string, tr *v1.TaskRun, setup ...func(worksp
 	ts = resources.ApplyResults(ts)
 	ts = resources.ApplyWorkspaces(ctx, ts, ts.Workspaces, tr.Spec.Workspaces, nil)
 
-	root := t.TempDir()
-	results := filepath.Join(root, "tekton", "results")
+	run := t.TempDir()
+	results := filepath.Join(run, "tekton", "results")
 	os.MkdirAll(results, 0o755)
-	paths := map[string]string{"/tekton/results": results, "/tekton/home": filepath.Join(root, "home")}
+	paths := map[string]string{"/tekton/results": results, "/tekton/home": filepath.Join(run, "home")}
+	volumes := map[string]string{}
+	for _, v := range ts.Volumes {
+		if v.EmptyDir != nil {
+			volumes[v.Name] = filepath.Join(run, "volumes", v.Name)
+			os.MkdirAll(volumes[v.Name], 0o777)
+		}
+	}
+	mount := func(ms []corev1.VolumeMount) {
+		for _, m := range ms {
+			if dir, ok := volumes[m.Name]; ok {
+				paths[m.MountPath] = dir
+			}
+		}
+	}
+	if ts.StepTemplate != nil {
+		mount(ts.StepTemplate.VolumeMounts)
+	}
+	for _, step := range ts.Steps {
+		mount(step.VolumeMounts)
+	}
 	for _, w := range ts.Workspaces {
 		for _, b := range tr.Spec.Workspaces {
 			if b.Name == w.Name {
@@ -127,11 +156,23 @@ func runTask(t *testing.T, taskFile string, tr *v1.TaskRun, setup ...func(worksp
 	for _, f := range setup {
 		f(func(name string) string { return filepath.Join(root, "workspace", name) })
 	}
+	// local maps the pod's paths to the temporary directories, where a
+	// value (a whole argument, or what follows a flag's "=") starts with one.
 	local := func(s string) string {
-		for from, to := range paths {
-			s = strings.ReplaceAll(s, from, to)
+		flag, value, isFlag := strings.Cut(s, "=")
+		if !isFlag || !strings.HasPrefix(flag, "-") {
+			flag, value = "", s
 		}
-		return s
+		for from, to := range paths {
+			if value == from || strings.HasPrefix(value, from+"/") {
+				value = to + strings.TrimPrefix(value, from)
+				break
+			}
+		}
+		if flag != "" {
+			return flag + "=" + value
+		}
+		return value
 	}
 	for _, step := range ts.Steps {
 		if len(step.Command) != 1 || !strings.HasPrefix(step.Command[0], "/ko-app/") {
@@ -142,6 +183,9 @@ func runTask(t *testing.T, taskFile string, tr *v1.TaskRun, setup ...func(worksp
 			args = append(args, local(a))
 		}
 		cmd := exec.Command(filepath.Join(binDir, strings.TrimPrefix(step.Command[0], "/ko-app/")), args...)
+		if step.WorkingDir != "" {
+			cmd.Dir = local(step.WorkingDir)
+		}
 		cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "TMPDIR=" + t.TempDir()}
 		for _, e := range append(ts.StepTemplate.Env, step.Env...) {
 			cmd.Env = append(cmd.Env, e.Name+"="+local(e.Value))
@@ -257,5 +301,79 @@ func writeTestKey(t *testing.T, dir string) {
 	cmd.Dir = "../.."
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("keygen: %v\n%s", err, out)
+	}
+}
+
+// TestReusedWorkspace runs the Task twice on one source workspace (a
+// PersistentVolumeClaim kept between runs), with the Dockerfile at the
+// workspace's root (DOCKERFILE relative to it, as kaniko's catalog Task
+// takes it) and `COPY . /app`: the second image is the first, byte for
+// byte, because no step writes into the workspace.
+func TestReusedWorkspace(t *testing.T) {
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	defer srv.Close()
+	reg := strings.TrimPrefix(srv.URL, "http://")
+	base, _ := name.ParseReference(reg + "/busybox:1")
+	if err := remote.Write(base, busyboxImage(t)); err != nil {
+		t.Fatal(err)
+	}
+	image := reg + "/team/reused:1"
+	tr := &v1.TaskRun{
+		ObjectMeta: metav1.ObjectMeta{Name: "kiln-build-reused", Namespace: "default"},
+		Spec: v1.TaskRunSpec{
+			Params: v1.Params{
+				{Name: "IMAGE", Value: *v1.NewStructuredValues(image)},
+				{Name: "CONTEXT", Value: *v1.NewStructuredValues("app")},
+				{Name: "DOCKERFILE", Value: *v1.NewStructuredValues("build/Dockerfile")},
+				{Name: "BUILD_ARGS", Value: v1.ParamValue{Type: v1.ParamTypeArray, ArrayVal: []string{"BASE=" + reg + "/busybox:1"}}},
+				{Name: "EXTRA_ARGS", Value: *v1.NewStructuredValues("--insecure", "--insecure-pull", "--isolation=chroot", "--reproducible")},
+			},
+			Workspaces: []v1.WorkspaceBinding{{Name: "source", EmptyDir: &corev1EmptyDir}},
+		},
+	}
+	root := t.TempDir()
+	setup := func(ws func(string) string) {
+		src := ws("source")
+		os.MkdirAll(filepath.Join(src, "build"), 0o755)
+		os.MkdirAll(filepath.Join(src, "app"), 0o755)
+		os.WriteFile(filepath.Join(src, "build", "Dockerfile"), []byte("ARG BASE\nFROM ${BASE}\nCOPY . /app\n"), 0o644)
+		os.WriteFile(filepath.Join(src, "app", "main.txt"), []byte("the app\n"), 0o644)
+	}
+	var digests []string
+	for i := 0; i < 2; i++ {
+		results := runTaskIn(t, root, "../../tasks/kiln-build.yaml", tr, setup)
+		d, err := os.ReadFile(filepath.Join(results, "IMAGE_DIGEST"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		digests = append(digests, string(d))
+	}
+	if digests[0] != digests[1] {
+		t.Errorf("the second build on the reused workspace is %s, the first %s", digests[1], digests[0])
+	}
+	ref, _ := name.ParseReference(image)
+	img, err := remote.Image(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls, _ := img.Layers()
+	rc, _ := ls[len(ls)-1].Uncompressed()
+	tr2 := tar.NewReader(rc)
+	var names []string
+	for {
+		h, err := tr2.Next()
+		if err != nil {
+			break
+		}
+		names = append(names, strings.TrimSuffix(h.Name, "/"))
+	}
+	if want := []string{"app", "app/main.txt"}; strings.Join(names, ",") != strings.Join(want, ",") {
+		t.Errorf("COPY . /app layer holds %v, want %v", names, want)
+	}
+	ents, _ := os.ReadDir(filepath.Join(root, "workspace", "source"))
+	for _, e := range ents {
+		if e.Name() != "build" && e.Name() != "app" {
+			t.Errorf("a step wrote %s into the source workspace", e.Name())
+		}
 	}
 }

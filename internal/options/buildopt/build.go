@@ -395,6 +395,7 @@ func (b *Build) Job(fs *pflag.FlagSet, getenv func(string) string, lookupEnv fun
 			ImageNameTagWithDigestFile: b.ImageNameTagWithDigestFile,
 			BuildRecord:                b.buildRecordPath(),
 			IgnoreImmutableTagErrors:   b.PushIgnoreImmutableTagErrors,
+			BuilderOutput:              getenv("BUILDER_OUTPUT"),
 		},
 		SkipPushPermissionCheck: b.SkipPushPermissionCheck,
 		SecretIDs:               secretIDs(secrets),
