@@ -2,9 +2,6 @@ package build
 
 import (
 	"archive/tar"
-	"bufio"
-	"bytes"
-	"compress/bzip2"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -20,43 +17,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/klauspost/compress/gzip"
-	"github.com/klauspost/compress/zstd"
-	"github.com/ulikunitz/xz"
-
 	"github.com/kilnbuild/kiln/internal/fsroot"
+	"github.com/kilnbuild/kiln/internal/layer"
 	"github.com/kilnbuild/kiln/internal/rootfs"
 )
-
-// decompress returns r's content decompressed when it starts with a
-// gzip, bzip2, xz or zstd magic number, and r itself otherwise.
-func decompress(r io.Reader) (io.Reader, func(), error) {
-	br := bufio.NewReader(r)
-	magic, _ := br.Peek(6)
-	switch {
-	case bytes.HasPrefix(magic, []byte{0x1f, 0x8b}):
-		zr, err := gzip.NewReader(br)
-		if err != nil {
-			return nil, nil, err
-		}
-		return zr, func() { zr.Close() }, nil
-	case bytes.HasPrefix(magic, []byte("BZh")):
-		return bzip2.NewReader(br), func() {}, nil
-	case bytes.HasPrefix(magic, []byte{0xfd, '7', 'z', 'X', 'Z', 0x00}):
-		xr, err := xz.NewReader(br)
-		if err != nil {
-			return nil, nil, err
-		}
-		return xr, func() {}, nil
-	case bytes.HasPrefix(magic, []byte{0x28, 0xb5, 0x2f, 0xfd}):
-		zr, err := zstd.NewReader(br)
-		if err != nil {
-			return nil, nil, err
-		}
-		return zr, zr.Close, nil
-	}
-	return br, func() {}, nil
-}
 
 // isArchive reports whether the regular file p of root is a (possibly
 // compressed) tar, which ADD extracts. Anything else (a fifo, a device) is
@@ -72,7 +36,7 @@ func isArchive(root *fsroot.Root, p string) bool {
 
 // isArchiveFile reports whether f holds a (possibly compressed) tar.
 func isArchiveFile(f io.Reader) bool {
-	r, done, err := decompress(f)
+	r, done, err := layer.Decompress(f)
 	if err != nil {
 		return false
 	}
@@ -84,7 +48,7 @@ func isArchiveFile(f io.Reader) bool {
 // extract unpacks the archive f into the image directory dest, refusing
 // entries that climb out of it.
 func (b *builder) extract(w *writer, f io.Reader, dest string) error {
-	r, done, err := decompress(f)
+	r, done, err := layer.Decompress(f)
 	if err != nil {
 		return err
 	}

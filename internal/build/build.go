@@ -114,6 +114,8 @@ type Options struct {
 	Materialize bool
 	// DryRun prints the plan and builds nothing (the result has no image).
 	DryRun bool
+	// PrintPlan prints the plan and builds (KANIKO_PRINT_PLAN).
+	PrintPlan bool
 	// ImageFormat forces the image's media types: "docker" or "oci"; empty
 	// follows the base image.
 	ImageFormat string
@@ -565,8 +567,10 @@ func (b *builder) run(ctx context.Context) (*Result, error) {
 			return nil, err
 		}
 	}
-	if b.o.DryRun {
+	if b.o.DryRun || b.o.PrintPlan {
 		b.printPlan()
+	}
+	if b.o.DryRun {
 		return &Result{StartedOn: b.started}, nil
 	}
 	if b.inPlace && b.o.PreCleanup {

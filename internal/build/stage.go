@@ -471,7 +471,7 @@ func (b *builder) unpack(ctx context.Context, root string, img v1.Image, what st
 				return err
 			}
 		}
-		uo := rootfs.UnpackOptions{Logger: b.log}
+		uo := rootfs.UnpackOptions{Logger: b.log, Name: what}
 		if b.inPlace && root == b.o.Root {
 			uo.Ignore = b.ignore
 		}

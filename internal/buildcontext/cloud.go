@@ -9,7 +9,6 @@ import (
 	"net/url"
 	"os"
 	"strings"
-	"time"
 
 	"cloud.google.com/go/storage"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob"
@@ -17,6 +16,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/kilnbuild/kiln/internal/logging"
 )
 
 // isAzureBlob reports an Azure Blob Storage URL: https on
@@ -75,8 +76,9 @@ func fetchObject(ctx context.Context, o FetchOptions, dir string, rec *Record, o
 		}
 		defer rc.Close()
 		rec.Version = version
-		pr := &progressReader{r: rc, total: -1, log: o, url: Redact(o.Source), last: time.Now()}
-		_, err = io.Copy(f, pr)
+		pr := &logging.Progress{Log: o.Logger, Msg: "downloading context", Attrs: []any{"url", Redact(o.Source)}}
+		pr.Set(0)
+		_, err = io.Copy(f, pr.Reader(rc))
 		return err
 	})
 	if err != nil {

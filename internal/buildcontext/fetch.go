@@ -19,10 +19,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/klauspost/compress/gzip"
-	"github.com/klauspost/compress/zstd"
-
 	"github.com/kilnbuild/kiln/internal/fsroot"
+	"github.com/kilnbuild/kiln/internal/layer"
 )
 
 // Record describes a fetched context, for provenance.
@@ -273,56 +271,14 @@ func IsGit(src string) bool {
 	return err == nil && strings.HasSuffix(u.Path, ".git")
 }
 
-// extractArchive unpacks a (possibly gzip or zstd compressed) tar.
+// extractArchive unpacks a (possibly compressed) tar.
 func extractArchive(r io.Reader, dir string, lim Limits) error {
-	br := newPeeker(r)
-	magic := br.peek(4)
-	var tr io.Reader = br
-	switch {
-	case len(magic) >= 2 && magic[0] == 0x1f && magic[1] == 0x8b:
-		zr, err := gzip.NewReader(br)
-		if err != nil {
-			return err
-		}
-		defer zr.Close()
-		tr = zr
-	case len(magic) == 4 && magic[0] == 0x28 && magic[1] == 0xb5 && magic[2] == 0x2f && magic[3] == 0xfd:
-		zr, err := zstd.NewReader(br)
-		if err != nil {
-			return err
-		}
-		defer zr.Close()
-		tr = zr
+	tr, done, err := layer.Decompress(r)
+	if err != nil {
+		return err
 	}
+	defer done()
 	return Extract(tr, dir, lim)
-}
-
-type peeker struct {
-	r   io.Reader
-	buf []byte
-}
-
-func newPeeker(r io.Reader) *peeker { return &peeker{r: r} }
-
-func (p *peeker) peek(n int) []byte {
-	for len(p.buf) < n {
-		b := make([]byte, n-len(p.buf))
-		m, err := p.r.Read(b)
-		p.buf = append(p.buf, b[:m]...)
-		if err != nil {
-			break
-		}
-	}
-	return p.buf
-}
-
-func (p *peeker) Read(b []byte) (int, error) {
-	if len(p.buf) > 0 {
-		n := copy(b, p.buf)
-		p.buf = p.buf[n:]
-		return n, nil
-	}
-	return p.r.Read(b)
 }
 
 // copyDir copies a local directory context (fetch-context of a path).

@@ -6,11 +6,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
-	"time"
 )
-
-// progressEvery is how often a long download reports progress.
-const progressEvery = 5 * time.Second
 
 // fetchHTTP downloads an https tarball (optionally pinned with
 // "#sha256=<hex>") and extracts it.
@@ -56,24 +52,4 @@ func unwrapURL(err error) error {
 		return u.Unwrap()
 	}
 	return err
-}
-
-// progressReader logs download progress every few seconds.
-type progressReader struct {
-	r     io.Reader
-	total int64
-	n     int64
-	log   FetchOptions
-	url   string
-	last  time.Time
-}
-
-func (p *progressReader) Read(b []byte) (int, error) {
-	n, err := p.r.Read(b)
-	p.n += int64(n)
-	if time.Since(p.last) >= progressEvery {
-		p.last = time.Now()
-		p.log.Logger.Info("downloading context", "url", p.url, "bytes", p.n, "total", p.total)
-	}
-	return n, err
 }

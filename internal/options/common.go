@@ -136,7 +136,16 @@ func (r *RegistryFlags) RegistryOptions(getenv func(string) string, kanikoDir st
 		SkipDefaultRegistryFallback: r.SkipDefaultRegistryFallback,
 		PullRetry:                   r.ImageDownloadRetry,
 		IdleTimeout:                 r.IdleTimeout,
-		UserAgent:                   "kiln",
+		UserAgent:                   userAgent(getenv),
 		Logger:                      log,
 	}, nil
+}
+
+// userAgent is kiln's User-Agent, with UPSTREAM_CLIENT_TYPE appended as
+// kaniko appends it ("kiln,<client>").
+func userAgent(getenv func(string) string) string {
+	if up := getenv("UPSTREAM_CLIENT_TYPE"); up != "" {
+		return "kiln," + up
+	}
+	return "kiln"
 }

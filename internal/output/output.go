@@ -43,8 +43,9 @@ type Options struct {
 	BuildRecord     string
 	BuildRecordData []byte
 	// BuilderOutput is Cloud Build's $BUILDER_OUTPUT: the pushed images
-	// are listed in its "output" file (what Cloud Build keeps as the step's
-	// buildStepOutputs, at most 4 KiB).
+	// are listed in its "images" file, one {"name","digest"} JSON object
+	// per line and destination, as kaniko writes it (Cloud Build's
+	// provenance reads it).
 	BuilderOutput string
 	// IgnoreImmutableTagErrors treats the registries' known "tag is
 	// immutable" refusals as success (--push-ignore-immutable-tag-errors).
@@ -140,11 +141,7 @@ func Write(ctx context.Context, img v1.Image, o Options, p Pusher, log *slog.Log
 		}
 	}
 	if o.BuilderOutput != "" && !o.NoPush && len(o.Destinations) > 0 {
-		data, dropped := builderOutput(o.Destinations, digest)
-		if dropped > 0 {
-			log.Warn("$BUILDER_OUTPUT/output holds 4 KiB: not every destination is listed", "left out", dropped)
-		}
-		if err := stage(stageFile(filepath.Join(o.BuilderOutput, "output"), "$BUILDER_OUTPUT", string(data))); err != nil {
+		if err := stage(stageFile(filepath.Join(o.BuilderOutput, "images"), "$BUILDER_OUTPUT", builderImages(o.Destinations, digest))); err != nil {
 			return err
 		}
 	}
@@ -180,30 +177,19 @@ func Write(ctx context.Context, img v1.Image, o Options, p Pusher, log *slog.Log
 	return nil
 }
 
-// builderOutputLimit is how much of $BUILDER_OUTPUT/output Cloud Build
-// keeps.
-const builderOutputLimit = 4096
-
-// builderOutput lists the pushed images as Cloud Build's results list
-// them (name, digest), as many as fit in builderOutputLimit.
-func builderOutput(dests []name.Reference, digest v1.Hash) ([]byte, int) {
-	type image struct {
-		Name   string `json:"name"`
-		Digest string `json:"digest"`
+// builderImages lists the pushed images as kaniko does for Cloud Build:
+// one {"name","digest"} object per line and destination.
+func builderImages(dests []name.Reference, digest v1.Hash) string {
+	var b strings.Builder
+	for _, d := range dests {
+		line, _ := json.Marshal(struct {
+			Name   string `json:"name"`
+			Digest string `json:"digest"`
+		}{d.String(), digest.String()})
+		b.Write(line)
+		b.WriteByte('\n')
 	}
-	var doc struct {
-		Images []image `json:"images"`
-	}
-	for i, d := range dests {
-		doc.Images = append(doc.Images, image{Name: d.String(), Digest: digest.String()})
-		if b, _ := json.Marshal(doc); len(b) > builderOutputLimit {
-			doc.Images = doc.Images[:len(doc.Images)-1]
-			data, _ := json.Marshal(doc)
-			return data, len(dests) - i
-		}
-	}
-	data, _ := json.Marshal(doc)
-	return data, 0
+	return b.String()
 }
 
 // commitAll puts every staged output into place, or, when one fails,

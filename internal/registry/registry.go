@@ -23,6 +23,8 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+
+	"github.com/kilnbuild/kiln/internal/logging"
 )
 
 // Options configures a Client. The zero value talks TLS to every registry
@@ -357,9 +359,6 @@ func normalizeRegistry(s string) string {
 	return strings.TrimSuffix(s, "/")
 }
 
-// progressInterval is how often a long transfer reports progress.
-const progressInterval = 5 * time.Second
-
 // Write pushes img to ref, retrying as --push-retry says, and logs progress
 // of long uploads.
 func (c *Client) Write(ctx context.Context, ref name.Reference, img v1.Image) error {
@@ -371,13 +370,10 @@ func (c *Client) write(ctx context.Context, ref name.Reference, img v1.Image) er
 		updates := make(chan v1.Update, 16)
 		// ggcr closes updates when the push ends.
 		go func() {
-			last := time.Now()
+			p := &logging.Progress{Log: c.log, Msg: "push progress", Attrs: []any{"destination", ref.String()}}
 			for u := range updates {
-				if time.Since(last) >= progressInterval && u.Total > 0 {
-					c.log.Info("push progress", "destination", ref.String(),
-						"percent", u.Complete*100/u.Total, "bytes", u.Complete, "total", u.Total)
-					last = time.Now()
-				}
+				p.Total = u.Total
+				p.Set(u.Complete)
 			}
 		}()
 		return remote.Write(ref, img, append(c.options(ctx, true, c.o.Platform), remote.WithProgress(updates))...)

@@ -21,6 +21,8 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/kilnbuild/kiln/internal/fsroot"
+	"github.com/kilnbuild/kiln/internal/layer"
+	"github.com/kilnbuild/kiln/internal/logging"
 )
 
 const (
@@ -35,6 +37,11 @@ type UnpackOptions struct {
 	// Ignore lists paths left alone (in-place builds): entries there are
 	// skipped.
 	Ignore *IgnoreList
+	// Name is the image, for progress records: Unpack reports the bytes
+	// of its layers pulled and extracted, every few seconds, to Logger.
+	Name string
+	// Now is the clock of progress records; nil is time.Now.
+	Now func() time.Time
 }
 
 // Unpack applies the layers of img, lowest first, over root.
@@ -52,19 +59,45 @@ func Unpack(ctx context.Context, root string, img v1.Image, o UnpackOptions) err
 		return err
 	}
 	defer fr.Close()
+	var total int64
+	for _, l := range layers {
+		if size, err := l.Size(); err == nil {
+			total += size
+		}
+	}
+	progress := &logging.Progress{Log: log, Msg: "pulling and extracting", Attrs: []any{"image", o.Name}, Total: total, Now: o.Now}
+	progress.Set(0)
 	for i, l := range layers {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		if size, err := l.Size(); err == nil {
-			log.Debug("extracting layer", "layer", fmt.Sprintf("%d/%d", i+1, len(layers)), "bytes", size)
+			log.Debug("extracting layer", "image", o.Name, "layer", fmt.Sprintf("%d/%d", i+1, len(layers)), "bytes", size)
 		}
-		rc, err := l.Uncompressed()
+		// The compressed bytes are counted as they arrive (a registry's
+		// layer is pulled as it is read), then decompressed here.
+		rc, err := l.Compressed()
 		if err != nil {
 			return fmt.Errorf("opening layer %d: %w", i, err)
 		}
-		err = applyTar(fr, rc, o)
-		rc.Close()
+		err = func() error {
+			defer rc.Close()
+			cr := progress.Reader(rc)
+			r, done, err := layer.Decompress(cr)
+			if err != nil {
+				return err
+			}
+			defer done()
+			if err := applyTar(fr, r, o); err != nil {
+				return err
+			}
+			// Read to the end: a verifying reader checks the digest there.
+			if _, err := io.Copy(io.Discard, r); err != nil {
+				return err
+			}
+			_, err = io.Copy(io.Discard, cr)
+			return err
+		}()
 		if err != nil {
 			d, _ := l.Digest()
 			return fmt.Errorf("unpacking layer %d (%s): %w", i, d, err)

@@ -26,6 +26,13 @@ func gitRepo(t *testing.T, token string) (string, string) {
 // (path to content) instead of the default app/ when given.
 func gitRepoServer(t *testing.T, token string, tls bool, files map[string]string) (string, string) {
 	t.Helper()
+	srv, commit := gitRepoHTTP(t, token, tls, files)
+	return srv.URL + "/repo.git", commit
+}
+
+// gitRepoHTTP is gitRepoServer returning the server (for its certificate).
+func gitRepoHTTP(t *testing.T, token string, tls bool, files map[string]string) (*httptest.Server, string) {
+	t.Helper()
 	gitPath, err := exec.LookPath("git")
 	if err != nil {
 		t.Fatalf("git is required: %v", err)
@@ -71,7 +78,7 @@ func gitRepoServer(t *testing.T, token string, tls bool, files map[string]string
 		srv = httptest.NewTLSServer(handler)
 	}
 	t.Cleanup(srv.Close)
-	return srv.URL + "/repo.git", commit
+	return srv, commit
 }
 
 func TestFetchContextAndBuildFromGit(t *testing.T) {

@@ -266,7 +266,7 @@ func TestDistributionAuthAndTLS(t *testing.T) {
 			t.Fatal("pushed without credentials")
 		}
 		// A 401 says where kiln looked for credentials for the host.
-		contains(t, r.stderr, "credentials looked for in", "config.json: no config.json in")
+		contains(t, r.stderr, "credentials looked for in", "config.json: no config.json or .dockerconfigjson in")
 	})
 	t.Run("login then build, and push a layout built earlier", func(t *testing.T) {
 		cfg := t.TempDir()

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"net"
@@ -410,7 +411,7 @@ esac
 
 // TestExampleArgo runs examples/argo/workflowtemplate.yaml's build template
 // as Argo runs it: the workflow parameters substituted, the fetch-context
-// init container (run here with the host's git, as its image has git)
+// init container (the fetch-context binary, git in process)
 // filling the work volume from a git server that wants a token, then the
 // build container in the build image (no shell) with the registry
 // credentials mounted; the digest output parameter is read back.
@@ -535,7 +536,7 @@ func TestExampleArgo(t *testing.T) {
 // service account through the metadata server (here a local one, named by
 // GCE_METADATA_HOST), and us-docker.pkg.dev resolves to a local registry
 // that accepts the token as Artifact Registry does (user _token).
-// The pushed image is read back and $BUILDER_OUTPUT/output lists it.
+// The pushed image is read back and $BUILDER_OUTPUT/images lists it.
 func TestExampleCloudBuild(t *testing.T) {
 	var cfg struct {
 		Steps []struct {
@@ -612,17 +613,59 @@ func TestExampleCloudBuild(t *testing.T) {
 		t.Errorf("/cb.txt = %q", got)
 	}
 	digest, _ := img.Digest()
-	data, err := os.ReadFile(filepath.Join(outputs, "output"))
+	// kaniko's $BUILDER_OUTPUT/images: one {"name","digest"} line per destination.
+	data, err := os.ReadFile(filepath.Join(outputs, "images"))
 	if err != nil {
-		t.Fatalf("$BUILDER_OUTPUT/output: %v", err)
+		t.Fatalf("$BUILDER_OUTPUT/images: %v", err)
 	}
-	var out struct {
-		Images []struct{ Name, Digest string } `json:"images"`
-	}
-	if err := json.Unmarshal(data, &out); err != nil || len(out.Images) != 1 || out.Images[0].Name != dest || out.Images[0].Digest != digest.String() {
-		t.Errorf("$BUILDER_OUTPUT/output = %s (%v), want %s at %s", data, err, dest, digest)
+	var out struct{ Name, Digest string }
+	if lines := strings.Split(strings.TrimSuffix(string(data), "\n"), "\n"); len(lines) != 1 || json.Unmarshal([]byte(lines[0]), &out) != nil ||
+		out.Name != dest || out.Digest != digest.String() {
+		t.Errorf("$BUILDER_OUTPUT/images = %q, want %s at %s", data, dest, digest)
 	}
 	if got, _ := os.ReadFile(filepath.Join(workspace, "digest")); string(got) != digest.String() {
 		t.Errorf("--digest-file: %q", got)
+	}
+}
+
+// TestGitContextInBuildImage runs kaniko's README git invocation in runc
+// from the build image as shipped, which has no git binary:
+// --context=git://…#ref#commit with GIT_TOKEN, the git server's CA in
+// /kaniko/ssl/certs, shallow (--git depth=1); the pushed image is read
+// back.
+func TestGitContextInBuildImage(t *testing.T) {
+	const token = "ghp_build-image-git-token"
+	srv, commit := gitRepoHTTP(t, token, true, nil)
+	build, _ := stepImages(t)
+	rootfs := unpack(t, build)
+	for _, dir := range []string{"bin", "usr/bin", "usr/local/bin", "ko-app", "kaniko"} {
+		if _, err := os.Stat(filepath.Join(rootfs, dir, "git")); err == nil {
+			t.Fatalf("the build image has /%s/git", dir)
+		}
+	}
+	certs := t.TempDir()
+	os.WriteFile(filepath.Join(certs, "git.crt"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o644)
+	reg := imagetest.Registry(t)
+	base := reg + "/busybox:gitimage"
+	pushTo(t, base, imagetest.Image(t, true, nil, imagetest.BusyboxFiles(t)))
+	dest := reg + "/kaniko/fromgit:1"
+	cf, _ := build.ConfigFile()
+	src := "git://" + strings.TrimPrefix(srv.URL, "https://") + "/repo.git#refs/heads/main#" + commit
+	args := append(append([]string{}, cf.Config.Entrypoint...), "--context="+src, "--context-sub-path=app",
+		"--git=depth=1", "--destination="+dest, "--build-arg=BASE="+base, "--insecure", "--insecure-pull")
+	r := runContainer(t, container{
+		rootfs: rootfs, env: append(imageEnv(t, build), "HOME=/root", "KUBERNETES_SERVICE_HOST=10.96.0.1", "GIT_TOKEN="+token),
+		args:  args,
+		binds: []bind{{certs, "/kaniko/ssl/certs"}},
+	})
+	if r.code != 0 {
+		t.Fatalf("build --context git:// in the build image failed (%d):\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	if strings.Contains(r.stdout+r.stderr, token) {
+		t.Error("the git token is in the log")
+	}
+	img := pull(t, dest)
+	if got := imagetest.Flatten(t, img)["ran"].Content; got != "from git\n" {
+		t.Errorf("/ran = %q", got)
 	}
 }

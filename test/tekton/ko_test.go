@@ -134,7 +134,7 @@ func tlsCert(t *testing.T, dir string, names ...string) (string, tls.Certificate
 
 // TestKoResolveTasks runs `ko resolve -f tasks/` with ko.yaml as it is
 // (for linux/amd64 only: TestKoReadsKoYAML checks ko.yaml's platforms):
-// its base images (gcr.io/distroless/..., cgr.dev/chainguard/git) are
+// its base image (gcr.io/distroless/...) is
 // served by a local TLS registry that the names resolve to inside a
 // private mount namespace (its own /etc/hosts), so nothing reaches the
 // internet. Every ko:// image becomes a digest reference that the registry
@@ -145,11 +145,11 @@ func TestKoResolveTasks(t *testing.T) {
 		t.Fatalf("unshare (util-linux) is required: %v", err)
 	}
 	dir := t.TempDir()
-	caFile, cert := tlsCert(t, dir, "gcr.io", "cgr.dev")
+	caFile, cert := tlsCert(t, dir, "gcr.io")
 	srv := httptest.NewUnstartedServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
 	l, err := net.Listen("tcp", "127.0.0.1:443")
 	if err != nil {
-		t.Fatalf("the registry standing in for gcr.io and cgr.dev needs 127.0.0.1:443: %v", err)
+		t.Fatalf("the registry standing in for gcr.io needs 127.0.0.1:443: %v", err)
 	}
 	srv.Listener = l
 	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
@@ -160,14 +160,14 @@ func TestKoResolveTasks(t *testing.T) {
 	pool.AppendCertsFromPEM(caPEM)
 	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}
 	base := twoPlatformBase(t)
-	for _, repo := range []string{"distroless/static-debian12:latest", "chainguard/git:latest"} {
+	for _, repo := range []string{"distroless/static-debian12:latest"} {
 		ref, _ := name.ParseReference("127.0.0.1:443/" + repo)
 		if err := remote.WriteIndex(ref, base, remote.WithTransport(tr)); err != nil {
 			t.Fatal(err)
 		}
 	}
 	hosts := filepath.Join(dir, "hosts")
-	os.WriteFile(hosts, []byte("127.0.0.1 localhost gcr.io cgr.dev\n"), 0o644)
+	os.WriteFile(hosts, []byte("127.0.0.1 localhost gcr.io\n"), 0o644)
 
 	ko := buildKo(t)
 	goEnv := func(k string) string {

@@ -74,6 +74,8 @@ type Build struct {
 	envErr                                      error // an invalid KANIKO_* boolean
 	// Environ is the step's environment, for the FF_KANIKO_* flags.
 	Environ []string
+	// PrintPlan is KANIKO_PRINT_PLAN: the plan is logged, then built.
+	PrintPlan bool
 }
 
 // AddFlags registers kaniko's executor flags on fs. Environment variables
@@ -116,6 +118,7 @@ func (b *Build) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
 	fs.BoolVar(&b.PreCleanup, "pre-cleanup", envBool(getenv, "KANIKO_PRE_CLEANUP", &b.envErr), "In place, empty the file system before the build (env KANIKO_PRE_CLEANUP).")
 	fs.BoolVar(&b.PreserveContext, "preserve-context", envBool(getenv, "KANIKO_PRESERVE_CONTEXT", &b.envErr), "Accepted (env KANIKO_PRESERVE_CONTEXT): kiln never empties or overwrites the context in place.")
 	fs.BoolVar(&b.Materialize, "materialize", false, "In place, leave the file system as the target image has it even when every layer came from the cache.")
+	b.PrintPlan = envBool(getenv, "KANIKO_PRINT_PLAN", &b.envErr)
 	fs.BoolVar(&b.DryRun, "dryrun", false, "Print the build plan (stages and instructions) and stop: nothing is built or pushed.")
 	fs.StringArrayVar(&b.Annotations, "annotation", nil, "KEY=VALUE annotation on the image's manifest; repeatable.")
 	fs.StringVar(&b.ImageFormat, "image-format", "", "Media types of the image: docker or oci (default: the base image's; FROM scratch gives oci).")
@@ -367,6 +370,7 @@ func (b *Build) Job(fs *pflag.FlagSet, getenv func(string) string, lookupEnv fun
 			PreCleanup:          b.PreCleanup,
 			Materialize:         b.Materialize,
 			DryRun:              b.DryRun,
+			PrintPlan:           b.PrintPlan,
 			ImageFormat:         b.ImageFormat,
 			Annotations:         annotations,
 			Cache:               b.Cache,
@@ -492,6 +496,14 @@ var (
 		"FF_KANIKO_SCOPED_DOCKERIGNORE":           "<Dockerfile>.dockerignore is honoured",
 		"FF_KANIKO_EXPAND_HEREDOC":                "heredocs expand as BuildKit's",
 	}
+	// ignoredEnv are kaniko's variables for things kiln does not have.
+	ignoredEnv = map[string]string{
+		"KANIKO_TELEMETRY_ENDPOINT": "kiln exports no OpenTelemetry traces; its JSON log has the timings",
+		"KANIKO_IGNORE_ASSERTIONS":  "kiln has no internal assertions to relax",
+		"SNAPSHOT_TIMEOUT_DURATION": "kiln's snapshots have no timeout: they never walk more than the RUN changed",
+		"SNAPSHOT_TIMEOUT":          "kiln's snapshots have no timeout: they never walk more than the RUN changed",
+		"BENCHMARK_FILE":            "kiln writes no benchmark file; its JSON log has the timings",
+	}
 	ignoredFlags = []string{
 		"FF_KANIKO_CACHE_LOOKAHEAD", "FF_KANIKO_CROSS_REPO_MOUNT", "FF_KANIKO_DISABLE_HTTP2", "FF_KANIKO_HASH_DIR_FRAMING",
 		"FF_KANIKO_IGNORE_CACHED_MANIFEST", "FF_KANIKO_INFER_CROSS_STAGE_CACHE_KEY", "FF_KANIKO_PATH_SCOPED_REGISTRY_AUTH",
@@ -521,6 +533,10 @@ func (b *Build) compatNotes(fs *pflag.FlagSet, getenv func(string) string, log *
 	}
 	for _, kv := range b.Environ {
 		name, _, _ := strings.Cut(kv, "=")
+		if what, ok := ignoredEnv[name]; ok {
+			log.Info("kaniko environment variable ignored", "variable", name, "why", what)
+			continue
+		}
 		if !strings.HasPrefix(name, "FF_KANIKO_") {
 			continue
 		}
