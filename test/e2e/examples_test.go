@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
@@ -12,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -668,4 +671,100 @@ func TestGitContextInBuildImage(t *testing.T) {
 	if got := imagetest.Flatten(t, img)["ran"].Content; got != "from git\n" {
 		t.Errorf("/ran = %q", got)
 	}
+}
+
+// TestJenkins runs, in runc from the -debug image, the Kubernetes-agent
+// pipelines of the CloudBees CI document (seed: its pod and `sh` step
+// transcribed as written, with kaniko's image swapped for kiln's) and of
+// examples/jenkins/Jenkinsfile: the docker-registry Secret's
+// .dockerconfigjson projected to /kaniko/.docker/config.json, the `sh`
+// step run by the container step's shell (/busybox/sh) in the workspace.
+// The registries resolve to a local one on :443; the pushed images are
+// read back.
+func TestJenkins(t *testing.T) {
+	_, debug := stepImages(t)
+	d := startRegistry(t, registryOptions{addr: "127.0.0.1:443", names: []string{"index.docker.io", "registry.example.com"},
+		user: "jenkins", password: "jenkins-registry-pass"})
+	dialer := &net.Dialer{Timeout: 5 * time.Second}
+	tr := d.client.Transport.(*http.Transport).Clone()
+	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if strings.HasSuffix(addr, ":443") {
+			addr = "127.0.0.1:443"
+		}
+		return dialer.DialContext(ctx, network, addr)
+	}
+	auth := remote.WithAuth(&authn.Basic{Username: d.user, Password: d.password})
+	busybox := imagetest.Image(t, true, nil, imagetest.BusyboxFiles(t))
+	// The document's Dockerfile starts FROM jenkins/inbound-agent:latest.
+	if err := remote.Write(mustRef(t, "jenkins/inbound-agent:latest"), busybox, remote.WithTransport(tr), auth); err != nil {
+		t.Fatal(err)
+	}
+	// The Secret, as kubectl create secret docker-registry writes it.
+	basic := base64.StdEncoding.EncodeToString([]byte(d.user + ":" + d.password))
+	secret := fmt.Sprintf(`{"auths":{"https://index.docker.io/v1/":{"auth":%q},"registry.example.com":{"auth":%q}}}`, basic, basic)
+	run := func(t *testing.T, script string, env []string, files map[string]string) {
+		t.Helper()
+		ws, tmp, dockerDir := t.TempDir(), t.TempDir(), t.TempDir()
+		for p, c := range files {
+			os.WriteFile(filepath.Join(ws, p), []byte(c), 0o644)
+		}
+		// items: key .dockerconfigjson, path config.json
+		os.WriteFile(filepath.Join(dockerDir, "config.json"), []byte(secret), 0o644)
+		// Jenkins writes the step's script beside the workspace (ws@tmp) and
+		// runs it with the container step's shell.
+		os.WriteFile(filepath.Join(tmp, "script.sh"), []byte(script), 0o755)
+		const wsPath = "/home/jenkins/agent/workspace/app"
+		r := runContainer(t, container{
+			rootfs: unpack(t, debug), cwd: wsPath,
+			env:   append(append(imageEnv(t, debug), "HOME=/root", "KUBERNETES_SERVICE_HOST=10.96.0.1", "WORKSPACE="+wsPath), env...),
+			args:  []string{"/busybox/sh", "-xe", wsPath + "@tmp/script.sh"},
+			hosts: "127.0.0.1 localhost index.docker.io registry.example.com\n",
+			binds: []bind{{ws, wsPath}, {tmp, wsPath + "@tmp"}, {dockerDir, "/kaniko/.docker"}, {d.caFile, "/kaniko/ssl/certs/ca.crt"}},
+		})
+		if r.code != 0 {
+			t.Fatalf("the sh step failed (%d):\n%s\n%s", r.code, r.stdout, r.stderr)
+		}
+		if strings.Contains(r.stdout+r.stderr, d.password) || strings.Contains(r.stdout+r.stderr, basic) {
+			t.Error("the registry password is in the step's log")
+		}
+	}
+
+	t.Run("CloudBees document", func(t *testing.T) {
+		seed, err := os.ReadFile("../../../shared/seeds/000_84a417291200b1fa.txt")
+		if err == nil && !bytes.Contains(seed, []byte("container(name: 'kaniko', shell: '/busybox/sh')")) {
+			t.Fatal("the CloudBees document no longer has the container step this test transcribes")
+		}
+		// The document's step, <docker-username> filled in.
+		script := "#!/busybox/sh\necho \"FROM jenkins/inbound-agent:latest\" > Dockerfile\n/kaniko/executor --context `pwd` --destination kiln/hello-kaniko:latest\n"
+		run(t, script, nil, nil)
+		img := pull(t, "kiln/hello-kaniko:latest", remote.WithTransport(tr), auth)
+		if got, want := imagetest.Flatten(t, img)["bin/busybox"].Header.Size, imagetest.Flatten(t, busybox)["bin/busybox"].Header.Size; got != want {
+			t.Errorf("the pushed image is not FROM jenkins/inbound-agent: busybox %d bytes, want %d", got, want)
+		}
+	})
+
+	t.Run("examples/jenkins/Jenkinsfile", func(t *testing.T) {
+		jf, err := os.ReadFile("../../examples/jenkins/Jenkinsfile")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{"image: ghcr.io/kilnbuild/kiln/build:0.1-debug", "mountPath: /kaniko/.docker", "key: .dockerconfigjson", "path: config.json", "shell: '/busybox/sh'"} {
+			if !bytes.Contains(jf, []byte(want)) {
+				t.Errorf("Jenkinsfile lacks %q", want)
+			}
+		}
+		m := regexp.MustCompile(`(?m)^\s*sh '(.*)'$`).FindSubmatch(jf)
+		if m == nil {
+			t.Fatal("no sh step in the Jenkinsfile")
+		}
+		if err := remote.Write(mustRef(t, "registry.example.com/base/busybox:1"), busybox, remote.WithTransport(tr), auth); err != nil {
+			t.Fatal(err)
+		}
+		run(t, string(m[1])+"\n", []string{"GIT_COMMIT=9f8e7d6c"},
+			map[string]string{"Dockerfile": "FROM registry.example.com/base/busybox:1\nRUN echo built by jenkins > /j.txt\n"})
+		img := pull(t, "registry.example.com/team/app:9f8e7d6c", remote.WithTransport(tr), auth)
+		if got := imagetest.Flatten(t, img)["j.txt"].Content; got != "built by jenkins\n" {
+			t.Errorf("/j.txt = %q", got)
+		}
+	})
 }
