@@ -280,12 +280,30 @@ func (c *Client) PullPlatform(ctx context.Context, ref string, platform v1.Platf
 			if err != nil {
 				return err
 			}
-			img, err = remote.Image(r, c.options(ctx, false, platform)...)
-			if err == nil {
-				// Fetch the config now so a broken image fails here.
-				_, err = img.ConfigFile()
+			desc, err := remote.Get(r, c.options(ctx, false, platform)...)
+			if err != nil {
+				return err
 			}
-			return err
+			if desc.MediaType.IsIndex() {
+				if err := hasPlatform(desc, platform); err != nil {
+					return permanent{err}
+				}
+			}
+			img, err = desc.Image()
+			if err != nil {
+				return err
+			}
+			// Fetch the config now so a broken image fails here, and refuse
+			// an image of another platform (a single-platform image is
+			// served whatever platform is asked for): never mislabelled.
+			cf, err := img.ConfigFile()
+			if err != nil {
+				return err
+			}
+			if have := cf.Platform(); have != nil && platform.Architecture != "" && !have.Satisfies(platform) {
+				return permanent{fmt.Errorf("the image is for %s only, not %s (as BuildKit, kiln does not relabel it)", have, &platform)}
+			}
+			return nil
 		})
 		if err == nil {
 			if cand != ref {
@@ -300,6 +318,33 @@ func (c *Client) PullPlatform(ctx context.Context, ref string, platform v1.Platf
 		errs = append(errs, fmt.Errorf("%s: %w", cand, err))
 	}
 	return nil, fmt.Errorf("pulling image %s: %w", ref, errors.Join(errs...))
+}
+
+// hasPlatform says whether the index desc describes holds an image for
+// platform, naming the platforms it has when not.
+func hasPlatform(desc *remote.Descriptor, platform v1.Platform) error {
+	if platform.Architecture == "" {
+		return nil
+	}
+	idx, err := desc.ImageIndex()
+	if err != nil {
+		return err
+	}
+	m, err := idx.IndexManifest()
+	if err != nil {
+		return err
+	}
+	var have []string
+	for _, d := range m.Manifests {
+		if d.Platform == nil {
+			continue
+		}
+		if d.Platform.Satisfies(platform) {
+			return nil
+		}
+		have = append(have, d.Platform.String())
+	}
+	return fmt.Errorf("the index has no image for %s (it has %s)", &platform, strings.Join(have, ", "))
 }
 
 // pullCandidates returns the references to try for ref, in order.
@@ -417,7 +462,13 @@ type staticKeychain struct{ a authn.Authenticator }
 
 func (s staticKeychain) Resolve(authn.Resource) (authn.Authenticator, error) { return s.a, nil }
 
-// retry runs fn up to n+1 times with exponential backoff.
+// permanent is a failure no retry changes.
+type permanent struct{ error }
+
+func (p permanent) Unwrap() error { return p.error }
+
+// retry runs fn up to n+1 times with exponential backoff, stopping at a
+// permanent failure.
 func (c *Client) retry(ctx context.Context, n int, what string, fn func() error) error {
 	delay := c.o.RetryDelay
 	if delay == 0 {
@@ -426,6 +477,10 @@ func (c *Client) retry(ctx context.Context, n int, what string, fn func() error)
 	var err error
 	for i := 0; ; i++ {
 		if err = fn(); err == nil || i >= n {
+			return err
+		}
+		var p permanent
+		if errors.As(err, &p) {
 			return err
 		}
 		c.log.Warn("retrying", "what", what, "attempt", i+1, "of", n, "error", err)

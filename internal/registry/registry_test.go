@@ -19,6 +19,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
@@ -211,5 +214,38 @@ func TestStalledRegistry(t *testing.T) {
 	}
 	if accepted.Load() < 2 {
 		t.Errorf("%d connections: the push was not retried", accepted.Load())
+	}
+}
+
+// TestPullRefusesAnotherPlatform asks a single-platform image and an
+// index for a platform they do not have: refused, never relabelled.
+func TestPullRefusesAnotherPlatform(t *testing.T) {
+	s := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	defer s.Close()
+	host := strings.TrimPrefix(s.URL, "http://")
+	img, _ := random.Image(100, 1)
+	cf, _ := img.ConfigFile()
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", "amd64"
+	img, _ = mutate.ConfigFile(img, cf)
+	single, _ := name.ParseReference(host + "/single:1")
+	multi, _ := name.ParseReference(host + "/multi:1")
+	if err := remote.Write(single, img); err != nil {
+		t.Fatal(err)
+	}
+	idx := mutate.AppendManifests(empty.Index, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "amd64"}}})
+	if err := remote.WriteIndex(multi, idx); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := New(Options{InsecureRegistries: []string{host}, PullRetry: 3, RetryDelay: time.Hour})
+	arm := v1.Platform{OS: "linux", Architecture: "arm64"}
+	for _, ref := range []string{single.String(), multi.String()} {
+		if _, err := c.PullPlatform(context.Background(), ref, v1.Platform{OS: "linux", Architecture: "amd64"}); err != nil {
+			t.Errorf("%s for linux/amd64: %v", ref, err)
+		}
+		_, err := c.PullPlatform(context.Background(), ref, arm)
+		if err == nil || !strings.Contains(err.Error(), "linux/arm64") {
+			t.Errorf("%s for linux/arm64: %v, want a refusal naming the platform", ref, err)
+		}
 	}
 }
