@@ -122,8 +122,12 @@ type Options struct {
 	// Annotations are set on the image's manifest.
 	Annotations map[string]string
 
-	// inContainer replaces run.InContainer in tests.
+	// inContainer replaces run.InContainer in tests; binfmtDir replaces
+	// run.BinfmtDir.
 	inContainer func() bool
+	binfmtDir   string
+	// fetched is the remote context, fetched once for every platform.
+	fetched *fetched
 	// SnapshotMode is how RUN changes are detected: full (default), redo, time.
 	SnapshotMode string
 	// Secrets are the build secrets RUN --mount=type=secret can use, by id.
@@ -176,6 +180,10 @@ type Result struct {
 	Context *buildcontext.Record
 	// StartedOn is when the build began.
 	StartedOn time.Time
+	// Index, for a build of several platforms, is the image index of
+	// Platforms' images (Image is then nil and Digest is the index's).
+	Index     v1.ImageIndex
+	Platforms []*Result
 
 	cleanup func()
 }
@@ -183,7 +191,13 @@ type Result struct {
 // Close removes the build's work files, which back the image's new layers:
 // call it once the image has been delivered.
 func (r *Result) Close() {
-	if r != nil && r.cleanup != nil {
+	if r == nil {
+		return
+	}
+	for _, p := range r.Platforms {
+		p.Close()
+	}
+	if r.cleanup != nil {
 		r.cleanup()
 		r.cleanup = nil
 	}
@@ -196,7 +210,16 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	res, err := b.run(ctx)
+	if err := b.prepare(ctx); err != nil {
+		b.cleanup()
+		return nil, err
+	}
+	return b.finish(ctx)
+}
+
+// finish builds what b prepared and returns its result, or cleans up.
+func (b *builder) finish(ctx context.Context) (*Result, error) {
+	res, err := b.build(ctx)
 	if err != nil {
 		b.cleanup()
 		return nil, err
@@ -210,6 +233,8 @@ type builder struct {
 	log      *slog.Logger
 	ctxDir   *buildcontext.Context
 	df       *dockerfile.Dockerfile
+	dfPath   string // the Dockerfile's path or URL, and its text
+	dfSrc    []byte
 	plan     *dockerfile.Plan
 	args     *dockerfile.BuildArgs
 	platform v1.Platform
@@ -490,8 +515,7 @@ func ParsePlatform(s string) (v1.Platform, error) { return registry.ParsePlatfor
 // fetch-context step would, and applies --context-sub-path.
 func (b *builder) fetchContext(ctx context.Context) error {
 	src := b.o.Context
-	local := !strings.Contains(src, "://") || strings.HasPrefix(src, "dir://")
-	if local {
+	if !isRemote(src) {
 		dir := strings.TrimPrefix(src, "dir://")
 		// fetch-context leaves its record beside the context directory.
 		recPath := b.o.ContextRecord
@@ -520,38 +544,65 @@ func (b *builder) fetchContext(ctx context.Context) error {
 		}
 		return nil
 	}
-	dest := filepath.Join(b.work, "context")
-	rec, err := buildcontext.Fetch(ctx, buildcontext.FetchOptions{
-		Source: src, Dest: dest, SubPath: b.o.ContextSubPath, Git: b.o.Git, Stdin: b.o.Stdin,
-		Getenv: b.o.Getenv, HTTPClient: b.http, Retries: 3, Logger: b.log,
-	})
+	if f := b.o.fetched; f != nil { // fetched once for every platform
+		b.o.Context, b.ctxRecord = f.dir, f.rec
+		return nil
+	}
+	f, err := fetchRemote(ctx, b.o, filepath.Join(b.work, "context"), b.http, b.log)
 	if err != nil {
 		return err
 	}
-	b.log.Info("fetched context", "source", rec.Source, "commit", rec.Commit, "sha256", rec.SHA256)
-	b.ctxRecord = rec
-	b.o.Context = dest
-	if b.o.ContextSubPath != "" {
-		if b.o.Context, err = buildcontext.SubDir(dest, b.o.ContextSubPath); err != nil {
-			return err
-		}
-	}
+	b.o.Context, b.ctxRecord = f.dir, f.rec
 	return nil
 }
 
-func (b *builder) run(ctx context.Context) (*Result, error) {
-	if err := b.fetchContext(ctx); err != nil {
-		return nil, err
-	}
-	dfPath, src, err := b.readDockerfile(ctx)
+// fetched is a remote context fetched into a directory.
+type fetched struct {
+	dir string // the context directory, --context-sub-path applied
+	rec *buildcontext.Record
+}
+
+// isRemote says whether a --context value must be fetched.
+func isRemote(src string) bool {
+	return strings.Contains(src, "://") && !strings.HasPrefix(src, "dir://")
+}
+
+// fetchRemote fetches o.Context into dest, as the fetch-context step would,
+// and applies --context-sub-path.
+func fetchRemote(ctx context.Context, o Options, dest string, hc *http.Client, log *slog.Logger) (*fetched, error) {
+	rec, err := buildcontext.Fetch(ctx, buildcontext.FetchOptions{
+		Source: o.Context, Dest: dest, SubPath: o.ContextSubPath, Git: o.Git, Stdin: o.Stdin,
+		Getenv: o.Getenv, HTTPClient: hc, Retries: 3, Logger: log,
+	})
 	if err != nil {
 		return nil, err
 	}
-	if b.ctxDir, err = buildcontext.Open(b.o.Context, dfPath); err != nil {
-		return nil, err
+	log.Info("fetched context", "source", rec.Source, "commit", rec.Commit, "sha256", rec.SHA256)
+	f := &fetched{dir: dest, rec: rec}
+	if o.ContextSubPath != "" {
+		if f.dir, err = buildcontext.SubDir(dest, o.ContextSubPath); err != nil {
+			return nil, err
+		}
 	}
-	if b.df, err = dockerfile.Parse(displayName(dfPath), strings.NewReader(string(src))); err != nil {
-		return nil, err
+	return f, nil
+}
+
+// prepare fetches the context, reads the Dockerfile and plans the build,
+// checking that this machine can run the RUN instructions of the stages
+// it will build: nothing is built yet.
+func (b *builder) prepare(ctx context.Context) error {
+	if err := b.fetchContext(ctx); err != nil {
+		return err
+	}
+	var err error
+	if b.dfPath, b.dfSrc, err = b.readDockerfile(ctx); err != nil {
+		return err
+	}
+	if b.ctxDir, err = buildcontext.Open(b.o.Context, b.dfPath); err != nil {
+		return err
+	}
+	if b.df, err = dockerfile.Parse(displayName(b.dfPath), strings.NewReader(string(b.dfSrc))); err != nil {
+		return err
 	}
 	b.args = dockerfile.NewBuildArgs(b.o.BuildArgs, b.o.LookupEnv)
 	hostPlatform, _ := ParsePlatform("")
@@ -560,19 +611,28 @@ func (b *builder) run(ctx context.Context) (*Result, error) {
 		TargetPlatform: b.platform, BuildPlatform: hostPlatform,
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if b.o.SkipUnusedStages {
 		if err := b.requireOnbuildStages(ctx); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	if b.o.DryRun || b.o.PrintPlan {
 		b.printPlan()
 	}
+	if err := b.resolveBases(ctx); err != nil {
+		return err
+	}
+	return b.checkEmulation()
+}
+
+// build builds the stages prepare planned.
+func (b *builder) build(ctx context.Context) (*Result, error) {
 	if b.o.DryRun {
 		return &Result{StartedOn: b.started}, nil
 	}
+	dfPath, src := b.dfPath, b.dfSrc
 	if b.inPlace && b.o.PreCleanup {
 		if err := rootfs.Clear(b.o.Root, b.ignore); err != nil {
 			return nil, fmt.Errorf("--pre-cleanup: %w", err)

@@ -63,8 +63,20 @@ type buildSpec struct {
 	ctx        context.Context // nil: context.Background()
 }
 
-// run builds s. BASE in the Dockerfile is replaced by the OCI base's ref.
+// run builds s. REG/ in the Dockerfile is replaced by the registry's host.
 func (f *fixture) run(s buildSpec) (*Result, error) {
+	f.t.Helper()
+	o, ctx := f.options(s)
+	res, err := Build(ctx, o)
+	if err == nil {
+		f.t.Cleanup(res.Close)
+	}
+	return res, err
+}
+
+// options writes s's Dockerfile and context and returns the options that
+// build it.
+func (f *fixture) options(s buildSpec) (Options, context.Context) {
 	f.t.Helper()
 	dir := f.t.TempDir()
 	df := strings.ReplaceAll(s.dockerfile, "REG/", f.reg+"/")
@@ -92,11 +104,7 @@ func (f *fixture) run(s buildSpec) (*Result, error) {
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	res, err := Build(ctx, o)
-	if err == nil {
-		f.t.Cleanup(res.Close)
-	}
-	return res, err
+	return o, ctx
 }
 
 // mustRun builds s and returns the image's files and config.

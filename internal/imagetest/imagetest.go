@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path"
+	"runtime"
 	"sort"
 	"strings"
 	"testing"
@@ -247,7 +248,7 @@ func LayerNames(t testing.TB, l v1.Layer) []string {
 // BusyboxApplets are linked to /bin/busybox in BusyboxFiles.
 var BusyboxApplets = []string{
 	"sh", "echo", "cat", "ls", "mkdir", "rm", "touch", "chmod", "chown", "ln", "mv", "cp", "id",
-	"env", "sleep", "true", "false", "test", "wc", "pwd", "sort", "grep", "stat", "readlink", "head", "printf",
+	"env", "sleep", "true", "false", "test", "wc", "pwd", "sort", "grep", "stat", "readlink", "head", "printf", "uname",
 }
 
 // BusyboxFiles is BaseFiles plus Debian's static busybox (busybox-static)
@@ -259,6 +260,31 @@ func BusyboxFiles(t testing.TB) []File {
 	if err != nil {
 		t.Fatalf("Debian's busybox-static is required (apt-get install busybox-static; test/run installs it): %v", err)
 	}
+	return busyboxFiles(data)
+}
+
+// ForeignBusyboxDir holds busybox-static binaries of other architectures,
+// busybox.<GOARCH> (test/run unpacks Debian's package for the one that is
+// not this machine's).
+const ForeignBusyboxDir = "/usr/local/lib/kiln-test"
+
+// BusyboxFilesFor is BusyboxFiles with the busybox of architecture arch:
+// this machine's /bin/busybox, or ForeignBusyboxDir's. It fails the test
+// when there is none.
+func BusyboxFilesFor(t testing.TB, arch string) []File {
+	t.Helper()
+	if arch == runtime.GOARCH {
+		return BusyboxFiles(t)
+	}
+	p := path.Join(ForeignBusyboxDir, "busybox."+arch)
+	data, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatalf("Debian's busybox-static for %s is required at %s (test/run unpacks it there): %v", arch, p, err)
+	}
+	return busyboxFiles(data)
+}
+
+func busyboxFiles(data []byte) []File {
 	files := BaseFiles()
 	// BaseFiles has bin -> usr/bin; put busybox in usr/bin.
 	files = append(files, File{Path: "usr/bin/busybox", Type: tar.TypeReg, Mode: 0o755, Content: string(data)})

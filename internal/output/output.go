@@ -20,7 +20,9 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
 // Options says where the image goes.
@@ -68,23 +70,38 @@ func isImmutableTagError(err error) bool {
 	return false
 }
 
-// Pusher writes an image to a registry.
+// Pusher writes images and image indexes to a registry.
 type Pusher interface {
 	// Write pushes img (its blobs and manifest) to ref.
 	Write(ctx context.Context, ref name.Reference, img v1.Image) error
-	// Tag points tag at img, whose manifest is in tag's repository.
-	Tag(ctx context.Context, tag name.Tag, img v1.Image) error
+	// WriteIndex pushes idx, its images and their blobs to ref.
+	WriteIndex(ctx context.Context, ref name.Reference, idx v1.ImageIndex) error
+	// Tag points tag at t (an image or an index), whose manifest is in
+	// tag's repository.
+	Tag(ctx context.Context, tag name.Tag, t remote.Taggable) error
+}
+
+// Artifact is what Write delivers: a v1.Image or a v1.ImageIndex.
+type Artifact interface {
+	Digest() (v1.Hash, error)
+	MediaType() (types.MediaType, error)
+	RawManifest() ([]byte, error)
 }
 
 // DefaultTarTag names the image in a tarball when no destination is given.
 const DefaultTarTag = "kiln.local/image:latest"
 
-// Write delivers img as o says.
-func Write(ctx context.Context, img v1.Image, o Options, p Pusher, log *slog.Logger) (err error) {
+// Write delivers a (a v1.Image or a v1.ImageIndex) as o says.
+func Write(ctx context.Context, a Artifact, o Options, p Pusher, log *slog.Logger) (err error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	digest, err := img.Digest()
+	idx, isIndex := a.(v1.ImageIndex)
+	img, isImage := a.(v1.Image)
+	if !isIndex && !isImage {
+		return fmt.Errorf("output: %T is neither an image nor an image index", a)
+	}
+	digest, err := a.Digest()
 	if err != nil {
 		return fmt.Errorf("computing digest: %w", err)
 	}
@@ -103,12 +120,15 @@ func Write(ctx context.Context, img v1.Image, o Options, p Pusher, log *slog.Log
 		return e
 	}
 	if o.TarPath != "" {
+		if isIndex {
+			return fmt.Errorf("--tar-path %s: %w", o.TarPath, ErrTarIndex)
+		}
 		if err := stage(stageTarball(img, o.TarPath, o.Destinations)); err != nil {
 			return err
 		}
 	}
 	if o.OCILayoutPath != "" {
-		if err := stage(stageLayout(img, o.OCILayoutPath, o.Destinations)); err != nil {
+		if err := stage(stageLayout(a, o.OCILayoutPath, o.Destinations)); err != nil {
 			return err
 		}
 	}
@@ -152,13 +172,19 @@ func Write(ctx context.Context, img v1.Image, o Options, p Pusher, log *slog.Log
 		for _, d := range o.Destinations {
 			log.Info("pushing", "destination", d.String())
 			byDigest := d.Context().Digest(digest.String())
-			if err := p.Write(ctx, byDigest, img); err != nil {
+			var err error
+			if isIndex {
+				err = p.WriteIndex(ctx, byDigest, idx)
+			} else {
+				err = p.Write(ctx, byDigest, img)
+			}
+			if err != nil {
 				return fmt.Errorf("pushing %s: %w", d, err)
 			}
 		}
 		for _, d := range o.Destinations {
 			if t, ok := d.(name.Tag); ok {
-				if err := p.Tag(ctx, t, img); err != nil {
+				if err := p.Tag(ctx, t, a); err != nil {
 					if o.IgnoreImmutableTagErrors && isImmutableTagError(err) {
 						log.Warn("the tag is immutable and stays where it was (--push-ignore-immutable-tag-errors)", "destination", d.String(), "error", err.Error())
 						continue
@@ -376,10 +402,14 @@ func stageTarball(img v1.Image, target string, dests []name.Reference) (*staged,
 	return renameStage(f.Name(), target, "--tar-path"), nil
 }
 
-// stageLayout prepares an OCI layout holding img. A new layout directory is
-// renamed into place; an existing one gets the blobs first and its
-// index.json replaced last, by rename.
-func stageLayout(img v1.Image, target string, dests []name.Reference) (*staged, error) {
+// ErrTarIndex refuses --tar-path for an image index: the docker tarball
+// `docker load` reads holds images, one platform each.
+var ErrTarIndex = errors.New("a docker tarball cannot hold an image index (several platforms): use --oci-layout-path, or build one --custom-platform per tarball")
+
+// stageLayout prepares an OCI layout holding a (an image or an index). A
+// new layout directory is renamed into place; an existing one gets the
+// blobs first and its index.json replaced last, by rename.
+func stageLayout(a Artifact, target string, dests []name.Reference) (*staged, error) {
 	const flag = "--oci-layout-path"
 	parent := filepath.Dir(target)
 	if err := os.MkdirAll(parent, 0o755); err != nil {
@@ -404,7 +434,13 @@ func stageLayout(img v1.Image, target string, dests []name.Reference) (*staged, 
 			"org.opencontainers.image.ref.name": dests[0].Identifier(),
 		}))
 	}
-	if err := p.AppendImage(img, opts...); err != nil {
+	switch a := a.(type) {
+	case v1.ImageIndex:
+		err = p.AppendIndex(a, opts...)
+	case v1.Image:
+		err = p.AppendImage(a, opts...)
+	}
+	if err != nil {
 		return fail(err)
 	}
 	fi, err := os.Stat(target)

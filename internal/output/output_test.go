@@ -26,8 +26,12 @@ func (remotePusher) Write(_ context.Context, ref name.Reference, img v1.Image) e
 	return remote.Write(ref, img)
 }
 
-func (remotePusher) Tag(_ context.Context, tag name.Tag, img v1.Image) error {
-	return remote.Tag(tag, img)
+func (remotePusher) WriteIndex(_ context.Context, ref name.Reference, idx v1.ImageIndex) error {
+	return remote.WriteIndex(ref, idx)
+}
+
+func (remotePusher) Tag(_ context.Context, tag name.Tag, t remote.Taggable) error {
+	return remote.Tag(tag, t)
 }
 
 type failingPusher struct {
@@ -43,7 +47,11 @@ func (f *failingPusher) Write(_ context.Context, ref name.Reference, img v1.Imag
 	return nil
 }
 
-func (f *failingPusher) Tag(_ context.Context, tag name.Tag, img v1.Image) error {
+func (f *failingPusher) WriteIndex(_ context.Context, ref name.Reference, idx v1.ImageIndex) error {
+	return f.Write(context.Background(), ref, nil)
+}
+
+func (f *failingPusher) Tag(_ context.Context, tag name.Tag, t remote.Taggable) error {
 	f.tagged = append(f.tagged, tag.String())
 	return nil
 }

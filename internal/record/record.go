@@ -35,13 +35,26 @@ type Build struct {
 	BuildArgs map[string]string `json:"buildArgs,omitempty"`
 	// Target is the --target stage.
 	Target string `json:"target,omitempty"`
-	// Platform is the image's platform.
+	// Platform is the image's platform; for an image index, its images'
+	// platforms, comma-separated.
 	Platform string `json:"platform"`
+	// Manifests, when Digest is an image index's, are its images, one per
+	// platform.
+	Manifests []Manifest `json:"manifests,omitempty"`
 	// Builder is the kiln version.
 	Builder string `json:"builder"`
 	// StartedOn and FinishedOn bound the build.
 	StartedOn  time.Time `json:"startedOn"`
 	FinishedOn time.Time `json:"finishedOn"`
+}
+
+// Manifest is one platform's image in an image index.
+type Manifest struct {
+	Platform  string `json:"platform"`
+	Digest    string `json:"digest"`
+	MediaType string `json:"mediaType"`
+	// Materials are the images this platform's build read.
+	Materials []Material `json:"materials,omitempty"`
 }
 
 // Image is one destination.

@@ -301,7 +301,7 @@ func (c *Client) PullPlatform(ctx context.Context, ref string, platform v1.Platf
 				return err
 			}
 			if have := cf.Platform(); have != nil && platform.Architecture != "" && !have.Satisfies(platform) {
-				return permanent{fmt.Errorf("the image is for %s only, not %s (as BuildKit, kiln does not relabel it)", have, &platform)}
+				return permanent{fmt.Errorf("the image is for %s only, not %s: a base must have the platform it is built for", have, &platform)}
 			}
 			return nil
 		})
@@ -425,11 +425,27 @@ func (c *Client) write(ctx context.Context, ref name.Reference, img v1.Image) er
 	})
 }
 
-// Tag points tag at img, whose manifest is already in tag's repository,
-// retrying as --push-retry says.
-func (c *Client) Tag(ctx context.Context, tag name.Tag, img v1.Image) error {
+// WriteIndex pushes idx with its images to ref, retrying as --push-retry
+// says.
+func (c *Client) WriteIndex(ctx context.Context, ref name.Reference, idx v1.ImageIndex) error {
+	return c.authHint(c.retry(ctx, c.o.PushRetry, "pushing "+ref.String(), func() error {
+		updates := make(chan v1.Update, 16)
+		go func() {
+			p := &logging.Progress{Log: c.log, Msg: "push progress", Attrs: []any{"destination", ref.String()}}
+			for u := range updates {
+				p.Total = u.Total
+				p.Set(u.Complete)
+			}
+		}()
+		return remote.WriteIndex(ref, idx, append(c.options(ctx, true, c.o.Platform), remote.WithProgress(updates))...)
+	}), ref.Context().RegistryStr())
+}
+
+// Tag points tag at t (an image or an index), whose manifest is already in
+// tag's repository, retrying as --push-retry says.
+func (c *Client) Tag(ctx context.Context, tag name.Tag, t remote.Taggable) error {
 	return c.authHint(c.retry(ctx, c.o.PushRetry, "tagging "+tag.String(), func() error {
-		return remote.Tag(tag, img, c.options(ctx, true, c.o.Platform)...)
+		return remote.Tag(tag, t, c.options(ctx, true, c.o.Platform)...)
 	}), tag.Context().RegistryStr())
 }
 

@@ -32,9 +32,26 @@ func SignLayout(ctx context.Context, o Options, src, dst string) error {
 	if err != nil {
 		return fmt.Errorf("--oci-layout-path %s: %w", src, err)
 	}
-	img, err := p.Image(h)
-	if err != nil {
-		return fmt.Errorf("--oci-layout-path %s does not hold %s: %w", src, h, err)
+	// The record's digest is an image's, or an image index's (several
+	// platforms): the layout's index.json says which.
+	var se oci.SignedEntity
+	if len(o.Record.Manifests) > 0 {
+		idx, err := p.ImageIndex()
+		if err == nil {
+			var child v1.ImageIndex
+			if child, err = idx.ImageIndex(h); err == nil {
+				se = signed.ImageIndex(child)
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("--oci-layout-path %s does not hold the image index %s: %w", src, h, err)
+		}
+	} else {
+		img, err := p.Image(h)
+		if err != nil {
+			return fmt.Errorf("--oci-layout-path %s does not hold %s: %w", src, h, err)
+		}
+		se = signed.Image(img)
 	}
 	id, err := o.identity(ctx)
 	if err != nil {
@@ -51,12 +68,11 @@ func SignLayout(ctx context.Context, o Options, src, dst string) error {
 	if err != nil {
 		return err
 	}
-	var si oci.SignedImage = signed.Image(img)
 	sig, err := signImage(ctx, id, digest)
 	if err != nil {
 		return err
 	}
-	if si, err = mutate.AttachSignatureToImage(si, sig); err != nil {
+	if se, err = mutate.AttachSignatureToEntity(se, sig); err != nil {
 		return err
 	}
 	if o.Attest {
@@ -64,7 +80,7 @@ func SignLayout(ctx context.Context, o Options, src, dst string) error {
 		if err != nil {
 			return err
 		}
-		if si, err = mutate.AttachAttestationToImage(si, att); err != nil {
+		if se, err = mutate.AttachAttestationToEntity(se, att); err != nil {
 			return err
 		}
 	}
@@ -79,7 +95,13 @@ func SignLayout(ctx context.Context, o Options, src, dst string) error {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	if err := cosignlayout.WriteSignedImage(tmp, si); err != nil {
+	switch se := se.(type) {
+	case oci.SignedImageIndex:
+		err = cosignlayout.WriteSignedImageIndex(tmp, se)
+	case oci.SignedImage:
+		err = cosignlayout.WriteSignedImage(tmp, se)
+	}
+	if err != nil {
 		return fmt.Errorf("writing the signed layout: %w", err)
 	}
 	return os.Rename(tmp, dst)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/in-toto/in-toto-golang/in_toto"
 	"github.com/sigstore/cosign/v2/pkg/cosign/attestation"
 	"github.com/sigstore/cosign/v2/pkg/oci"
 	"github.com/sigstore/cosign/v2/pkg/oci/mutate"
@@ -74,7 +75,9 @@ type preparedSig struct {
 	se     oci.SignedEntity
 }
 
-// Sign signs every image of the record (and attests it). Everything is
+// Sign signs every image of the record (and attests it); for an image
+// index, the index and each platform's image, as `cosign sign --recursive`
+// does, the provenance naming them all as its subjects. Everything is
 // signed before anything is written, so a bad key or password leaves no
 // signature behind.
 func Sign(ctx context.Context, o Options) error {
@@ -103,28 +106,33 @@ func Sign(ctx context.Context, o Options) error {
 		if err != nil {
 			return fmt.Errorf("image %q: %w", im.Ref, err)
 		}
-		digest := ref.Context().Digest(im.Digest)
-		se, err := ociremote.SignedEntity(digest, ropts...)
-		if err != nil {
-			return fmt.Errorf("reading %s: %w", digest, err)
+		digests := []name.Digest{ref.Context().Digest(im.Digest)}
+		for _, m := range o.Record.Manifests {
+			digests = append(digests, ref.Context().Digest(m.Digest))
 		}
-		sig, err := signImage(ctx, id, digest)
-		if err != nil {
-			return err
-		}
-		if se, err = mutate.AttachSignatureToEntity(se, sig); err != nil {
-			return err
-		}
-		if o.Attest {
-			att, err := o.attestation(ctx, id, digest)
+		for _, digest := range digests {
+			se, err := ociremote.SignedEntity(digest, ropts...)
+			if err != nil {
+				return fmt.Errorf("reading %s: %w", digest, err)
+			}
+			sig, err := signImage(ctx, id, digest)
 			if err != nil {
 				return err
 			}
-			if se, err = mutate.AttachAttestationToEntity(se, att); err != nil {
+			if se, err = mutate.AttachSignatureToEntity(se, sig); err != nil {
 				return err
 			}
+			if o.Attest {
+				att, err := o.attestation(ctx, id, digests[0])
+				if err != nil {
+					return err
+				}
+				if se, err = mutate.AttachAttestationToEntity(se, att); err != nil {
+					return err
+				}
+			}
+			prepared = append(prepared, preparedSig{digest, se})
 		}
-		prepared = append(prepared, preparedSig{digest, se})
 	}
 	for _, p := range prepared {
 		if err := ociremote.WriteSignatures(p.digest.Repository, p.se, ropts...); err != nil {
@@ -175,6 +183,13 @@ func (o Options) attestation(ctx context.Context, id *identity, digest name.Dige
 	})
 	if err != nil {
 		return nil, err
+	}
+	// An image index's provenance is also each platform image's.
+	if ps, ok := st.(in_toto.ProvenanceStatementSLSA1); ok {
+		for _, m := range o.Record.Manifests {
+			ps.Subject = append(ps.Subject, in_toto.Subject{Name: digest.Repository.String(), Digest: digestMap(m.Digest)})
+		}
+		st = ps
 	}
 	pl, err := json.Marshal(st)
 	if err != nil {

@@ -12,8 +12,10 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
+	gmutate "github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/sigstore/cosign/v2/pkg/cosign"
@@ -294,5 +296,63 @@ func TestKMSUnreachable(t *testing.T) {
 	tag, _ := ociremote.SignatureTag(ref.Context().Digest(rec.Digest))
 	if _, err := remote.Head(tag); err == nil {
 		t.Error("a failed KMS signing left a signature tag")
+	}
+}
+
+// TestSignIndex signs a two-platform index: `cosign verify` passes for the
+// index and for each platform's image, and the provenance attached to each
+// names all three as subjects.
+func TestSignIndex(t *testing.T) {
+	ctx := context.Background()
+	reg := imagetest.Registry(t)
+	priv, pub := keyPair(t, password)
+	var adds []gmutate.IndexAddendum
+	var manifests []record.Manifest
+	for _, arch := range []string{"amd64", "arm64"} {
+		img, _ := random.Image(128, 1)
+		d, _ := img.Digest()
+		adds = append(adds, gmutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: arch}}})
+		manifests = append(manifests, record.Manifest{Platform: "linux/" + arch, Digest: d.String()})
+	}
+	idx := gmutate.AppendManifests(empty.Index, adds...)
+	ref, _ := name.ParseReference(reg + "/multi:1")
+	if err := remote.WriteIndex(ref, idx); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := idx.Digest()
+	rec := &record.Build{Digest: d.String(), Pushed: true, Images: []record.Image{{Ref: ref.String(), Digest: d.String()}},
+		Platform: "linux/amd64,linux/arm64", Manifests: manifests, Builder: "kiln@test"}
+	if err := Sign(ctx, Options{Record: rec, Key: priv, Password: []byte(password), Attest: true}); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{d.String(), manifests[0].Digest, manifests[1].Digest}
+	for _, dg := range want {
+		digest := ref.Context().Digest(dg)
+		co := verifyOpts(t, pub)
+		if found, _, err := cosign.VerifyImageSignatures(ctx, digest, co); err != nil || len(found) != 1 {
+			t.Errorf("%s: %d signatures, %v", dg, len(found), err)
+		}
+		co.ClaimVerifier = cosign.IntotoSubjectClaimVerifier
+		atts, _, err := cosign.VerifyImageAttestations(ctx, digest, co)
+		if err != nil || len(atts) != 1 {
+			t.Fatalf("%s: %d attestations, %v", dg, len(atts), err)
+		}
+		pl, _ := atts[0].Payload()
+		var env struct{ Payload string }
+		json.Unmarshal(pl, &env)
+		stmt, _ := base64.StdEncoding.DecodeString(env.Payload)
+		var st struct {
+			Subject []struct {
+				Digest map[string]string `json:"digest"`
+			} `json:"subject"`
+		}
+		json.Unmarshal(stmt, &st)
+		var got []string
+		for _, s := range st.Subject {
+			got = append(got, "sha256:"+s.Digest["sha256"])
+		}
+		if strings.Join(got, " ") != strings.Join(want, " ") {
+			t.Errorf("%s: subjects %v, want the index then each image %v", dg, got, want)
+		}
 	}
 }

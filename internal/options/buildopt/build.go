@@ -101,7 +101,7 @@ func (b *Build) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
 	fs.StringVar(&b.Target, "target", "", "Stage to build (default: the last); a comma-separated list builds each listed stage, the first being the image delivered (kaniko v1.28).")
 	fs.BoolVar(&b.SkipUnusedStages, "skip-unused-stages", true, "Build only the stages the target depends on (as BuildKit and kaniko v1.28; =false builds every stage up to the target).")
 	fs.StringArrayVar(&b.Labels, "label", nil, "Label KEY=VALUE to set on the image; repeatable.")
-	fs.StringVar(&b.CustomPlatform, "custom-platform", "", "Platform os/arch[/variant] of base images and the result (default: this machine's).")
+	fs.StringVar(&b.CustomPlatform, "custom-platform", "", "Platform os/arch[/variant] of base images and the result (default: this machine's); a comma-separated list builds each and pushes an image index.")
 	fs.StringVar(&b.CustomPlatform, "customPlatform", "", "Deprecated alias of --custom-platform.")
 	fs.MarkHidden("customPlatform")
 	fs.StringVar(&b.SnapshotMode, "snapshot-mode", "full", "How RUN changes are found: full (every content or metadata change, by inode change time), redo (mtime, size, mode, owner) or time (mtime).")
@@ -248,8 +248,12 @@ func (b *Build) Validate(fs *pflag.FlagSet) error {
 			return fmt.Errorf("--label %q: want KEY=VALUE", l)
 		}
 	}
-	if _, err := build.ParsePlatform(b.CustomPlatform); err != nil {
+	platforms, err := b.platforms()
+	if err != nil {
 		return err
+	}
+	if len(platforms) > 1 && b.TarPath != "" {
+		return fmt.Errorf("--tar-path with --custom-platform %s: %w", b.CustomPlatform, output.ErrTarIndex)
 	}
 	if _, err := parseSecrets(b.Secrets); err != nil {
 		return err
@@ -287,7 +291,11 @@ func (b *Build) Job(fs *pflag.FlagSet, getenv func(string) string, lookupEnv fun
 		return build.Job{}, err
 	}
 	ro.PushRetry = b.PushRetry
-	if ro.Platform, err = build.ParsePlatform(b.CustomPlatform); err != nil {
+	platforms, err := b.platforms()
+	if err != nil {
+		return build.Job{}, err
+	}
+	if ro.Platform, err = build.ParsePlatform(platforms[0]); err != nil {
 		return build.Job{}, err
 	}
 	client, err := registry.New(ro)
@@ -355,7 +363,7 @@ func (b *Build) Job(fs *pflag.FlagSet, getenv func(string) string, lookupEnv fun
 			AlsoBuild:           trimAll(targets[1:]),
 			SkipUnusedStages:    b.SkipUnusedStages,
 			Labels:              b.Labels,
-			Platform:            b.CustomPlatform,
+			Platform:            platforms[0],
 			Reproducible:        b.Reproducible,
 			SingleSnapshot:      b.SingleSnapshot,
 			SnapshotMode:        b.SnapshotMode,
@@ -401,9 +409,33 @@ func (b *Build) Job(fs *pflag.FlagSet, getenv func(string) string, lookupEnv fun
 			IgnoreImmutableTagErrors:   b.PushIgnoreImmutableTagErrors,
 			BuilderOutput:              getenv("BUILDER_OUTPUT"),
 		},
+		Platforms:               platforms,
 		SkipPushPermissionCheck: b.SkipPushPermissionCheck,
 		SecretIDs:               secretIDs(secrets),
 	}, nil
+}
+
+// platforms splits --custom-platform's comma-separated list, refusing a
+// platform named twice; none means this machine's ("" once).
+func (b *Build) platforms() ([]string, error) {
+	var out []string
+	seen := map[string]string{}
+	for _, s := range strings.Split(b.CustomPlatform, ",") {
+		s = strings.TrimSpace(s)
+		if s == "" && b.CustomPlatform != "" {
+			return nil, fmt.Errorf("--custom-platform %q: an empty platform in the list", b.CustomPlatform)
+		}
+		p, err := build.ParsePlatform(s)
+		if err != nil {
+			return nil, err
+		}
+		if prev, ok := seen[p.String()]; ok {
+			return nil, fmt.Errorf("--custom-platform %q: %s and %s are one platform", b.CustomPlatform, prev, s)
+		}
+		seen[p.String()] = s
+		out = append(out, s)
+	}
+	return out, nil
 }
 
 // cacheStore builds the layer cache's store from --cache-repo.

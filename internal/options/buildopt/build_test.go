@@ -79,6 +79,12 @@ func TestValidate(t *testing.T) {
 		{[]string{"--no-push", "--compression", "zstd", "--compression-level", "30"}, "--compression-level"},
 		{[]string{"--no-push", "--label", "novalue"}, "--label"},
 		{[]string{"--no-push", "--custom-platform", "linux"}, "--custom-platform"},
+		{[]string{"--no-push", "--custom-platform", "linux/amd64, linux/arm64/v8"}, ""},
+		{[]string{"--no-push", "--custom-platform", "linux/amd64,linux/arm64", "--oci-layout-path", "/o/l"}, ""},
+		{[]string{"--no-push", "--custom-platform", "linux/amd64,"}, "an empty platform in the list"},
+		{[]string{"--no-push", "--custom-platform", "linux/arm64,linux/amd64,linux/arm64"}, "linux/arm64 and linux/arm64 are one platform"},
+		{[]string{"--no-push", "--custom-platform", "linux/amd64,linux/arm64", "--tar-path", "/o/i.tar"}, "a docker tarball cannot hold an image index"},
+		{[]string{"--no-push", "--custom-platform", "linux/arm64", "--tar-path", "/o/i.tar"}, ""},
 		{[]string{"--no-push", "--use-new-run", "--cleanup", "--force", "--single-snapshot"}, ""},
 		{[]string{"--no-push", "--userns", "none"}, ""},
 		{[]string{"--no-push", "--userns", "100000:65536", "--isolation", "chroot"}, ""},
@@ -101,6 +107,13 @@ func TestJob(t *testing.T) {
 	j, err := b.Job(fs, func(string) string { return "" }, func(string) (string, bool) { return "", false }, slog.Default(), io.Discard, io.Discard)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if len(j.Platforms) != 1 || j.Platforms[0] != "" {
+		t.Errorf("platforms %q, want this machine's alone", j.Platforms)
+	}
+	b, fs, _ = parse(t, nil, "--no-push", "--custom-platform", "linux/amd64,linux/arm64/v8")
+	if j, err := b.Job(fs, func(string) string { return "" }, func(string) (string, bool) { return "", false }, slog.Default(), io.Discard, io.Discard); err != nil || strings.Join(j.Platforms, " ") != "linux/amd64 linux/arm64/v8" || j.Build.Platform != "linux/amd64" {
+		t.Errorf("two platforms: %q (%v)", j.Platforms, err)
 	}
 	if j.Build.Context != "dir:///src" || j.Build.ContextSubPath != "app" {
 		t.Errorf("context %q sub-path %q", j.Build.Context, j.Build.ContextSubPath)
