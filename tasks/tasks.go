@@ -11,7 +11,8 @@ import (
 	"strings"
 )
 
-//go:embed kiln-build.yaml kiln-build-step.yaml catalog-README.md stepaction-README.md
+//go:embed kiln-build.yaml kiln-build-step.yaml kiln-index.yaml kiln-build-multiplatform.yaml
+//go:embed catalog-README.md stepaction-README.md index-README.md pipeline-README.md
 var sources embed.FS
 
 // ImagePrefix is where released step images live; the catalog names them
@@ -35,8 +36,10 @@ const header = "# Generated from tasks/%s by `go generate ./tasks`. DO NOT EDIT.
 func Catalog(pins map[string]string) (map[string][]byte, error) {
 	out := map[string][]byte{}
 	for src, dst := range map[string]string{
-		"kiln-build.yaml":      "task/kiln-build/kiln-build.yaml",
-		"kiln-build-step.yaml": "stepaction/kiln-build/kiln-build.yaml",
+		"kiln-build.yaml":               "task/kiln-build/kiln-build.yaml",
+		"kiln-build-step.yaml":          "stepaction/kiln-build/kiln-build.yaml",
+		"kiln-index.yaml":               "task/kiln-index/kiln-index.yaml",
+		"kiln-build-multiplatform.yaml": "pipeline/kiln-build-multiplatform/kiln-build-multiplatform.yaml",
 	} {
 		data, err := sources.ReadFile(src)
 		if err != nil {
@@ -47,6 +50,8 @@ func Catalog(pins map[string]string) (map[string][]byte, error) {
 	for src, dst := range map[string]string{
 		"catalog-README.md":    "task/kiln-build/README.md",
 		"stepaction-README.md": "stepaction/kiln-build/README.md",
+		"index-README.md":      "task/kiln-index/README.md",
+		"pipeline-README.md":   "pipeline/kiln-build-multiplatform/README.md",
 	} {
 		readme, err := sources.ReadFile(src)
 		if err != nil {
@@ -56,7 +61,9 @@ func Catalog(pins map[string]string) (map[string][]byte, error) {
 	}
 	out["task/kiln-build/samples/taskrun.yaml"] = []byte(fmt.Sprintf(header, "tasks.go") + sampleTaskRun)
 	out["stepaction/kiln-build/samples/task.yaml"] = []byte(fmt.Sprintf(header, "tasks.go") + sampleStepActionTask)
-	for _, kind := range []string{"task", "stepaction"} {
+	out["task/kiln-index/samples/taskrun.yaml"] = []byte(fmt.Sprintf(header, "tasks.go") + sampleIndexTaskRun)
+	out["pipeline/kiln-build-multiplatform/samples/pipelinerun.yaml"] = []byte(fmt.Sprintf(header, "tasks.go") + samplePipelineRun)
+	for _, kind := range []string{"task", "stepaction", "pipeline"} {
 		out[kind+"/artifacthub-repo.yml"] = []byte(fmt.Sprintf(header, "tasks.go") + artifactHub)
 	}
 	return out, nil
@@ -147,6 +154,59 @@ spec:
           value: $(workspaces.source.path)
         - name: OUTPUT
           value: $(workspaces.output.path)
+`
+
+const sampleIndexTaskRun = `apiVersion: tekton.dev/v1
+kind: TaskRun
+metadata:
+  generateName: kiln-index-
+spec:
+  taskRef:
+    name: kiln-index
+  params:
+    - name: IMAGE
+      value: registry.example.com/team/app:1.0
+    - name: DIGESTS
+      value:
+        - registry.example.com/team/app@sha256:1111111111111111111111111111111111111111111111111111111111111111
+        - registry.example.com/team/app@sha256:2222222222222222222222222222222222222222222222222222222222222222
+    - name: EXTRA_ARGS
+      value: ["--annotation=org.opencontainers.image.source=https://github.com/kilnbuild/example"]
+  workspaces:
+    - name: dockerconfig
+      secret:
+        secretName: registry-credentials
+`
+
+// samplePipelineRun builds natively on a node of each architecture.
+const samplePipelineRun = `apiVersion: tekton.dev/v1
+kind: PipelineRun
+metadata:
+  generateName: kiln-build-multiplatform-
+spec:
+  pipelineRef:
+    name: kiln-build-multiplatform
+  params:
+    - name: IMAGE
+      value: registry.example.com/team/app:1.0
+    - name: PLATFORMS
+      value: [amd64, arm64]
+    - name: CONTEXT_SOURCE
+      value: git://github.com/kilnbuild/example.git#refs/heads/main
+  # Each platform's build on a node of its architecture (without this, any
+  # node with qemu's binfmt_misc handler builds every platform).
+  taskRunSpecs:
+    - pipelineTaskName: build
+      podTemplate:
+        nodeSelector:
+          kubernetes.io/arch: $(params.PLATFORM)
+  workspaces:
+    # Each build fetches CONTEXT_SOURCE into its own pod's emptyDir.
+    - name: source
+      emptyDir: {}
+    - name: dockerconfig
+      secret:
+        secretName: registry-credentials
 `
 
 // artifactHub is the Artifact Hub repository metadata (ownership claim;

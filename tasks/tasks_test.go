@@ -82,7 +82,7 @@ func TestCatalogImages(t *testing.T) {
 				}
 			}
 		}
-		for _, step := range []string{"build", "fetch-context", "warm-cache", "sign", "emit-results"} {
+		for _, step := range []string{"build", "fetch-context", "warm-cache", "sign", "emit-results", "index"} {
 			if !seen[step] {
 				t.Errorf("the catalog names no %s image", step)
 			}

@@ -49,6 +49,10 @@ type Options struct {
 	// per line and destination, as kaniko writes it (Cloud Build's
 	// provenance reads it).
 	BuilderOutput string
+	// PushByDigest pushes to each destination's repository by digest and
+	// sets no tag (BuildKit's push-by-digest): for images an index step
+	// joins later.
+	PushByDigest bool
 	// IgnoreImmutableTagErrors treats the registries' known "tag is
 	// immutable" refusals as success (--push-ignore-immutable-tag-errors).
 	IgnoreImmutableTagErrors bool
@@ -183,7 +187,7 @@ func Write(ctx context.Context, a Artifact, o Options, p Pusher, log *slog.Logge
 			}
 		}
 		for _, d := range o.Destinations {
-			if t, ok := d.(name.Tag); ok {
+			if t, ok := d.(name.Tag); ok && !o.PushByDigest {
 				if err := p.Tag(ctx, t, a); err != nil {
 					if o.IgnoreImmutableTagErrors && isImmutableTagError(err) {
 						log.Warn("the tag is immutable and stays where it was (--push-ignore-immutable-tag-errors)", "destination", d.String(), "error", err.Error())

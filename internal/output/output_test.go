@@ -253,3 +253,21 @@ func TestDigestFileOnAMountedFile(t *testing.T) {
 		t.Errorf("the mounted file holds %q, want %s", b, d)
 	}
 }
+
+// TestPushByDigest pushes the image to the destination's repository by
+// digest and leaves the tag alone.
+func TestPushByDigest(t *testing.T) {
+	reg := imagetest.Registry(t)
+	img, _ := random.Image(100, 1)
+	d, _ := img.Digest()
+	dest, _ := name.ParseReference(reg + "/app:1")
+	if err := Write(context.Background(), img, Options{Destinations: []name.Reference{dest}, PushByDigest: true}, remotePusher{}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := remote.Image(dest.Context().Digest(d.String())); err != nil {
+		t.Errorf("not pushed by digest: %v", err)
+	}
+	if _, err := remote.Head(dest); err == nil {
+		t.Error("the tag was set")
+	}
+}

@@ -320,6 +320,18 @@ func (c *Client) PullPlatform(ctx context.Context, ref string, platform v1.Platf
 	return nil, fmt.Errorf("pulling image %s: %w", ref, errors.Join(errs...))
 }
 
+// Get fetches the manifest ref names (an image's or an index's), retrying
+// as --image-download-retry says.
+func (c *Client) Get(ctx context.Context, ref name.Reference) (*remote.Descriptor, error) {
+	var desc *remote.Descriptor
+	err := c.retry(ctx, c.o.PullRetry, "reading "+ref.String(), func() error {
+		var err error
+		desc, err = remote.Get(ref, c.options(ctx, false, v1.Platform{})...)
+		return err
+	})
+	return desc, c.authHint(err, ref.Context().RegistryStr())
+}
+
 // hasPlatform says whether the index desc describes holds an image for
 // platform, naming the platforms it has when not.
 func hasPlatform(desc *remote.Descriptor, platform v1.Platform) error {
@@ -518,9 +530,34 @@ func ParsePlatform(s string) (v1.Platform, error) {
 		}
 		return p, nil
 	}
+	if !strings.Contains(s, "/") {
+		// An architecture alone, as docker build --platform and Kubernetes'
+		// kubernetes.io/arch label name it: Linux.
+		if p, ok := bareArch[s]; ok {
+			return p, nil
+		}
+		return v1.Platform{}, fmt.Errorf("--custom-platform %q: want os/arch[/variant], or a known architecture (amd64, arm64, ...)", s)
+	}
 	p, err := v1.ParsePlatform(s)
 	if err != nil || p.OS == "" || p.Architecture == "" {
 		return v1.Platform{}, fmt.Errorf("--custom-platform %q: want os/arch[/variant]", s)
 	}
 	return *p, nil
+}
+
+// bareArch are the architectures a platform may name alone, with the
+// Linux platform each means (containerd's normalisation).
+var bareArch = map[string]v1.Platform{
+	"amd64":   {OS: "linux", Architecture: "amd64"},
+	"x86_64":  {OS: "linux", Architecture: "amd64"},
+	"386":     {OS: "linux", Architecture: "386"},
+	"arm64":   {OS: "linux", Architecture: "arm64"},
+	"aarch64": {OS: "linux", Architecture: "arm64"},
+	"arm":     {OS: "linux", Architecture: "arm", Variant: "v7"},
+	"armhf":   {OS: "linux", Architecture: "arm", Variant: "v7"},
+	"armel":   {OS: "linux", Architecture: "arm", Variant: "v6"},
+	"ppc64le": {OS: "linux", Architecture: "ppc64le"},
+	"s390x":   {OS: "linux", Architecture: "s390x"},
+	"riscv64": {OS: "linux", Architecture: "riscv64"},
+	"loong64": {OS: "linux", Architecture: "loong64"},
 }

@@ -249,3 +249,29 @@ func TestPullRefusesAnotherPlatform(t *testing.T) {
 		}
 	}
 }
+
+func TestParsePlatform(t *testing.T) {
+	for _, c := range []struct{ in, want string }{
+		{"linux/arm64", "linux/arm64"},
+		{"linux/arm/v7", "linux/arm/v7"},
+		{"arm64", "linux/arm64"},
+		{"aarch64", "linux/arm64"},
+		{"x86_64", "linux/amd64"},
+		{"arm", "linux/arm/v7"},
+		{"s390x", "linux/s390x"},
+		{"linux", ""},
+		{"frobnitz", ""},
+		{"/arm64", ""},
+	} {
+		p, err := ParsePlatform(c.in)
+		if c.want == "" {
+			if err == nil {
+				t.Errorf("%q: accepted as %s", c.in, &p)
+			}
+			continue
+		}
+		if err != nil || p.String() != c.want {
+			t.Errorf("%q: %v, %v; want %s", c.in, &p, err, c.want)
+		}
+	}
+}

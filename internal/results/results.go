@@ -79,8 +79,21 @@ func Compute(o Options) (*Values, error) {
 		if err != nil {
 			return nil, fmt.Errorf("--oci-layout-path: %w", err)
 		}
+		// The build's image, or its image index (several platforms).
 		h, _ := v1.NewHash(rec.Digest)
-		if _, err := p.Image(h); err != nil {
+		found := false
+		if idx, err := p.ImageIndex(); err == nil {
+			if m, err := idx.IndexManifest(); err == nil {
+				for _, d := range m.Manifests {
+					found = found || d.Digest == h
+				}
+			}
+		}
+		if found {
+			_, err = p.Bytes(h) // its manifest is there too
+			found = err == nil
+		}
+		if !found {
 			return nil, fmt.Errorf("--oci-layout-path %s does not hold the built image %s", o.OCILayoutPath, rec.Digest)
 		}
 	}

@@ -23,7 +23,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	cmd := exec.Command("go", "build", "-o", dir+"/", "github.com/kilnbuild/kiln/cmd/build", "github.com/kilnbuild/kiln/cmd/warm-cache",
-		"github.com/kilnbuild/kiln/cmd/fetch-context", "github.com/kilnbuild/kiln/cmd/emit-results", "github.com/kilnbuild/kiln/cmd/sign")
+		"github.com/kilnbuild/kiln/cmd/fetch-context", "github.com/kilnbuild/kiln/cmd/emit-results", "github.com/kilnbuild/kiln/cmd/sign", "github.com/kilnbuild/kiln/cmd/index")
 	// Static, so the binary also runs inside a bare runc container.
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr

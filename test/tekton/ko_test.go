@@ -205,6 +205,16 @@ func TestKoResolveTasks(t *testing.T) {
 					Image   string   `json:"image"`
 					Command []string `json:"command"`
 				} `json:"steps"`
+				// A Pipeline's inline Tasks.
+				Tasks []struct {
+					TaskSpec *struct {
+						Steps []struct {
+							Name    string   `json:"name"`
+							Image   string   `json:"image"`
+							Command []string `json:"command"`
+						} `json:"steps"`
+					} `json:"taskSpec"`
+				} `json:"tasks"`
 			} `json:"spec"`
 		}
 		if err := yaml.Unmarshal(doc, &res); err != nil {
@@ -227,6 +237,13 @@ func TestKoResolveTasks(t *testing.T) {
 			}
 			all = append(all, step{s.Name, img, s.Command})
 		}
+		for _, pt := range res.Spec.Tasks {
+			if pt.TaskSpec != nil {
+				for _, s := range pt.TaskSpec.Steps {
+					all = append(all, step{s.Name, s.Image, s.Command})
+				}
+			}
+		}
 		for _, s := range all {
 			steps++
 			ref, err := name.NewDigest(s.image)
@@ -248,7 +265,8 @@ func TestKoResolveTasks(t *testing.T) {
 			}
 		}
 	}
-	if steps != 6 { // five Task steps and the StepAction
-		t.Errorf("%d step images resolved, want 6:\n%s", steps, out)
+	// kiln-build's five steps, the StepAction and kiln-index's three.
+	if steps != 9 {
+		t.Errorf("%d step images resolved, want 9:\n%s", steps, out)
 	}
 }

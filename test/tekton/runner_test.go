@@ -39,7 +39,7 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		panic(err)
 	}
-	cmd := exec.Command("go", "build", "-o", dir+"/", "./cmd/build", "./cmd/fetch-context", "./cmd/warm-cache", "./cmd/emit-results", "./cmd/sign")
+	cmd := exec.Command("go", "build", "-o", dir+"/", "./cmd/build", "./cmd/fetch-context", "./cmd/warm-cache", "./cmd/emit-results", "./cmd/sign", "./cmd/index")
 	cmd.Dir = "../.."
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
@@ -54,16 +54,21 @@ func TestMain(m *testing.M) {
 
 // busyboxImage is a base image holding Debian's static busybox.
 func busyboxImage(t *testing.T) gcrv1.Image {
-	data, err := os.ReadFile("/bin/busybox")
+	return busyboxImageFor(t, "/bin/busybox", "amd64")
+}
+
+// busyboxImageFor is busyboxImage with the busybox at path, for arch.
+func busyboxImageFor(t *testing.T, path, arch string) gcrv1.Image {
+	data, err := os.ReadFile(path)
 	if err != nil {
-		t.Fatalf("busybox-static is required: %v", err)
+		t.Fatalf("busybox-static is required at %s (test/run provides it): %v", path, err)
 	}
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	tw.WriteHeader(&tar.Header{Name: "bin/", Typeflag: tar.TypeDir, Mode: 0o755})
 	tw.WriteHeader(&tar.Header{Name: "bin/busybox", Typeflag: tar.TypeReg, Mode: 0o755, Size: int64(len(data))})
 	tw.Write(data)
-	for _, a := range []string{"sh", "echo", "cat"} {
+	for _, a := range []string{"sh", "echo", "cat", "uname"} {
 		tw.WriteHeader(&tar.Header{Name: "bin/" + a, Typeflag: tar.TypeSymlink, Linkname: "busybox", Mode: 0o777})
 	}
 	tw.Close()
@@ -80,7 +85,7 @@ func busyboxImage(t *testing.T) gcrv1.Image {
 	}
 	cf, _ := img.ConfigFile()
 	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", "amd64"
+	cf.OS, cf.Architecture = "linux", arch
 	img, _ = mutate.ConfigFile(img, cf)
 	return img
 }
@@ -113,10 +118,18 @@ func runTaskIn(t *testing.T, root, taskFile string, tr *v1.TaskRun, setup ...fun
 	if err := task.Validate(ctx); err != nil {
 		t.Fatal(err)
 	}
+	return runTaskSpec(t, task.Name, &task.Spec, tr, func(ws string) string { return filepath.Join(root, "workspace", ws) }, setup...)
+}
+
+// runTaskSpec runs a validated Task spec as runTask does; wsDir gives the
+// directory of each of the TaskRun's workspaces, by the Task's name for it.
+func runTaskSpec(t *testing.T, taskName string, spec *v1.TaskSpec, tr *v1.TaskRun, wsDir func(string) string, setup ...func(workspace func(string) string)) string {
+	t.Helper()
+	ctx := config.ToContext(context.Background(), config.FromContextOrDefaults(context.Background()))
 	tr.SetDefaults(ctx)
-	ts := task.Spec.DeepCopy()
+	ts := spec.DeepCopy()
 	ts = resources.ApplyParameters(ts, tr, ts.Params...)
-	ts = resources.ApplyContexts(ts, task.Name, tr)
+	ts = resources.ApplyContexts(ts, taskName, tr)
 	ts = resources.ApplyResults(ts)
 	ts = resources.ApplyWorkspaces(ctx, ts, ts.Workspaces, tr.Spec.Workspaces, nil)
 
@@ -147,14 +160,14 @@ func runTaskIn(t *testing.T, root, taskFile string, tr *v1.TaskRun, setup ...fun
 	for _, w := range ts.Workspaces {
 		for _, b := range tr.Spec.Workspaces {
 			if b.Name == w.Name {
-				dir := filepath.Join(root, "workspace", w.Name)
+				dir := wsDir(w.Name)
 				os.MkdirAll(dir, 0o755)
 				paths[w.GetMountPath()] = dir
 			}
 		}
 	}
 	for _, f := range setup {
-		f(func(name string) string { return filepath.Join(root, "workspace", name) })
+		f(wsDir)
 	}
 	// local maps the pod's paths to the temporary directories, where a
 	// value (a whole argument, or what follows a flag's "=") starts with one.
@@ -187,7 +200,11 @@ func runTaskIn(t *testing.T, root, taskFile string, tr *v1.TaskRun, setup ...fun
 			cmd.Dir = local(step.WorkingDir)
 		}
 		cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "TMPDIR=" + t.TempDir()}
-		for _, e := range append(ts.StepTemplate.Env, step.Env...) {
+		env := step.Env
+		if ts.StepTemplate != nil {
+			env = append(append([]corev1.EnvVar(nil), ts.StepTemplate.Env...), env...)
+		}
+		for _, e := range env {
 			cmd.Env = append(cmd.Env, e.Name+"="+local(e.Value))
 		}
 		var out bytes.Buffer
