@@ -16,6 +16,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"github.com/kilnbuild/kiln/internal/cache"
 	"github.com/kilnbuild/kiln/internal/imagetest"
 	"github.com/kilnbuild/kiln/internal/output"
 	"github.com/kilnbuild/kiln/internal/record"
@@ -215,5 +216,48 @@ COPY a /a
 		if got := imagetest.Flatten(t, img)["bin.txt"].Content; got != "linux-"+want.Architecture+"\n" {
 			t.Errorf("%s: bin.txt %q", want.Architecture, got)
 		}
+	}
+}
+
+// TestBuildPlatformsCache: the layer cache keeps each platform's RUN
+// apart. The RUN writes a random value and uname -m: the cached rebuild
+// reproduces both images exactly (the random value came from the cache),
+// and each platform's cached layer is its own (aarch64 stays aarch64).
+func TestBuildPlatformsCache(t *testing.T) {
+	if _, err := run.CanRun(v1.Platform{OS: "linux", Architecture: foreignArch()}, run.BinfmtDir); err != nil {
+		t.Fatalf("this test runs RUN for linux/%s through qemu-user-static (test/run installs and registers it): %v", foreignArch(), err)
+	}
+	f := newFixture(t)
+	f.pushBusyboxIndex()
+	store := &cache.Layout{Path: filepath.Join(t.TempDir(), "cache")}
+	var digests [2][]v1.Hash
+	for i := range digests {
+		out := filepath.Join(t.TempDir(), "layout")
+		o, ctx := f.options(buildSpec{dockerfile: "FROM REG/busybox:multi\nRUN head -c 16 /dev/urandom | od -x > /random && uname -m > /uname\n"})
+		o.Cache, o.CacheStore, o.CacheRunLayers, o.Reproducible = true, store, true, true
+		if _, err := Execute(ctx, Job{Build: o, Platforms: []string{"linux/amd64", "linux/arm64"}, Output: output.Options{NoPush: true, OCILayoutPath: out}}); err != nil {
+			t.Fatal(err)
+		}
+		p, _ := layout.FromPath(out)
+		top, _ := p.ImageIndex()
+		tm, _ := top.IndexManifest()
+		idx, _ := top.ImageIndex(tm.Manifests[0].Digest)
+		m, _ := idx.IndexManifest()
+		for j, desc := range m.Manifests {
+			img, _ := idx.Image(desc.Digest)
+			want := map[int]string{0: "x86_64\n", 1: "aarch64\n"}[j]
+			if got := imagetest.Flatten(t, img)["uname"].Content; got != want {
+				t.Errorf("build %d, %s: uname %q, want %q", i, desc.Platform, got, want)
+			}
+			digests[i] = append(digests[i], desc.Digest)
+		}
+	}
+	for j := range digests[0] {
+		if digests[0][j] != digests[1][j] {
+			t.Errorf("platform %d: the cached rebuild is %s, the first build %s: its RUN was not served from the cache", j, digests[1][j], digests[0][j])
+		}
+	}
+	if digests[0][0] == digests[0][1] {
+		t.Error("both platforms have one image")
 	}
 }

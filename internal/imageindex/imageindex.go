@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -34,10 +35,12 @@ type Getter interface {
 // Options say which images to join and where the index goes.
 type Options struct {
 	// Images are REPOSITORY@DIGEST references, or bare digests (sha256:…)
-	// in the first destination's repository. An image index among them
+	// in the first destination's repository, or JSON arrays of either (an
+	// Argo fan-out's aggregated outputs). An image index among them
 	// contributes its platform images.
 	Images []string
-	// Records are build records (build.json) whose pushed images join.
+	// Records are build records (build.json) whose pushed images join, or
+	// glob patterns of them.
 	Records []string
 	// Annotations are set on the index.
 	Annotations map[string]string
@@ -205,9 +208,34 @@ func Push(ctx context.Context, o Options) (*Result, error) {
 func (o Options) sources() ([]source, error) {
 	var out []source
 	for _, s := range o.Images {
+		s = strings.TrimSpace(s)
+		if strings.HasPrefix(s, "[") {
+			// A JSON list, as Argo aggregates a fan-out's output parameters.
+			var list []string
+			if err := json.Unmarshal([]byte(s), &list); err != nil {
+				return nil, fmt.Errorf("--image %s: a list must be a JSON array of strings: %w", s, err)
+			}
+			for _, e := range list {
+				out = append(out, source{ref: strings.TrimSpace(e), from: "--image " + e})
+			}
+			continue
+		}
 		out = append(out, source{ref: s, from: "--image " + s})
 	}
+	var records []string
 	for _, path := range o.Records {
+		if !strings.ContainsAny(path, "*?[") {
+			records = append(records, path)
+			continue
+		}
+		// A pattern, as CI artifacts of a matrix arrive (platforms/*.json).
+		matches, err := filepath.Glob(path)
+		if err != nil || len(matches) == 0 {
+			return nil, fmt.Errorf("--build-record %s: no file matches", path)
+		}
+		records = append(records, matches...)
+	}
+	for _, path := range records {
 		data, err := os.ReadFile(path)
 		if err != nil {
 			return nil, fmt.Errorf("--build-record %s: %w", path, err)

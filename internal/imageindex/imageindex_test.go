@@ -76,15 +76,16 @@ func TestJoin(t *testing.T) {
 	arm := pushImage(t, reg+"/app:arm64-build", "linux/arm64/v8", false)
 	s390 := pushImage(t, reg+"/app:s390x-build", "linux/s390x", false)
 	out := t.TempDir()
-	recPath := filepath.Join(out, "s390x.json")
+	recPath := filepath.Join(out, "records", "s390x.json")
+	os.MkdirAll(filepath.Dir(recPath), 0o755)
 	_, s390Digest, _ := strings.Cut(s390, "@")
 	rec, _ := (&record.Build{Digest: s390Digest, Pushed: true, Images: []record.Image{{Ref: reg + "/app:s390x-build", Digest: s390Digest}}}).Marshal()
 	os.WriteFile(recPath, rec, 0o644)
 	_, armDigest, _ := strings.Cut(arm, "@")
 
 	o := options(t, reg+"/app:1.0", reg+"/mirror/app:1.0")
-	o.Images = []string{amd, armDigest}
-	o.Records = []string{recPath}
+	o.Images = []string{`["` + amd + `", "` + armDigest + `"]`}
+	o.Records = []string{filepath.Join(out, "records", "*.json")}
 	o.Annotations = map[string]string{"org.opencontainers.image.source": "https://example.com/app"}
 	o.Output.DigestFile = filepath.Join(out, "digest")
 	o.Output.BuildRecord = filepath.Join(out, "build.json")
@@ -187,7 +188,9 @@ func TestRefusals(t *testing.T) {
 		{"a bad digest", []string{reg + "/r@sha256:xyz"}, nil, "--image"},
 		{"a --no-push record", nil, []string{filepath.Join(dir, "nopush.json")}, "pushed no image"},
 		{"a missing record", nil, []string{filepath.Join(dir, "absent.json")}, "absent.json"},
+		{"a pattern matching nothing", nil, []string{filepath.Join(dir, "none-*.json")}, "no file matches"},
 		{"nothing", nil, nil, "no image to join"},
+		{"a bad list", []string{`["sha256:1", 2]`}, nil, "JSON array of strings"},
 		{"an empty index", []string{reg + "/r@" + digestOf(t, idx)}, nil, "nothing to join"},
 	} {
 		t.Run(c.name, func(t *testing.T) {

@@ -1,7 +1,7 @@
 // Package release composes the release images ko cannot build by itself:
 // the -debug variant of the build step image, which adds a busybox shell
 // under /busybox (kaniko's debug layout, which GitLab CI and Buildkite
-// need) and the emit-results binary beside /ko-app/build.
+// need) and the emit-results and index binaries beside /ko-app/build.
 package release
 
 import (

@@ -2,12 +2,13 @@
 // expect it (/kaniko/executor, /kaniko/ssl/certs, /kaniko/.docker) and its
 // -debug variant, for CI systems that run a job's script in the build
 // container (GitLab CI, Buildkite): the same plus a busybox shell under
-// /busybox and the emit-results binary.
+// /busybox and the emit-results and index binaries.
 //
 //	KO_CONFIG_PATH=ko.yaml ko build --bare ./cmd/build         # -> BUILD
 //	KO_CONFIG_PATH=ko.yaml ko build --bare ./cmd/emit-results  # -> EMIT
+//	KO_CONFIG_PATH=ko.yaml ko build --bare ./cmd/index         # -> INDEX
 //	go run ./tasks/debugimage --build BUILD --shell none --tag ghcr.io/kilnbuild/kiln/build:0.1
-//	go run ./tasks/debugimage --build BUILD --add EMIT \
+//	go run ./tasks/debugimage --build BUILD --add EMIT --add INDEX \
 //	    --shell gcr.io/distroless/static-debian12:debug --tag ghcr.io/kilnbuild/kiln/build:0.1-debug
 package main
 

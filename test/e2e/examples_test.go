@@ -99,13 +99,13 @@ func stepImages(t *testing.T) (build, debug v1.Image) {
 			}
 		}
 		shell := imagetest.Image(t, true, nil, files)
-		var idx [3]v1.ImageIndex
-		for i, img := range []v1.Image{buildImg, shell, koImage(t, "emit-results")} {
+		var idx [4]v1.ImageIndex
+		for i, img := range []v1.Image{buildImg, shell, koImage(t, "emit-results"), koImage(t, "index")} {
 			if idx[i], stepImagesErr = release.IndexOf(img); stepImagesErr != nil {
 				return
 			}
 		}
-		debug, err := release.DebugImage(idx[0], idx[1], idx[2])
+		debug, err := release.DebugImage(idx[0], idx[1], idx[2], idx[3])
 		if err != nil {
 			stepImagesErr = err
 			return

@@ -31,8 +31,8 @@ type Index struct {
 // AddFlags registers the index flags.
 func (x *Index) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
 	fs.StringArrayVarP(&x.Destinations, "destination", "d", nil, "Where to push the index (repository:tag); repeatable. Required.")
-	fs.StringArrayVarP(&x.Images, "image", "i", nil, "An image to join, as REPOSITORY@sha256:… (or a bare sha256:… in the first destination's repository); an image index contributes its images; repeatable. Arguments count as --image too.")
-	fs.StringArrayVar(&x.BuildRecords, "build-record", nil, "A build record (build.json) whose pushed image joins; repeatable.")
+	fs.StringArrayVarP(&x.Images, "image", "i", nil, "An image to join, as REPOSITORY@sha256:… (or a bare sha256:… in the first destination's repository, or a JSON array of these, as Argo aggregates a fan-out's outputs); an image index contributes its images; repeatable. Arguments count as --image too.")
+	fs.StringArrayVar(&x.BuildRecords, "build-record", nil, "A build record (build.json) whose pushed image joins, or a glob pattern of them (platforms/*.json, as a matrix's artifacts arrive); repeatable.")
 	fs.StringArrayVar(&x.Annotations, "annotation", nil, "KEY=VALUE annotation on the index; repeatable.")
 	fs.StringVar(&x.DigestFile, "digest-file", "", "Write the index digest (sha256:..., no newline) to this file.")
 	fs.StringVar(&x.ImageNameWithDigestFile, "image-name-with-digest-file", "", "Write repo@digest, one line per destination, to this file.")
