@@ -15,6 +15,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
@@ -243,5 +244,40 @@ func TestAlteredEntriesAreRefused(t *testing.T) {
 	}
 	if err == nil || !strings.Contains(err.Error(), "altered") {
 		t.Errorf("a replaced layer blob was read: %v", err)
+	}
+}
+
+// TestWarmSeveralPlatforms stores each platform's image of an index, as a
+// build of several platforms reads them.
+func TestWarmSeveralPlatforms(t *testing.T) {
+	reg := imagetest.Registry(t)
+	ref := reg + "/multi:1"
+	var adds []mutate.IndexAddendum
+	want := map[string]v1.Hash{}
+	for _, arch := range []string{"amd64", "arm64"} {
+		img := imagetest.Image(t, true, func(cf *v1.ConfigFile) { cf.Architecture = arch }, []imagetest.File{imagetest.Reg("etc/which", arch, 0o644, 0, 0)})
+		want[arch] = digestOf(t, img)
+		adds = append(adds, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: arch}}})
+	}
+	r, _ := name.ParseReference(ref)
+	if err := remote.WriteIndex(r, mutate.AppendManifests(empty.Index, adds...)); err != nil {
+		t.Fatal(err)
+	}
+	dir := BaseDir{Path: filepath.Join(t.TempDir(), "cache")}
+	amd, arm := v1.Platform{OS: "linux", Architecture: "amd64"}, v1.Platform{OS: "linux", Architecture: "arm64"}
+	if err := Warm(context.Background(), WarmOptions{Images: []string{ref}, Dir: dir, Platform: amd, MorePlatforms: []v1.Platform{arm}, Pull: platformPuller{}}); err != nil {
+		t.Fatal(err)
+	}
+	for arch, p := range map[string]v1.Platform{"amd64": amd, "arm64": arm} {
+		img, err := dir.ByDigest(want[arch])
+		if err != nil {
+			t.Fatalf("%s: %v", arch, err)
+		}
+		if contentOf(t, img) != arch {
+			t.Errorf("%s: stored another image", arch)
+		}
+		if got, _, err := dir.ByName(ref, p); err != nil || digestOf(t, got) != want[arch] {
+			t.Errorf("ByName(%s): %v", arch, err)
+		}
 	}
 }

@@ -33,8 +33,10 @@ type WarmOptions struct {
 	Dir BaseDir
 	// Force stores images even when a fresh copy is there.
 	Force bool
-	// Platform selects from image indexes.
-	Platform v1.Platform
+	// Platform selects from image indexes; MorePlatforms are stored too
+	// (for a build of several platforms).
+	Platform      v1.Platform
+	MorePlatforms []v1.Platform
 	// Pull fetches images.
 	Pull interface {
 		PullPlatform(ctx context.Context, ref string, p v1.Platform) (v1.Image, error)
@@ -50,32 +52,38 @@ func Warm(ctx context.Context, o WarmOptions) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	refs := append([]string(nil), o.Images...)
-	if o.Dockerfile != "" {
-		more, err := dockerfileBases(o)
-		if err != nil {
-			return err
-		}
-		refs = append(refs, more...)
-	}
-	refs = dedupe(refs)
-	if len(refs) == 0 {
-		return errors.New("no image to warm: give --image or --dockerfile")
-	}
 	if err := os.MkdirAll(o.Dir.Path, 0o755); err != nil {
 		return fmt.Errorf("--cache-dir %s: %w", o.Dir.Path, err)
 	}
 	var errs []error
-	for _, ref := range refs {
-		if err := warmOne(ctx, o, log, ref); err != nil {
-			if ctx.Err() != nil {
+	tried := 0
+	for _, p := range append([]v1.Platform{o.Platform}, o.MorePlatforms...) {
+		po := o
+		po.Platform = p
+		refs := append([]string(nil), o.Images...)
+		if o.Dockerfile != "" {
+			more, err := dockerfileBases(po)
+			if err != nil {
 				return err
 			}
-			log.Warn("could not store the image", "image", ref, "error", err)
-			errs = append(errs, err)
+			refs = append(refs, more...)
+		}
+		refs = dedupe(refs)
+		if len(refs) == 0 {
+			return errors.New("no image to warm: give --image or --dockerfile")
+		}
+		for _, ref := range refs {
+			tried++
+			if err := warmOne(ctx, po, log, ref); err != nil {
+				if ctx.Err() != nil {
+					return err
+				}
+				log.Warn("could not store the image", "image", ref, "platform", p.String(), "error", err)
+				errs = append(errs, err)
+			}
 		}
 	}
-	if len(errs) == len(refs) {
+	if len(errs) == tried {
 		return fmt.Errorf("no image could be stored in %s: %w", o.Dir.Path, errors.Join(errs...))
 	}
 	return nil

@@ -2,13 +2,15 @@ package warmopt
 
 import (
 	"errors"
-	"github.com/kilnbuild/kiln/internal/options"
 	"log/slog"
+	"strings"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/spf13/pflag"
 
 	"github.com/kilnbuild/kiln/internal/cache"
+	"github.com/kilnbuild/kiln/internal/options"
 	"github.com/kilnbuild/kiln/internal/registry"
 )
 
@@ -39,7 +41,7 @@ func (w *WarmCache) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
 	fs.DurationVar(&w.CacheTTL, "cache-ttl", 336*time.Hour, "How long a stored image stays fresh.")
 	fs.BoolVar(&w.IfSet, "if-set", false, "Do nothing, successfully, when no --image or --dockerfile is given (for optional pipeline steps).")
 	fs.BoolVarP(&w.Force, "force", "f", false, "Store images even when a fresh copy is there.")
-	fs.StringVar(&w.CustomPlatform, "custom-platform", "", "Platform os/arch[/variant] to store (default: this machine's).")
+	fs.StringVar(&w.CustomPlatform, "custom-platform", "", "Platform os/arch[/variant] to store (default: this machine's); a comma-separated list stores each platform's image.")
 	fs.StringVar(&w.CustomPlatform, "customPlatform", "", "Alias of --custom-platform (kaniko warmer's spelling).")
 	fs.MarkHidden("custom-platform")
 	kdir := getenv("KANIKO_DIR")
@@ -56,10 +58,17 @@ func (w *WarmCache) Options(getenv func(string) string, lookupEnv func(string) (
 	if len(w.Images) == 0 && w.Dockerfile == "" {
 		return cache.WarmOptions{}, errors.New("give --image or --dockerfile")
 	}
-	platform, err := registry.ParsePlatform(w.CustomPlatform)
-	if err != nil {
-		return cache.WarmOptions{}, err
+	// A comma-separated list stores each platform's image, for builds of
+	// several platforms.
+	var platforms []v1.Platform
+	for _, s := range strings.Split(w.CustomPlatform, ",") {
+		p, err := registry.ParsePlatform(strings.TrimSpace(s))
+		if err != nil {
+			return cache.WarmOptions{}, err
+		}
+		platforms = append(platforms, p)
 	}
+	platform := platforms[0]
 	ro, err := w.Registry.RegistryOptions(getenv, w.KanikoDir, log)
 	if err != nil {
 		return cache.WarmOptions{}, err
@@ -71,6 +80,6 @@ func (w *WarmCache) Options(getenv func(string) string, lookupEnv func(string) (
 	}
 	return cache.WarmOptions{
 		Images: w.Images, Dockerfile: w.Dockerfile, BuildArgs: w.BuildArgs, LookupEnv: lookupEnv,
-		Dir: cache.BaseDir{Path: w.CacheDir, TTL: w.CacheTTL}, Force: w.Force, Platform: platform, Pull: client, Logger: log,
+		Dir: cache.BaseDir{Path: w.CacheDir, TTL: w.CacheTTL}, Force: w.Force, Platform: platform, MorePlatforms: platforms[1:], Pull: client, Logger: log,
 	}, nil
 }
