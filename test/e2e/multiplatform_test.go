@@ -613,3 +613,29 @@ esac
 		t.Errorf("IMAGE_DIGEST meta-data %q (%v), want the index %s", got, err, digest)
 	}
 }
+
+// TestInPlaceTwoPlatforms builds two platforms in one run of the build
+// image's /kaniko/executor in a runc container, in place as in a pod: the
+// container's file system becomes each platform's image in turn (arm64's
+// RUN through qemu), and one index is pushed.
+func TestInPlaceTwoPlatforms(t *testing.T) {
+	buildImage, _ := stepImages(t)
+	d := startDistribution(t)
+	base := d.host + "/base/busybox:inplace"
+	pushBusyboxIndex(t, base, d.remoteOpts()...)
+	ctxDir := t.TempDir()
+	os.WriteFile(filepath.Join(ctxDir, "Dockerfile"), []byte("FROM "+base+"\nRUN uname -m > /inplace-uname\n"), 0o644)
+	dest := d.host + "/team/inplace:1"
+	r := runContainer(t, container{
+		rootfs: unpack(t, buildImage),
+		args:   []string{"/kaniko/executor", "--context", "/workspace", "--destination", dest, "--custom-platform", "linux/amd64,linux/arm64"},
+		env:    append(imageEnv(t, buildImage), "HOME=/root", "KUBERNETES_SERVICE_HOST=10.96.0.1"),
+		binds: []bind{{ctxDir, "/workspace"}, {d.dockerConfig(t, d.user, d.password), "/kaniko/.docker"},
+			{d.caFile, "/etc/ssl/certs/ca-certificates.crt"}},
+	})
+	if r.code != 0 {
+		t.Fatalf("build failed (%d):\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	contains(t, r.stderr, "in-place isolation")
+	checkPlatformImages(t, dest, []string{"amd64", "arm64"}, "inplace-uname", d.remoteOpts()...)
+}
