@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -39,16 +38,36 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-var cacheLine = regexp.MustCompile(`msg="cache (hit|miss)" instruction="((?:[^"\\]|\\.)*)"`)
+// recordingStore is a cache.Store that records, in order, whether each
+// lookup found an entry ("hit") or not ("miss"), as the build saw it.
+type recordingStore struct {
+	cache.Store
+	mu     sync.Mutex
+	lookup []string
+}
+
+func (r *recordingStore) Get(ctx context.Context, key string) (*cache.Entry, error) {
+	e, err := r.Store.Get(ctx, key)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err == nil {
+		r.lookup = append(r.lookup, "hit")
+	} else {
+		r.lookup = append(r.lookup, "miss")
+	}
+	return e, err
+}
 
 // cachedBuild builds with the cache and returns "hit"/"miss" per cached
-// instruction, in order, plus the whole log.
+// instruction, in order (the store's answers to the build's lookups),
+// plus the whole log.
 func cachedBuild(t *testing.T, f *fixture, store cache.Store, s buildSpec) ([]string, string, *Result) {
 	t.Helper()
 	var logs syncBuffer
+	rec := &recordingStore{Store: store}
 	inner := s.opts
 	s.opts = func(o *Options) {
-		o.Cache, o.CacheStore, o.CacheCopyLayers, o.CacheRunLayers = true, store, true, true
+		o.Cache, o.CacheStore, o.CacheCopyLayers, o.CacheRunLayers = true, rec, true, true
 		o.Reproducible = true
 		o.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 		if inner != nil {
@@ -59,11 +78,7 @@ func cachedBuild(t *testing.T, f *fixture, store cache.Store, s buildSpec) ([]st
 	if err != nil {
 		t.Fatalf("build: %v\n%s", err, logs.String())
 	}
-	var got []string
-	for _, m := range cacheLine.FindAllStringSubmatch(logs.String(), -1) {
-		got = append(got, m[1])
-	}
-	return got, logs.String(), res
+	return rec.lookup, logs.String(), res
 }
 
 const cacheDockerfile = `FROM REG/busybox:1

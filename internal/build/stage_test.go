@@ -414,7 +414,7 @@ func TestDockerfileErrors(t *testing.T) {
 	tests := []struct{ name, df, want string }{
 		{"unknown instruction", "FROM REG/base:oci\nFROBNICATE x\n", "Dockerfile:2: unknown instruction: FROBNICATE"},
 		{"malformed", "FROM REG/base:oci\nCOPY\n", "Dockerfile:2"},
-		{"no FROM", "LABEL a=b\n", "Dockerfile"},
+		{"no FROM", "LABEL a=b\n", "Dockerfile:1: no build stage in current context"},
 		{"instruction before FROM", "COPY a /a\nFROM scratch\n", "Dockerfile:1"},
 		{"forward stage reference", "FROM REG/base:oci\nCOPY --from=later /a /a\nFROM scratch AS later\n", "Dockerfile:2"},
 		{"RUN without a shell", "FROM REG/base:oci\nRUN echo hi\n", "Dockerfile:2: RUN: /bin/sh: no such file or directory in the image"},

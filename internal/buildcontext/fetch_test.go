@@ -108,10 +108,16 @@ func TestFetchArchives(t *testing.T) {
 		}
 	}
 	// A wrong pin and a missing file fail and leave nothing.
-	for _, src := range []string{srv.URL + "/ctx.tgz#sha256=" + strings.Repeat("0", 64), srv.URL + "/missing.tgz", "tar:///nonexistent.tar", "ftp://host/ctx.tgz", "s3://nokey"} {
+	for src, want := range map[string]string{
+		srv.URL + "/ctx.tgz#sha256=" + strings.Repeat("0", 64): "sha256 mismatch: want " + strings.Repeat("0", 64),
+		srv.URL + "/missing.tgz":                               "404 Not Found",
+		"tar:///nonexistent.tar":                               "open /nonexistent.tar: no such file or directory",
+		"ftp://host/ctx.tgz":                                   `unknown context scheme "ftp"`,
+		"s3://nokey":                                           "want scheme://bucket/path/to/context.tar.gz",
+	} {
 		dest := filepath.Join(t.TempDir(), "ctx")
-		if _, err := Fetch(context.Background(), FetchOptions{Source: src, Dest: dest}); err == nil {
-			t.Errorf("%s: fetched", src)
+		if _, err := Fetch(context.Background(), FetchOptions{Source: src, Dest: dest}); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want an error saying %q", src, err, want)
 		}
 		if _, err := os.Stat(dest); err == nil {
 			t.Errorf("%s: left %s behind", src, dest)
