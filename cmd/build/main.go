@@ -14,6 +14,7 @@ import (
 	"github.com/kilnbuild/kiln/internal/build"
 	"github.com/kilnbuild/kiln/internal/options"
 	"github.com/kilnbuild/kiln/internal/options/buildopt"
+	"github.com/kilnbuild/kiln/internal/profiling"
 	sandbox "github.com/kilnbuild/kiln/internal/run"
 )
 
@@ -58,7 +59,15 @@ func run(ctx context.Context, args []string) int {
 	if err != nil {
 		return options.Refuse(log, os.Stderr, "build", err)
 	}
-	if _, err := build.Execute(ctx, job); err != nil {
+	stopProfile, err := profiling.Start(o.Profile)
+	if err != nil {
+		return options.Refuse(log, os.Stderr, "build", err)
+	}
+	_, err = build.Execute(ctx, job)
+	if perr := stopProfile(); perr != nil {
+		log.Warn("writing the profiles", "error", perr.Error())
+	}
+	if err != nil {
 		return options.Fail(log, "build", err)
 	}
 	return 0

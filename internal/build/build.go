@@ -273,6 +273,10 @@ type builder struct {
 	network, slirp string
 	// cacheWG tracks cache pushes running alongside the build.
 	cacheWG sync.WaitGroup
+	// times are each stage's times by phase (stage index); curTimes the
+	// stage's being built.
+	times    map[int]*stageTimes
+	curTimes *stageTimes
 }
 
 func newBuilder(o Options) (*builder, error) {
@@ -645,10 +649,13 @@ func (b *builder) build(ctx context.Context) (*Result, error) {
 			continue
 		}
 		b.log.Info("building stage", "stage", stageLabel(ps), "from", ps.Base)
+		times, began := b.timesOf(ps.Index), time.Now()
 		st, err := b.buildStage(ctx, ps)
+		b.curTimes = nil
 		if err != nil {
 			return nil, err
 		}
+		b.log.Info("stage summary", append([]any{"stage", stageLabel(ps)}, times.summary(time.Since(began))...)...)
 		b.stages[ps.Index] = st
 		if ps.Index == b.plan.Target {
 			last = st
@@ -790,6 +797,7 @@ func (b *builder) fromImage(ctx context.Context, ref string, platform v1.Platfor
 	if img, ok := b.fromImages[ref]; ok {
 		return img, nil
 	}
+	defer b.clock(phasePull)()
 	img, err := b.o.Registry.PullPlatform(ctx, ref, platform)
 	if err != nil {
 		return nil, err

@@ -137,11 +137,12 @@ func Execute(ctx context.Context, j Job) (*Result, error) {
 			return nil, err
 		}
 	}
+	began := time.Now()
 	if err := output.Write(ctx, a, out, j.Build.Registry, log); err != nil {
 		return nil, err
 	}
 	if log != nil {
-		log.Info("build complete", "digest", res.Digest.String())
+		log.Info("build complete", "digest", res.Digest.String(), "output", time.Since(began).Round(time.Millisecond).String())
 	}
 	return res, nil
 }

@@ -24,7 +24,10 @@ func (b *builder) resolveBases(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if _, err := b.baseImage(ctx, ps, platform); err != nil {
+		b.timesOf(ps.Index)
+		_, err = b.baseImage(ctx, ps, platform)
+		b.curTimes = nil
+		if err != nil {
 			return err
 		}
 	}

@@ -2,11 +2,13 @@ package build
 
 import (
 	"encoding/json"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -259,5 +261,46 @@ func TestBuildPlatformsCache(t *testing.T) {
 	}
 	if digests[0][0] == digests[0][1] {
 		t.Error("both platforms have one image")
+	}
+}
+
+// TestStageSummary: each stage ends with a summary record of its time by
+// phase, the RUN's own time under run.
+func TestStageSummary(t *testing.T) {
+	f := newFixture(t)
+	var logs syncBuffer
+	_, err := f.run(buildSpec{dockerfile: "FROM REG/busybox:1 AS a\nRUN sleep 0.3\nFROM scratch\nCOPY --from=a /bin/busybox /b\n", opts: func(o *Options) {
+		o.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var summaries []map[string]any
+	for _, line := range strings.Split(logs.String(), "\n") {
+		var rec map[string]any
+		if json.Unmarshal([]byte(line), &rec) == nil && rec["msg"] == "stage summary" {
+			summaries = append(summaries, rec)
+		}
+	}
+	if len(summaries) != 2 {
+		t.Fatalf("%d stage summaries, want 2:\n%s", len(summaries), logs.String())
+	}
+	dur := func(rec map[string]any, k string) time.Duration {
+		s, _ := rec[k].(string)
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			t.Fatalf("%s = %v: %v", k, rec[k], err)
+		}
+		return d
+	}
+	a := summaries[0]
+	if a["stage"] != "a" || dur(a, "run") < 300*time.Millisecond || dur(a, "total") < dur(a, "run") || dur(a, "unpack") <= 0 {
+		t.Errorf("stage a: %v", a)
+	}
+	for _, k := range []string{"pull", "unpack", "run", "snapshot", "layer"} {
+		dur(summaries[1], k)
+	}
+	if dur(summaries[1], "run") != 0 || dur(summaries[1], "unpack") != 0 {
+		t.Errorf("the scratch stage ran or unpacked: %v", summaries[1])
 	}
 }

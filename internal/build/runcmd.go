@@ -154,7 +154,10 @@ func (b *builder) runInstruction(ctx context.Context, st *stage, c *instructions
 	snapOpts := b.snapshotOptions(st)
 	before := st.snapshot
 	if before == nil {
-		if before, err = snapshot.Take(ctx, st.root, snapOpts); err != nil {
+		stop := b.clock(phaseSnapshot)
+		before, err = snapshot.Take(ctx, st.root, snapOpts)
+		stop()
+		if err != nil {
 			return err
 		}
 	}
@@ -185,11 +188,13 @@ func (b *builder) runInstruction(ctx context.Context, st *stage, c *instructions
 		Protect:     secretPlaces{b.ignore},
 		Output:      func(stream, line string) { b.runOutput(label, stream, b.redact(line)) },
 	}
+	stopRun := b.clock(phaseRun)
 	if b.inPlace {
 		err = run.Direct(ctx, spec, files, ro)
 	} else {
 		err = run.Run(ctx, spec, ro)
 	}
+	stopRun()
 	if err != nil {
 		var ee *run.ExitError
 		if errors.As(err, &ee) {
@@ -200,11 +205,14 @@ func (b *builder) runInstruction(ctx context.Context, st *stage, c *instructions
 		}
 		return fmt.Errorf("RUN: %w", err)
 	}
+	stop := b.clock(phaseSnapshot)
 	changes, after, err := before.Diff(ctx, snapOpts)
 	if err != nil {
+		stop()
 		return err
 	}
 	entries, err := snapshot.Entries(st.root, changes)
+	stop()
 	if err != nil {
 		return err
 	}

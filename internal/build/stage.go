@@ -162,7 +162,10 @@ func (b *builder) buildStage(ctx context.Context, ps *dockerfile.Stage) (*stage,
 		if err := b.materialize(ctx, st); err != nil {
 			return nil, err
 		}
-		if start, err = snapshot.Take(ctx, st.root, b.snapshotOptions(st)); err != nil {
+		stop := b.clock(phaseSnapshot)
+		start, err = snapshot.Take(ctx, st.root, b.snapshotOptions(st))
+		stop()
+		if err != nil {
 			return nil, err
 		}
 	}
@@ -186,11 +189,14 @@ func (b *builder) buildStage(ctx context.Context, ps *dockerfile.Stage) (*stage,
 		}
 	}
 	if start != nil {
+		stop := b.clock(phaseSnapshot)
 		changes, _, err := start.Diff(ctx, b.snapshotOptions(st))
 		if err != nil {
+			stop()
 			return nil, err
 		}
 		entries, err := snapshot.Entries(st.root, changes)
+		stop()
 		if err != nil {
 			return nil, err
 		}
@@ -244,6 +250,7 @@ func (b *builder) materialize(ctx context.Context, st *stage) error {
 		}
 		st.unpacked = true
 	}
+	defer b.clock(phaseUnpack)()
 	for _, l := range st.pending {
 		rc, err := l.Uncompressed()
 		if err != nil {
@@ -294,7 +301,9 @@ func (b *builder) baseImage(ctx context.Context, ps *dockerfile.Stage, platform 
 	if img, ok := b.bases[key]; ok {
 		return img, nil
 	}
+	stop := b.clock(phasePull)
 	img, err := b.pullBase(ctx, ps.Base, platform)
+	stop()
 	if err != nil {
 		return nil, &dockerfile.Error{File: b.df.Name, Line: ps.Line, Err: fmt.Errorf("FROM %s: %w", ps.Base, err)}
 	}
@@ -475,7 +484,10 @@ func (b *builder) unpack(ctx context.Context, root string, img v1.Image, what st
 		if b.inPlace && root == b.o.Root {
 			uo.Ignore = b.ignore
 		}
-		if err = rootfs.Unpack(ctx, root, img, uo); err == nil {
+		stop := b.clock(phaseUnpack)
+		err = rootfs.Unpack(ctx, root, img, uo)
+		stop()
+		if err == nil {
 			return nil
 		}
 	}
@@ -544,9 +556,11 @@ func (b *builder) addLayer(ctx context.Context, st *stage, createdBy string, ent
 			mt = types.OCILayerZStd
 		}
 	}
+	stop := b.clock(phaseLayer)
 	l, err := layer.New(ctx, b.work, entries, layer.Options{
 		Compression: b.o.Compression, Level: b.o.CompressionLevel, MediaType: mt, ModTime: b.epoch,
 	})
+	stop()
 	if err != nil {
 		return err
 	}

@@ -58,6 +58,7 @@ type Build struct {
 	PushRetry, ImageFSExtractRetry              int
 	PushIgnoreImmutableTagErrors                bool
 	PushByDigest                                bool
+	Profile                                     string
 	SkipPushPermissionCheck                     bool
 	Git                                         string
 	ForceBuildMetadata                          bool
@@ -91,6 +92,7 @@ func (b *Build) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
 	fs.StringArrayVarP(&b.Destinations, "destination", "d", nil, "Image reference to push to; repeatable. All get the same digest.")
 	fs.BoolVar(&b.NoPush, "no-push", envBool(getenv, "KANIKO_NO_PUSH", &b.envErr), "Do not push the image (env KANIKO_NO_PUSH).")
 	fs.BoolVar(&b.NoPushCache, "no-push-cache", false, "Use the layer cache but do not add to it.")
+	fs.StringVar(&b.Profile, "profile", getenv("KILN_PROFILE"), "Write Go CPU and heap profiles of the build (cpu.pprof, heap.pprof, for go tool pprof) into this directory (env KILN_PROFILE).")
 	fs.BoolVar(&b.PushByDigest, "push-by-digest", false, "Push to each destination's repository by digest only, setting no tag (as BuildKit's push-by-digest): for images the index step joins into one index.")
 	fs.StringVar(&b.TarPath, "tar-path", "", "Also write the image as a tarball that docker load reads, tagged with the destinations.")
 	fs.StringVar(&b.TarPath, "tarPath", "", "Deprecated alias of --tar-path.")
