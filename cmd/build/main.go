@@ -11,11 +11,11 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/kilnbuild/kiln/internal/build"
+	"github.com/kilnbuild/kiln/internal/engine"
 	"github.com/kilnbuild/kiln/internal/options"
 	"github.com/kilnbuild/kiln/internal/options/buildopt"
 	"github.com/kilnbuild/kiln/internal/profiling"
-	sandbox "github.com/kilnbuild/kiln/internal/run"
+	"github.com/kilnbuild/kiln/internal/sandbox"
 )
 
 func main() {
@@ -52,7 +52,7 @@ func run(ctx context.Context, args []string) int {
 	if err == nil {
 		err = o.Validate(fs)
 	}
-	var job build.Job
+	var job engine.Job
 	if err == nil {
 		job, err = o.Job(fs, os.Getenv, os.LookupEnv, log, os.Stdout, os.Stderr)
 	}
@@ -63,7 +63,7 @@ func run(ctx context.Context, args []string) int {
 	if err != nil {
 		return options.Refuse(log, os.Stderr, "build", err)
 	}
-	_, err = build.Execute(ctx, job)
+	_, err = engine.Execute(ctx, job)
 	if perr := stopProfile(); perr != nil {
 		log.Warn("writing the profiles", "error", perr.Error())
 	}

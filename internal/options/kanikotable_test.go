@@ -16,7 +16,7 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/kilnbuild/kiln/internal/build"
+	"github.com/kilnbuild/kiln/internal/engine"
 	"github.com/kilnbuild/kiln/internal/options/buildopt"
 	"github.com/kilnbuild/kiln/internal/options/warmopt"
 )
@@ -80,7 +80,7 @@ func testCerts(t *testing.T) (ca, cert, key string) {
 }
 
 // job parses args and env as the build step does and builds its job.
-func job(t *testing.T, env map[string]string, args ...string) (build.Job, string, error) {
+func job(t *testing.T, env map[string]string, args ...string) (engine.Job, string, error) {
 	t.Helper()
 	getenv := func(k string) string { return env[k] }
 	fs := pflag.NewFlagSet("build", pflag.ContinueOnError)
@@ -88,13 +88,13 @@ func job(t *testing.T, env map[string]string, args ...string) (build.Job, string
 	var b buildopt.Build
 	b.AddFlags(fs, getenv)
 	if err := fs.Parse(args); err != nil {
-		return build.Job{}, "", err
+		return engine.Job{}, "", err
 	}
 	for k, v := range env {
 		b.Environ = append(b.Environ, k+"="+v)
 	}
 	if err := b.Validate(fs); err != nil {
-		return build.Job{}, "", err
+		return engine.Job{}, "", err
 	}
 	var logs bytes.Buffer
 	j, err := b.Job(fs, getenv, func(k string) (string, bool) { v, ok := env[k]; return v, ok },
@@ -115,32 +115,32 @@ func TestKanikoExecutorTable(t *testing.T) {
 	ca, cert, key := testCerts(t)
 	ctx := t.TempDir()
 	os.WriteFile(filepath.Join(ctx, "Dockerfile"), []byte("FROM scratch\n"), 0o644)
-	type check func(t *testing.T, j build.Job, logs string)
+	type check func(t *testing.T, j engine.Job, logs string)
 	// One kaniko invocation per flag (short forms run the long form's).
 	samples := map[string]struct {
 		args  []string
 		check check
 	}{
-		"--dockerfile":       {[]string{"--dockerfile=Dockerfile"}, func(t *testing.T, j build.Job, _ string) { want(t, j.Build.Dockerfile, "Dockerfile") }},
+		"--dockerfile":       {[]string{"--dockerfile=Dockerfile"}, func(t *testing.T, j engine.Job, _ string) { want(t, j.Build.Dockerfile, "Dockerfile") }},
 		"-f":                 {[]string{"-f", "Dockerfile"}, nil},
-		"--context":          {[]string{"--context=dir://" + ctx}, func(t *testing.T, j build.Job, _ string) { want(t, j.Build.Context, "dir://"+ctx) }},
+		"--context":          {[]string{"--context=dir://" + ctx}, func(t *testing.T, j engine.Job, _ string) { want(t, j.Build.Context, "dir://"+ctx) }},
 		"-c":                 {[]string{"-c", ctx}, nil},
-		"--context-sub-path": {[]string{"--context-sub-path=app"}, func(t *testing.T, j build.Job, _ string) { want(t, j.Build.ContextSubPath, "app") }},
-		"--bucket":           {[]string{"--bucket=my-bucket"}, func(t *testing.T, j build.Job, _ string) { want(t, j.Build.Context, "gs://my-bucket/context.tar.gz") }},
+		"--context-sub-path": {[]string{"--context-sub-path=app"}, func(t *testing.T, j engine.Job, _ string) { want(t, j.Build.ContextSubPath, "app") }},
+		"--bucket":           {[]string{"--bucket=my-bucket"}, func(t *testing.T, j engine.Job, _ string) { want(t, j.Build.Context, "gs://my-bucket/context.tar.gz") }},
 		"-b":                 {[]string{"-b", "my-bucket"}, nil},
-		"--destination": {[]string{"--destination=registry.example/app:1"}, func(t *testing.T, j build.Job, _ string) {
+		"--destination": {[]string{"--destination=registry.example/app:1"}, func(t *testing.T, j engine.Job, _ string) {
 			want(t, j.Output.Destinations[0].String(), "registry.example/app:1")
 		}},
 		"-d":                {[]string{"-d", "registry.example/app:1"}, nil},
-		"--no-push":         {[]string{"--no-push"}, func(t *testing.T, j build.Job, _ string) { wantTrue(t, j.Output.NoPush) }},
+		"--no-push":         {[]string{"--no-push"}, func(t *testing.T, j engine.Job, _ string) { wantTrue(t, j.Output.NoPush) }},
 		"--no-push-cache":   {[]string{"--no-push-cache", "--cache"}, nil},
-		"--tar-path":        {[]string{"--tar-path=/out/img.tar"}, func(t *testing.T, j build.Job, _ string) { want(t, j.Output.TarPath, "/out/img.tar") }},
-		"--oci-layout-path": {[]string{"--oci-layout-path=/out/layout"}, func(t *testing.T, j build.Job, _ string) { want(t, j.Output.OCILayoutPath, "/out/layout") }},
-		"--digest-file":     {[]string{"--digest-file=/dev/termination-log"}, func(t *testing.T, j build.Job, _ string) { want(t, j.Output.DigestFile, "/dev/termination-log") }},
-		"--image-name-with-digest-file": {[]string{"--image-name-with-digest-file=/out/n"}, func(t *testing.T, j build.Job, _ string) {
+		"--tar-path":        {[]string{"--tar-path=/out/img.tar"}, func(t *testing.T, j engine.Job, _ string) { want(t, j.Output.TarPath, "/out/img.tar") }},
+		"--oci-layout-path": {[]string{"--oci-layout-path=/out/layout"}, func(t *testing.T, j engine.Job, _ string) { want(t, j.Output.OCILayoutPath, "/out/layout") }},
+		"--digest-file":     {[]string{"--digest-file=/dev/termination-log"}, func(t *testing.T, j engine.Job, _ string) { want(t, j.Output.DigestFile, "/dev/termination-log") }},
+		"--image-name-with-digest-file": {[]string{"--image-name-with-digest-file=/out/n"}, func(t *testing.T, j engine.Job, _ string) {
 			want(t, j.Output.ImageNameWithDigestFile, "/out/n")
 		}},
-		"--image-name-tag-with-digest-file": {[]string{"--image-name-tag-with-digest-file=/out/nt"}, func(t *testing.T, j build.Job, _ string) {
+		"--image-name-tag-with-digest-file": {[]string{"--image-name-tag-with-digest-file=/out/nt"}, func(t *testing.T, j engine.Job, _ string) {
 			want(t, j.Output.ImageNameTagWithDigestFile, "/out/nt")
 		}},
 		"--build-arg":                        {[]string{"--build-arg=A=1,2", "--build-arg", "B"}, nil},
@@ -149,7 +149,7 @@ func TestKanikoExecutorTable(t *testing.T) {
 		"--label":                            {[]string{"--label=org.example=1"}, nil},
 		"--custom-platform":                  {[]string{"--custom-platform=linux/arm64"}, nil},
 		"--snapshot-mode":                    {[]string{"--snapshot-mode=redo"}, nil},
-		"--single-snapshot":                  {[]string{"--single-snapshot"}, func(t *testing.T, j build.Job, _ string) { wantTrue(t, j.Build.SingleSnapshot) }},
+		"--single-snapshot":                  {[]string{"--single-snapshot"}, func(t *testing.T, j engine.Job, _ string) { wantTrue(t, j.Build.SingleSnapshot) }},
 		"--use-new-run":                      {[]string{"--use-new-run"}, nil},
 		"--reproducible":                     {[]string{"--reproducible"}, nil},
 		"--ignore-var-run":                   {[]string{"--ignore-var-run=false"}, nil},
@@ -157,12 +157,12 @@ func TestKanikoExecutorTable(t *testing.T) {
 		"--cleanup":                          {[]string{"--cleanup"}, nil},
 		"--kaniko-dir":                       {[]string{"--kaniko-dir=/kaniko"}, nil},
 		"--force":                            {[]string{"--force"}, nil},
-		"--cache":                            {[]string{"--cache=true"}, func(t *testing.T, j build.Job, _ string) { wantTrue(t, j.Build.Cache) }},
+		"--cache":                            {[]string{"--cache=true"}, func(t *testing.T, j engine.Job, _ string) { wantTrue(t, j.Build.Cache) }},
 		"--cache-repo":                       {[]string{"--cache", "--cache-repo=registry.example/cache"}, nil},
-		"--cache-dir":                        {[]string{"--cache", "--cache-dir=/cache"}, func(t *testing.T, j build.Job, _ string) { wantTrue(t, j.Build.BaseImages != nil) }},
+		"--cache-dir":                        {[]string{"--cache", "--cache-dir=/cache"}, func(t *testing.T, j engine.Job, _ string) { wantTrue(t, j.Build.BaseImages != nil) }},
 		"--cache-ttl":                        {[]string{"--cache", "--cache-ttl=24h"}, nil},
-		"--cache-copy-layers":                {[]string{"--cache", "--cache-copy-layers"}, func(t *testing.T, j build.Job, _ string) { wantTrue(t, j.Build.CacheCopyLayers) }},
-		"--cache-run-layers":                 {[]string{"--cache", "--cache-run-layers=false"}, func(t *testing.T, j build.Job, _ string) { wantTrue(t, !j.Build.CacheRunLayers) }},
+		"--cache-copy-layers":                {[]string{"--cache", "--cache-copy-layers"}, func(t *testing.T, j engine.Job, _ string) { wantTrue(t, j.Build.CacheCopyLayers) }},
+		"--cache-run-layers":                 {[]string{"--cache", "--cache-run-layers=false"}, func(t *testing.T, j engine.Job, _ string) { wantTrue(t, !j.Build.CacheRunLayers) }},
 		"--compressed-caching":               {[]string{"--compressed-caching=false"}, nil},
 		"--compression":                      {[]string{"--compression=zstd"}, nil},
 		"--compression-level":                {[]string{"--compression=gzip", "--compression-level=9"}, nil},
@@ -179,11 +179,11 @@ func TestKanikoExecutorTable(t *testing.T) {
 		"--skip-default-registry-fallback":   {[]string{"--registry-mirror=mirror.example", "--skip-default-registry-fallback"}, nil},
 		"--push-retry":                       {[]string{"--push-retry=3"}, nil},
 		"--image-download-retry":             {[]string{"--image-download-retry=3"}, nil},
-		"--image-fs-extract-retry":           {[]string{"--image-fs-extract-retry=2"}, func(t *testing.T, j build.Job, _ string) { want(t, j.Build.ImageFSExtractRetry, 2) }},
-		"--push-ignore-immutable-tag-errors": {[]string{"--push-ignore-immutable-tag-errors"}, func(t *testing.T, j build.Job, _ string) { wantTrue(t, j.Output.IgnoreImmutableTagErrors) }},
-		"--skip-push-permission-check":       {[]string{"--skip-push-permission-check"}, func(t *testing.T, j build.Job, _ string) { wantTrue(t, j.SkipPushPermissionCheck) }},
+		"--image-fs-extract-retry":           {[]string{"--image-fs-extract-retry=2"}, func(t *testing.T, j engine.Job, _ string) { want(t, j.Build.ImageFSExtractRetry, 2) }},
+		"--push-ignore-immutable-tag-errors": {[]string{"--push-ignore-immutable-tag-errors"}, func(t *testing.T, j engine.Job, _ string) { wantTrue(t, j.Output.IgnoreImmutableTagErrors) }},
+		"--skip-push-permission-check":       {[]string{"--skip-push-permission-check"}, func(t *testing.T, j engine.Job, _ string) { wantTrue(t, j.SkipPushPermissionCheck) }},
 		"--git":                              {[]string{"--git=branch=main,single-branch=true,recurse-submodules=true,insecure-skip-tls=false,depth=1"}, nil},
-		"--force-build-metadata": {[]string{"--force-build-metadata"}, func(t *testing.T, _ build.Job, logs string) {
+		"--force-build-metadata": {[]string{"--force-build-metadata"}, func(t *testing.T, _ engine.Job, logs string) {
 			contains(t, logs, "--force-build-metadata is deprecated")
 		}},
 		"--verbosity":         {[]string{"--verbosity=debug"}, nil},
@@ -193,14 +193,14 @@ func TestKanikoExecutorTable(t *testing.T) {
 		"--whitelist-var-run": {[]string{"--whitelist-var-run=false"}, nil},
 		"--snapshotMode":      {[]string{"--snapshotMode=time"}, nil},
 		"--customPlatform":    {[]string{"--customPlatform=linux/amd64"}, nil},
-		"--tarPath":           {[]string{"--tarPath=/out/img.tar"}, func(t *testing.T, j build.Job, _ string) { want(t, j.Output.TarPath, "/out/img.tar") }},
+		"--tarPath":           {[]string{"--tarPath=/out/img.tar"}, func(t *testing.T, j engine.Job, _ string) { want(t, j.Output.TarPath, "/out/img.tar") }},
 		// The fork's additions.
 		"--annotation":         {[]string{"--annotation=org.opencontainers.image.source=https://example.com"}, nil},
 		"--secret":             {[]string{"--secret=id=token,env=HOME"}, nil},
 		"--preserve-context":   {[]string{"--preserve-context"}, nil},
 		"--materialize":        {[]string{"--materialize"}, nil},
 		"--pre-cleanup":        {[]string{"--pre-cleanup"}, nil},
-		"--dryrun":             {[]string{"--dryrun"}, func(t *testing.T, j build.Job, _ string) { wantTrue(t, j.Build.DryRun) }},
+		"--dryrun":             {[]string{"--dryrun"}, func(t *testing.T, j engine.Job, _ string) { wantTrue(t, j.Build.DryRun) }},
 		"--credential-helpers": {[]string{"--credential-helpers=env,google"}, nil},
 		"--image-format":       {[]string{"--image-format=docker"}, nil},
 	}
@@ -250,10 +250,10 @@ func TestKanikoEnvironmentTable(t *testing.T) {
 	executorEnv := section(t, string(data), "| env only:", "\n")
 	ctx := t.TempDir()
 	os.WriteFile(filepath.Join(ctx, "Dockerfile"), []byte("FROM scratch\n"), 0o644)
-	type check func(t *testing.T, j build.Job, logs string)
+	type check func(t *testing.T, j engine.Job, logs string)
 	bools := []string{"KANIKO_NO_PUSH", "KANIKO_CLEANUP", "KANIKO_PRE_CLEANUP", "KANIKO_PRESERVE_CONTEXT", "KANIKO_PRINT_PLAN"}
 	ignored := func(name string) check {
-		return func(t *testing.T, _ build.Job, logs string) { contains(t, logs, "variable="+name) }
+		return func(t *testing.T, _ engine.Job, logs string) { contains(t, logs, "variable="+name) }
 	}
 	samples := map[string]struct {
 		value string
@@ -261,7 +261,7 @@ func TestKanikoEnvironmentTable(t *testing.T) {
 	}{
 		"DOCKER_CONFIG":             {t.TempDir(), nil},
 		"DOCKER_AUTH_CONFIG":        {`{"auths":{"registry.example":{"auth":"dTpw"}}}`, nil},
-		"KANIKO_NO_PUSH":            {"1", func(t *testing.T, j build.Job, _ string) { wantTrue(t, j.Output.NoPush) }},
+		"KANIKO_NO_PUSH":            {"1", func(t *testing.T, j engine.Job, _ string) { wantTrue(t, j.Output.NoPush) }},
 		"KANIKO_CLEANUP":            {"true", nil},
 		"KANIKO_PRE_CLEANUP":        {"t", nil},
 		"KANIKO_PRESERVE_CONTEXT":   {"TRUE", nil},
@@ -269,12 +269,12 @@ func TestKanikoEnvironmentTable(t *testing.T) {
 		"KANIKO_REGISTRY_MIRROR":    {"mirror.example;mirror2.example", nil},
 		"KANIKO_REGISTRY_MAP":       {"index.docker.io=mirror.example", nil},
 		"KANIKO_TELEMETRY_ENDPOINT": {"http://otel.example:4318", ignored("KANIKO_TELEMETRY_ENDPOINT")},
-		"KANIKO_PRINT_PLAN":         {"true", func(t *testing.T, j build.Job, _ string) { wantTrue(t, j.Build.PrintPlan && !j.Build.DryRun) }},
+		"KANIKO_PRINT_PLAN":         {"true", func(t *testing.T, j engine.Job, _ string) { wantTrue(t, j.Build.PrintPlan && !j.Build.DryRun) }},
 		"KANIKO_IGNORE_ASSERTIONS":  {"1", ignored("KANIKO_IGNORE_ASSERTIONS")},
 		"SNAPSHOT_TIMEOUT_DURATION": {"10m", ignored("SNAPSHOT_TIMEOUT_DURATION")},
 		"SNAPSHOT_TIMEOUT":          {"10m", ignored("SNAPSHOT_TIMEOUT")},
 		"BENCHMARK_FILE":            {"/tmp/bench", ignored("BENCHMARK_FILE")},
-		"BUILDER_OUTPUT":            {"/builder/outputs", func(t *testing.T, j build.Job, _ string) { want(t, j.Output.BuilderOutput, "/builder/outputs") }},
+		"BUILDER_OUTPUT":            {"/builder/outputs", func(t *testing.T, j engine.Job, _ string) { want(t, j.Output.BuilderOutput, "/builder/outputs") }},
 		"GIT_TOKEN":                 {"ghp_x", nil},
 		"GIT_USERNAME":              {"u", nil},
 		"GIT_PASSWORD":              {"p", nil},

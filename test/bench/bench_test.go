@@ -11,13 +11,13 @@ import (
 	"testing"
 
 	"github.com/kilnbuild/kiln/internal/layer"
-	"github.com/kilnbuild/kiln/internal/run"
+	"github.com/kilnbuild/kiln/internal/sandbox"
 	"github.com/kilnbuild/kiln/internal/snapshot"
 )
 
 func TestMain(m *testing.M) {
-	if run.IsSandbox() {
-		os.Exit(run.SandboxMain())
+	if sandbox.IsSandbox() {
+		os.Exit(sandbox.SandboxMain())
 	}
 	os.Exit(m.Run())
 }
@@ -57,7 +57,7 @@ func runInstruction(b *testing.B, root, work, script string) int {
 	}
 	// The command's own cost is the user's, not kiln's: it is not timed.
 	b.StopTimer()
-	err = run.Run(ctx, run.Spec{Root: root, Args: []string{"/bin/sh", "-c", script}, Env: []string{"PATH=/bin"}, Dir: "/"}, run.Options{WorkDir: work})
+	err = sandbox.Run(ctx, sandbox.Spec{Root: root, Args: []string{"/bin/sh", "-c", script}, Env: []string{"PATH=/bin"}, Dir: "/"}, sandbox.Options{WorkDir: work})
 	b.StartTimer()
 	if err != nil {
 		b.Fatal(err)

@@ -12,8 +12,8 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
-	"github.com/kilnbuild/kiln/internal/build"
 	"github.com/kilnbuild/kiln/internal/cache"
+	"github.com/kilnbuild/kiln/internal/engine"
 	"github.com/kilnbuild/kiln/internal/imagetest"
 	"github.com/kilnbuild/kiln/internal/registry"
 )
@@ -38,11 +38,11 @@ func BenchmarkCachedRebuild(b *testing.B) {
 	os.WriteFile(filepath.Join(ctxDir, "app.txt"), []byte("app"), 0o644)
 	client, _ := registry.New(registry.Options{InsecureRegistries: []string{reg}, Platform: v1.Platform{OS: "linux", Architecture: "amd64"}})
 	store := &cache.Layout{Path: filepath.Join(b.TempDir(), "cache")}
-	opts := build.Options{
+	opts := engine.Options{
 		Context: ctxDir, Dockerfile: filepath.Join(ctxDir, "Dockerfile"), WorkDir: b.TempDir(), Registry: client,
 		Isolation: "chroot", Cache: true, CacheStore: store, CacheRunLayers: true, CacheCopyLayers: true, Reproducible: true,
 	}
-	first, err := build.Build(context.Background(), opts)
+	first, err := engine.Build(context.Background(), opts)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -51,7 +51,7 @@ func BenchmarkCachedRebuild(b *testing.B) {
 	defer first.Close()
 	b.Run("rebuild/kiln", func(b *testing.B) {
 		for i := 0; i < b.N; i++ {
-			res, err := build.Build(context.Background(), opts)
+			res, err := engine.Build(context.Background(), opts)
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/kilnbuild/kiln/internal/build"
+	"github.com/kilnbuild/kiln/internal/engine"
 )
 
 // BenchmarkCopyDeepTree copies a context that is one chain of nested
@@ -28,7 +28,7 @@ func BenchmarkCopyDeepTree(b *testing.B) {
 		work := b.TempDir()
 		b.Run(fmt.Sprintf("depth=%d/kiln", depth), func(b *testing.B) {
 			for i := 0; i < b.N; i++ {
-				res, err := build.Build(context.Background(), build.Options{
+				res, err := engine.Build(context.Background(), engine.Options{
 					Context: dir, Dockerfile: filepath.Join(dir, "Dockerfile"), WorkDir: work,
 					Isolation: "chroot", Reproducible: true,
 				})

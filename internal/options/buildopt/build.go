@@ -18,15 +18,15 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/spf13/pflag"
 
-	"github.com/kilnbuild/kiln/internal/build"
 	"github.com/kilnbuild/kiln/internal/buildcontext"
 	"github.com/kilnbuild/kiln/internal/cache"
+	"github.com/kilnbuild/kiln/internal/engine"
 	"github.com/kilnbuild/kiln/internal/layer"
 	"github.com/kilnbuild/kiln/internal/options"
 	"github.com/kilnbuild/kiln/internal/output"
 	"github.com/kilnbuild/kiln/internal/record"
 	"github.com/kilnbuild/kiln/internal/registry"
-	"github.com/kilnbuild/kiln/internal/run"
+	"github.com/kilnbuild/kiln/internal/sandbox"
 )
 
 // Build holds the build step's flag values.
@@ -158,11 +158,11 @@ func (b *Build) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
 }
 
 // parseSecrets parses --secret values.
-func parseSecrets(values []string) (map[string]build.Secret, error) {
-	out := map[string]build.Secret{}
+func parseSecrets(values []string) (map[string]engine.Secret, error) {
+	out := map[string]engine.Secret{}
 	for _, v := range values {
 		var id string
-		var s build.Secret
+		var s engine.Secret
 		for _, kv := range strings.Split(v, ",") {
 			k, val, ok := strings.Cut(kv, "=")
 			if !ok {
@@ -275,7 +275,7 @@ func (b *Build) Validate(fs *pflag.FlagSet) error {
 	case "auto", "none":
 	default:
 		if b.UserNS != "required" {
-			if _, err := run.ParseIDMap(b.UserNS); err != nil {
+			if _, err := sandbox.ParseIDMap(b.UserNS); err != nil {
 				return fmt.Errorf("--userns %q: want auto, required, none or HOSTID[:SIZE]: %w", b.UserNS, err)
 			}
 		}
@@ -289,44 +289,44 @@ func (b *Build) Validate(fs *pflag.FlagSet) error {
 // Job turns validated flags into the engine's job. fs tells which flags were
 // set explicitly; stdout and stderr receive RUN's output as it prints it,
 // except with a JSON log, which gets records instead.
-func (b *Build) Job(fs *pflag.FlagSet, getenv func(string) string, lookupEnv func(string) (string, bool), log *slog.Logger, stdout, stderr io.Writer) (build.Job, error) {
+func (b *Build) Job(fs *pflag.FlagSet, getenv func(string) string, lookupEnv func(string) (string, bool), log *slog.Logger, stdout, stderr io.Writer) (engine.Job, error) {
 	ro, err := b.Registry.RegistryOptions(getenv, b.KanikoDir, log)
 	if err != nil {
-		return build.Job{}, err
+		return engine.Job{}, err
 	}
 	ro.PushRetry = b.PushRetry
 	platforms, err := b.platforms()
 	if err != nil {
-		return build.Job{}, err
+		return engine.Job{}, err
 	}
-	if ro.Platform, err = build.ParsePlatform(platforms[0]); err != nil {
-		return build.Job{}, err
+	if ro.Platform, err = engine.ParsePlatform(platforms[0]); err != nil {
+		return engine.Job{}, err
 	}
 	client, err := registry.New(ro)
 	if err != nil {
-		return build.Job{}, err
+		return engine.Job{}, err
 	}
 	var dests []name.Reference
 	for _, d := range b.Destinations {
 		ref, err := client.ParseReference(d, true)
 		if err != nil {
-			return build.Job{}, fmt.Errorf("--destination %q: %w", d, err)
+			return engine.Job{}, fmt.Errorf("--destination %q: %w", d, err)
 		}
 		dests = append(dests, ref)
 	}
 	gitOpts, err := buildcontext.ParseGitOptions(b.Git)
 	if err != nil {
-		return build.Job{}, err
+		return engine.Job{}, err
 	}
 	comp, _ := layer.ParseCompression(b.Compression)
 	secrets, err := parseSecrets(b.Secrets)
 	if err != nil {
-		return build.Job{}, err
+		return engine.Job{}, err
 	}
 	var store cache.Store
 	if b.Cache {
 		if store, err = b.cacheStore(client, dests); err != nil {
-			return build.Job{}, err
+			return engine.Job{}, err
 		}
 	}
 	b.compatNotes(fs, getenv, log)
@@ -344,7 +344,7 @@ func (b *Build) Job(fs *pflag.FlagSet, getenv func(string) string, lookupEnv fun
 		k, v, _ := strings.Cut(a, "=")
 		annotations[k] = v
 	}
-	var baseImages build.BaseImages
+	var baseImages engine.BaseImages
 	if b.Cache {
 		// As kaniko: the warmed base images are the cache's, used with --cache.
 		baseImages = cache.BaseDir{Path: b.CacheDir, TTL: b.CacheTTL}
@@ -353,8 +353,8 @@ func (b *Build) Job(fs *pflag.FlagSet, getenv func(string) string, lookupEnv fun
 	if fs.Changed("kaniko-dir") || getenv("KANIKO_DIR") != "" || b.Isolation == "in-place" {
 		work = filepath.Join(b.KanikoDir, "work")
 	}
-	return build.Job{
-		Build: build.Options{
+	return engine.Job{
+		Build: engine.Options{
 			Dockerfile:          b.Dockerfile,
 			Context:             context,
 			ContextSubPath:      b.ContextSubPath,
@@ -430,7 +430,7 @@ func (b *Build) platforms() ([]string, error) {
 		if s == "" && b.CustomPlatform != "" {
 			return nil, fmt.Errorf("--custom-platform %q: an empty platform in the list", b.CustomPlatform)
 		}
-		p, err := build.ParsePlatform(s)
+		p, err := engine.ParsePlatform(s)
 		if err != nil {
 			return nil, err
 		}
@@ -480,7 +480,7 @@ func (b *Build) buildRecordPath() string {
 	return b.BuildRecord
 }
 
-func secretIDs(m map[string]build.Secret) []string {
+func secretIDs(m map[string]engine.Secret) []string {
 	var out []string
 	for id := range m {
 		out = append(out, id)

@@ -1,0 +1,407 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+	"github.com/moby/patternmatcher"
+
+	"github.com/kilnbuild/kiln/internal/buildcontext"
+	"github.com/kilnbuild/kiln/internal/fsroot"
+	"github.com/kilnbuild/kiln/internal/layer"
+	"github.com/kilnbuild/kiln/internal/rootfs"
+)
+
+// copyRequest is a COPY or ADD after expansion.
+type copyRequest struct {
+	name       string // COPY or ADD
+	sources    instructions.SourcesAndDest
+	from       string
+	chown      string
+	chmod      string
+	exclude    []string
+	parents    bool
+	checksum   string
+	add        bool
+	unpack     bool
+	unpackSet  bool
+	keepGitDir bool
+}
+
+// source is where a COPY reads from: a tree read through handles
+// resolved inside it.
+type source struct {
+	fs    *fsroot.Root
+	what  string                // "build context", "stage x", "image y"
+	ctx   *buildcontext.Context // ignore rules, for the build context only
+	owner bool                  // keep source owners
+}
+
+// excluded reports whether the real path p of the source is left out of
+// the build (the context's .dockerignore): such a file is not there for
+// the build, whatever path or symlink names it.
+func (s *source) excluded(p string) bool { return s.ctx.Excluded(p) }
+
+func (b *builder) copySource(ctx context.Context, st *stage, from string) (*source, error) {
+	if from == "" {
+		return &source{fs: b.ctxDir.FS, what: "build context", ctx: b.ctxDir}, nil
+	}
+	ref, err := b.plan.Meta.Expander(b.df.Escape)(from)
+	if err != nil {
+		return nil, fmt.Errorf("--from=%s: %w", from, err)
+	}
+	if i := b.df.StageIndex(ref, st.ps.Index); i >= 0 {
+		prev, ok := b.stages[i]
+		if !ok {
+			return nil, fmt.Errorf("--from=%s: stage was not built", ref)
+		}
+		if err := b.materialize(ctx, prev); err != nil {
+			return nil, err
+		}
+		return &source{fs: prev.fs, what: "stage " + ref, owner: true}, nil
+	}
+	if i := b.df.StageIndex(ref, len(b.df.Stages)); i >= 0 {
+		return nil, fmt.Errorf("--from=%s: stage %d is not defined before stage %d (circular or forward reference)", ref, i, st.ps.Index)
+	}
+	fr, ok := b.images[ref]
+	if !ok {
+		img, err := b.fromImage(ctx, ref, st.platform)
+		if err != nil {
+			if !strings.ContainsAny(ref, "/:@") {
+				return nil, fmt.Errorf("--from=%s: no stage named %q before this one, and pulling it as an image failed: %w", ref, ref, err)
+			}
+			return nil, fmt.Errorf("--from=%s: %w", ref, err)
+		}
+		root := filepath.Join(b.work, "image-"+strconv.Itoa(len(b.images)))
+		if err := os.MkdirAll(root, 0o755); err != nil {
+			return nil, err
+		}
+		if err := b.unpack(ctx, root, img, ref); err != nil {
+			return nil, fmt.Errorf("--from=%s: %w", ref, err)
+		}
+		if fr, err = fsroot.Open(root); err != nil {
+			return nil, err
+		}
+		b.images[ref] = fr
+	}
+	return &source{fs: fr, what: "image " + ref, owner: true}, nil
+}
+
+func hasMeta(p string) bool { return strings.ContainsAny(p, "*?[") }
+
+func isURL(s string) bool {
+	return strings.HasPrefix(s, "http://") || strings.HasPrefix(s, "https://")
+}
+
+func isGit(s string) bool {
+	return strings.HasPrefix(s, "git@") || strings.HasPrefix(s, "git://") ||
+		(isURL(s) && strings.Contains(strings.SplitN(s, "#", 2)[0], ".git"))
+}
+
+// copy runs COPY or ADD and returns the entries it changed.
+func (b *builder) copy(ctx context.Context, st *stage, r copyRequest) ([]layer.Entry, error) {
+	src, err := b.copySource(ctx, st, r.from)
+	if err != nil {
+		return nil, err
+	}
+	wo := writerOptions{preserveOwner: src.owner}
+	if r.chown != "" {
+		ids, err := rootfs.LookupChown(st.fs, r.chown)
+		if err != nil {
+			return nil, fmt.Errorf("--chown=%s: %w", r.chown, err)
+		}
+		wo.chown = &ids
+	}
+	if r.chmod != "" {
+		if wo.chmod, err = parseChmod(r.chmod); err != nil {
+			return nil, err
+		}
+	}
+	var exclude *patternmatcher.PatternMatcher
+	if len(r.exclude) > 0 {
+		if exclude, err = patternmatcher.New(r.exclude); err != nil {
+			return nil, fmt.Errorf("--exclude: %w", err)
+		}
+	}
+	w := b.newWriter(st, wo)
+	defer w.close()
+
+	dest := r.sources.DestPath
+	destIsDir := strings.HasSuffix(dest, "/") || strings.HasSuffix(dest, "/.") || dest == "."
+	if !path.IsAbs(dest) {
+		wd := st.cfg.Config.WorkingDir
+		if wd == "" {
+			wd = "/"
+		}
+		dest = path.Join(wd, dest)
+	}
+	dest = path.Clean(dest)
+	if !destIsDir {
+		if fi, err := st.fs.Stat(dest); err == nil && fi.IsDir() {
+			destIsDir = true
+		}
+	}
+	// As BuildKit, each source is copied on its own (an empty wildcard
+	// copies nothing); only several files landing on one file is an error.
+	landed := map[string]string{}
+	land := func(target, what string) error {
+		if destIsDir {
+			return nil
+		}
+		if prev, ok := landed[target]; ok {
+			return fmt.Errorf("%s: both %s and %s land on the file %s; end the destination with / to copy them into a directory", r.name, prev, what, target)
+		}
+		landed[target] = what
+		return nil
+	}
+	if r.checksum != "" {
+		for _, s := range r.sources.SourcePaths {
+			if !isURL(s) {
+				return nil, fmt.Errorf("ADD --checksum=%s: checksum can only be used with http(s) sources, not %q", r.checksum, s)
+			}
+		}
+	}
+
+	into := func(name string) string {
+		if destIsDir {
+			return path.Join(dest, name)
+		}
+		return dest
+	}
+	for _, c := range r.sources.SourceContents {
+		m := meta{mode: 0o644, mtime: b.now}
+		if wo.chown != nil {
+			m.owner = *wo.chown
+		}
+		if wo.chmod != nil {
+			m.mode = tarMode(wo.chmod.apply(0o644))
+		}
+		if err := land(into(c.Path), "<<"+c.Path); err != nil {
+			return nil, err
+		}
+		if err := w.file(into(c.Path), strings.NewReader(c.Data), m); err != nil {
+			return nil, fmt.Errorf("%s heredoc %s: %w", r.name, c.Path, err)
+		}
+	}
+
+	for _, sp := range r.sources.SourcePaths {
+		if r.add && isGit(sp) {
+			return nil, fmt.Errorf("ADD %s: git sources are not supported yet", redactURL(sp))
+		}
+		if r.add && isURL(sp) {
+			if err := b.addURL(ctx, w, sp, r, destIsDir, dest); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if r.from == "" && isURL(sp) {
+			return nil, fmt.Errorf("COPY %s: COPY cannot fetch URLs, use ADD", redactURL(sp))
+		}
+		pivot, pattern := "", sp
+		if r.parents {
+			if before, after, ok := strings.Cut(sp, "/./"); ok {
+				pivot, pattern = before, path.Join(before, after)
+			}
+		}
+		pattern = strings.TrimPrefix(path.Clean("/"+pattern), "/")
+		var matches []string
+		wildcard := hasMeta(pattern)
+		if wildcard {
+			if matches, err = glob(src.fs, pattern); err != nil {
+				return nil, fmt.Errorf("%s %s: %w", r.name, sp, err)
+			}
+		} else {
+			matches = []string{pattern}
+		}
+		for _, m := range matches {
+			// What the path names, every symlink followed inside the source:
+			// an ignored file is not in the context under any name.
+			real, err := src.fs.Real(m)
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil, fmt.Errorf("%s %s: %q not found in the %s", r.name, sp, m, src.what)
+			}
+			if err != nil {
+				return nil, fmt.Errorf("%s %s: %w", r.name, sp, err)
+			}
+			if src.excluded(m) || src.excluded(real) {
+				if wildcard {
+					continue
+				}
+				return nil, fmt.Errorf("%s %s: the source is excluded by %s", r.name, sp, filepath.Base(src.ctx.IgnoreFile))
+			}
+			fi, err := src.fs.Lstat(real)
+			if err != nil {
+				if errors.Is(err, fs.ErrNotExist) {
+					return nil, fmt.Errorf("%s %s: %q not found in the %s", r.name, sp, m, src.what)
+				}
+				return nil, fmt.Errorf("%s %s: %w", r.name, sp, err)
+			}
+			if exclude != nil {
+				if ok, _ := exclude.MatchesOrParentMatches(m); ok {
+					continue
+				}
+			}
+			target := dest
+			if r.parents {
+				rel := m
+				if pivot != "" {
+					rel = strings.TrimPrefix(strings.TrimPrefix(m, strings.TrimPrefix(path.Clean("/"+pivot), "/")), "/")
+				}
+				target = path.Join(dest, rel)
+			}
+			switch {
+			case fi.IsDir():
+				if err := b.copyDir(w, src, real, target, fi, exclude); err != nil {
+					return nil, fmt.Errorf("%s %s: %w", r.name, sp, err)
+				}
+			case r.add && r.unpack && fi.Mode().IsRegular() && isArchive(src.fs, real):
+				f, err := src.fs.OpenFile(real)
+				if err != nil {
+					return nil, fmt.Errorf("ADD %s: %w", sp, err)
+				}
+				err = b.extract(w, f, target)
+				f.Close()
+				if err != nil {
+					return nil, fmt.Errorf("ADD %s: %w", sp, err)
+				}
+			default:
+				if !r.parents && destIsDir {
+					target = path.Join(dest, path.Base(m))
+				}
+				if err := land(target, m); err != nil {
+					return nil, err
+				}
+				parent, name, err := src.fs.Parent(real)
+				if err != nil {
+					return nil, fmt.Errorf("%s %s: %w", r.name, sp, err)
+				}
+				err = w.copyFrom(parent, name, fi, target)
+				parent.Close()
+				if err != nil {
+					return nil, fmt.Errorf("%s %s: %w", r.name, sp, err)
+				}
+			}
+		}
+	}
+	return w.entries(), nil
+}
+
+// copyDir copies the contents of the source directory at the real path
+// dir into the image directory dest.
+func (b *builder) copyDir(w *writer, src *source, dir, dest string, fi fs.FileInfo, exclude *patternmatcher.PatternMatcher) error {
+	if _, err := w.root.Stat(dest); errors.Is(err, fs.ErrNotExist) {
+		// A directory the COPY creates takes the source directory's metadata.
+		if err := w.dir(dest, w.metaFor(fi)); err != nil {
+			return err
+		}
+	} else if _, err := w.mkdirAll(dest); err != nil {
+		return err
+	}
+	return walkTree(src.fs, dir, func(sub string, parent *fsroot.Dir, name string, info fs.FileInfo) (bool, error) {
+		if src.excluded(path.Join(dir, sub)) || (exclude != nil && matches(exclude, sub)) {
+			// An excluded directory is entered only when "!" patterns may
+			// bring back something below it.
+			return info.IsDir() && src.ctx.MayInclude(), nil
+		}
+		return true, w.copyFrom(parent, name, info, path.Join(dest, sub))
+	})
+}
+
+// walkTree calls fn for everything below the real directory dir of root,
+// depth first in name order, with the directory holding it: nothing is
+// followed, and a directory is entered only when fn says so.
+func walkTree(root *fsroot.Root, dir string, fn func(sub string, parent *fsroot.Dir, name string, fi fs.FileInfo) (bool, error)) error {
+	d, err := root.OpenDir(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return walkDir(d, "", fn)
+}
+
+func walkDir(d *fsroot.Dir, rel string, fn func(sub string, parent *fsroot.Dir, name string, fi fs.FileInfo) (bool, error)) error {
+	names, err := d.ReadDir()
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		fi, err := d.Lstat(n)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		sub := path.Join(rel, n)
+		descend, err := fn(sub, d, n, fi)
+		if err != nil {
+			return err
+		}
+		if descend && fi.IsDir() {
+			child, err := d.OpenDirAt(n)
+			if err != nil {
+				return err
+			}
+			err = walkDir(child, sub, fn)
+			child.Close()
+			if err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func matches(pm *patternmatcher.PatternMatcher, p string) bool {
+	ok, err := pm.MatchesOrParentMatches(p)
+	return err == nil && ok
+}
+
+// glob matches a slash pattern inside root element by element, listing
+// directories through handles resolved inside root. It returns image
+// paths without a leading slash, sorted.
+func glob(root *fsroot.Root, pattern string) ([]string, error) {
+	cur := []string{""}
+	for _, elem := range strings.Split(pattern, "/") {
+		var next []string
+		for _, c := range cur {
+			if !hasMeta(elem) {
+				next = append(next, path.Join(c, elem))
+				continue
+			}
+			if _, err := path.Match(elem, ""); err != nil {
+				return nil, fmt.Errorf("bad pattern %q: %w", pattern, err)
+			}
+			d, err := root.OpenDir(c)
+			if err != nil {
+				continue
+			}
+			names, err := d.ReadDir()
+			d.Close()
+			if err != nil {
+				continue
+			}
+			for _, n := range names {
+				if ok, _ := path.Match(elem, n); ok {
+					next = append(next, path.Join(c, n))
+				}
+			}
+		}
+		cur = next
+	}
+	var out []string
+	for _, c := range cur {
+		if _, err := root.Lstat(c); err == nil {
+			out = append(out, c)
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,826 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+	"github.com/moby/buildkit/frontend/dockerfile/parser"
+
+	"github.com/kilnbuild/kiln/internal/cache"
+	"github.com/kilnbuild/kiln/internal/dockerfile"
+	"github.com/kilnbuild/kiln/internal/fsroot"
+	"github.com/kilnbuild/kiln/internal/layer"
+	"github.com/kilnbuild/kiln/internal/rootfs"
+	"github.com/kilnbuild/kiln/internal/snapshot"
+)
+
+// historyComment marks history entries kiln wrote.
+const historyComment = "kiln.dockerfile.v0"
+
+// defaultShell is the shell of shell-form CMD, ENTRYPOINT and RUN.
+var defaultShell = []string{"/bin/sh", "-c"}
+
+// stage is the state of one stage while its instructions run.
+type stage struct {
+	ps       *dockerfile.Stage
+	root     string       // the stage's root directory
+	fs       *fsroot.Root // the root, for work inside it
+	base     v1.Image
+	cfg      *v1.ConfigFile // working config; Env lives in imgEnv
+	imgEnv   *dockerfile.Env
+	env      *dockerfile.Env // what instructions see: image env plus ARGs
+	args     *dockerfile.Env // ARGs declared in the stage with values
+	cmdSet   bool
+	oci      bool
+	history  []v1.History
+	addenda  []mutate.Addendum
+	platform v1.Platform
+	img      v1.Image // the finished image
+	// key is the cache key of the stage so far.
+	key string
+	// unpacked says the base image is in root; pending are layers taken
+	// from the cache and not yet applied to root.
+	unpacked bool
+	pending  []v1.Layer
+	// startInterval is HEALTHCHECK --start-interval, which ggcr's config
+	// type cannot hold; finish patches it in.
+	startInterval time.Duration
+	// snapshot is the root's state after the last RUN, while nothing else
+	// has written to the root since.
+	snapshot *snapshot.Snapshot
+}
+
+func (b *builder) buildStage(ctx context.Context, ps *dockerfile.Stage) (*stage, error) {
+	st := &stage{ps: ps, args: &dockerfile.Env{}, platform: b.platform}
+	if ps.Platform != "" {
+		p, err := ParsePlatform(ps.Platform)
+		if err != nil {
+			return nil, &dockerfile.Error{File: b.df.Name, Line: ps.Line, Err: fmt.Errorf("FROM --platform: %w", err)}
+		}
+		st.platform = p
+	}
+	var err error
+	switch {
+	case ps.BaseStage >= 0:
+		prev, ok := b.stages[ps.BaseStage]
+		if !ok {
+			return nil, &dockerfile.Error{File: b.df.Name, Line: ps.Line, Err: fmt.Errorf("FROM %s: stage was not built", ps.Base)}
+		}
+		st.base = prev.img
+	case strings.EqualFold(ps.Base, "scratch"):
+		st.base = mutate.MediaType(empty.Image, types.OCIManifestSchema1)
+		st.base = mutate.ConfigMediaType(st.base, types.OCIConfigJSON)
+	default:
+		if st.base, err = b.baseImage(ctx, ps, st.platform); err != nil {
+			return nil, err
+		}
+	}
+	if ps.BaseStage < 0 && !strings.EqualFold(ps.Base, "scratch") {
+		b.material(ps.Base, st.base, "base")
+	}
+	if b.o.Cache {
+		if err := b.initKey(st); err != nil {
+			return nil, err
+		}
+	}
+	mt, err := st.base.MediaType()
+	if err != nil {
+		return nil, fmt.Errorf("base image %s: %w", ps.Base, err)
+	}
+	st.oci = mt != types.DockerManifestSchema2
+	if !st.oci && b.o.Compression == layer.Zstd {
+		return nil, &dockerfile.Error{File: b.df.Name, Line: ps.Line,
+			Err: fmt.Errorf("--compression=zstd needs an OCI base image; %s uses Docker media types", ps.Base)}
+	}
+	cf, err := st.base.ConfigFile()
+	if err != nil {
+		return nil, fmt.Errorf("base image %s: reading config: %w", ps.Base, err)
+	}
+	st.cfg = cf.DeepCopy()
+	if strings.EqualFold(ps.Base, "scratch") && ps.BaseStage < 0 {
+		st.cfg.OS, st.cfg.Architecture, st.cfg.Variant = st.platform.OS, st.platform.Architecture, st.platform.Variant
+		st.cfg.RootFS.Type = "layers"
+	}
+	// As BuildKit: a relative working directory in the base's config is
+	// taken from "/" (system.NormalizeWorkdir), and PATH is always set.
+	if wd := st.cfg.Config.WorkingDir; wd != "" && !path.IsAbs(wd) {
+		st.cfg.Config.WorkingDir = path.Join("/", wd)
+	}
+	st.startInterval = healthStartInterval(st.base)
+	st.imgEnv = dockerfile.NewEnv(st.cfg.Config.Env)
+	if _, ok := st.imgEnv.Get("PATH"); !ok {
+		st.imgEnv.Set("PATH", defaultPath)
+	}
+	st.env = st.imgEnv.Clone()
+	if ps.BaseStage >= 0 {
+		// A stage built on another inherits its ARGs (BuildKit's
+		// dispatchState.init), values included.
+		prev := b.stages[ps.BaseStage]
+		for _, k := range prev.args.Keys() {
+			v, _ := prev.args.Get(k)
+			st.args.Set(k, v)
+			st.env.Set(k, v)
+		}
+	}
+	triggers := st.cfg.Config.OnBuild
+	st.cfg.Config.OnBuild = nil
+
+	if b.inPlace {
+		st.root = b.o.Root
+	} else {
+		st.root = b.privateRoot(ps.Index)
+		if err := os.MkdirAll(st.root, 0o755); err != nil {
+			return nil, fmt.Errorf("creating stage root: %w", err)
+		}
+	}
+	if st.fs, err = b.openRoot(st.root); err != nil {
+		return nil, err
+	}
+	if !b.o.Cache {
+		// Without the cache every instruction runs: unpack now. With it,
+		// unpacking waits for the first instruction that needs files.
+		if err := b.materialize(ctx, st); err != nil {
+			return nil, err
+		}
+	}
+	var start *snapshot.Snapshot
+	if b.o.SingleSnapshot {
+		if err := b.materialize(ctx, st); err != nil {
+			return nil, err
+		}
+		stop := b.clock(phaseSnapshot)
+		start, err = snapshot.Take(ctx, st.root, b.snapshotOptions(st))
+		stop()
+		if err != nil {
+			return nil, err
+		}
+	}
+	for _, t := range triggers {
+		cmd, err := dockerfile.ParseTrigger(t)
+		if err != nil {
+			return nil, &dockerfile.Error{File: b.df.Name, Line: ps.Line, Err: err}
+		}
+		b.log.Info("running ONBUILD trigger", "stage", stageLabel(ps), "trigger", t)
+		if err := b.dispatch(ctx, st, cmd); err != nil {
+			return nil, dockerfile.WrapError(b.df.Name, b.fromLocation(ps), fmt.Errorf("ONBUILD %s: %w", t, err))
+		}
+	}
+	for _, cmd := range ps.Commands {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		b.log.Info(sourceText(cmd), "stage", stageLabel(ps))
+		if err := b.dispatch(ctx, st, cmd); err != nil {
+			return nil, dockerfile.WrapError(b.df.Name, cmd.Location(), err)
+		}
+	}
+	if start != nil {
+		stop := b.clock(phaseSnapshot)
+		changes, _, err := start.Diff(ctx, b.snapshotOptions(st))
+		if err != nil {
+			stop()
+			return nil, err
+		}
+		entries, err := snapshot.Entries(st.root, changes)
+		stop()
+		if err != nil {
+			return nil, err
+		}
+		if len(entries) > 0 {
+			if err := b.addLayer(ctx, st, "single snapshot of stage "+stageLabel(ps), entries); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if ps.Index == b.plan.Target && len(b.o.Labels) > 0 {
+		if st.cfg.Config.Labels == nil {
+			st.cfg.Config.Labels = map[string]string{}
+		}
+		for _, l := range b.o.Labels {
+			k, v, _ := strings.Cut(l, "=")
+			st.cfg.Config.Labels[k] = v
+		}
+	}
+	if err := st.finish(b.now); err != nil {
+		return nil, err
+	}
+	if b.inPlace && ps.Index != b.plan.Target {
+		// The next stage empties the root: keep this stage's files where
+		// COPY --from and RUN --mount can still read them.
+		st.root = b.privateRoot(ps.Index)
+		if err := os.MkdirAll(st.root, 0o755); err != nil {
+			return nil, err
+		}
+		if st.fs, err = b.openRoot(st.root); err != nil {
+			return nil, err
+		}
+		if err := b.unpack(ctx, st.root, st.img, "stage "+stageLabel(ps)); err != nil {
+			return nil, err
+		}
+		st.unpacked, st.pending = true, nil
+	}
+	return st, nil
+}
+
+// materialize brings the stage's root up to date: the base image unpacked
+// (emptying the root first in place), then the layers taken from the cache.
+func (b *builder) materialize(ctx context.Context, st *stage) error {
+	if !st.unpacked {
+		if b.inPlace && st.root == b.o.Root {
+			if err := rootfs.Clear(st.root, b.ignore); err != nil {
+				return err
+			}
+		}
+		if err := b.unpack(ctx, st.root, st.base, st.ps.Base); err != nil {
+			return &dockerfile.Error{File: b.df.Name, Line: st.ps.Line, Err: err}
+		}
+		st.unpacked = true
+	}
+	defer b.clock(phaseUnpack)()
+	for _, l := range st.pending {
+		rc, err := l.Uncompressed()
+		if err != nil {
+			return fmt.Errorf("reading cached layer: %w", err)
+		}
+		uo := rootfs.UnpackOptions{Logger: b.log}
+		if b.inPlace && st.root == b.o.Root {
+			uo.Ignore = b.ignore
+		}
+		err = rootfs.ApplyTar(st.root, rc, uo)
+		rc.Close()
+		if err != nil {
+			return fmt.Errorf("applying cached layer: %w", err)
+		}
+	}
+	st.pending = nil
+	return nil
+}
+
+// initKey starts the stage's cache key from its base and the settings
+// that shape every layer.
+func (b *builder) initKey(st *stage) error {
+	base := ""
+	switch {
+	case st.ps.BaseStage >= 0:
+		base = "stage:" + b.stages[st.ps.BaseStage].key
+	default:
+		d, err := st.base.Digest()
+		if err != nil {
+			return err
+		}
+		base = "image:" + d.String()
+	}
+	epoch := ""
+	if b.epoch != nil {
+		epoch = b.epoch.String()
+	}
+	st.key = cache.NewKey(base).Add("platform", platformString(st.platform)).
+		Add("compression", fmt.Sprintf("%s/%d", b.o.Compression, b.o.CompressionLevel)).
+		Add("reproducible", epoch).String()
+	return nil
+}
+
+// baseImage is the image a stage's FROM names, from the cache directory
+// or the registry, fetched once per build.
+func (b *builder) baseImage(ctx context.Context, ps *dockerfile.Stage, platform v1.Platform) (v1.Image, error) {
+	key := ps.Base + "\x00" + platformString(platform)
+	if img, ok := b.bases[key]; ok {
+		return img, nil
+	}
+	stop := b.clock(phasePull)
+	img, err := b.pullBase(ctx, ps.Base, platform)
+	stop()
+	if err != nil {
+		return nil, &dockerfile.Error{File: b.df.Name, Line: ps.Line, Err: fmt.Errorf("FROM %s: %w", ps.Base, err)}
+	}
+	b.bases[key] = img
+	return img, nil
+}
+
+// stagePlatform is the platform a stage builds for.
+func (b *builder) stagePlatform(ps *dockerfile.Stage) (v1.Platform, error) {
+	if ps.Platform == "" {
+		return b.platform, nil
+	}
+	p, err := ParsePlatform(ps.Platform)
+	if err != nil {
+		return v1.Platform{}, &dockerfile.Error{File: b.df.Name, Line: ps.Line, Err: fmt.Errorf("FROM --platform: %w", err)}
+	}
+	return p, nil
+}
+
+// requireOnbuildStages marks, besides the stages the target needs, those
+// its base images' ONBUILD triggers read (COPY --from=<stage>, RUN
+// --mount from=), which only the images' configs tell.
+func (b *builder) requireOnbuildStages(ctx context.Context) error {
+	for changed := true; changed; {
+		changed = false
+		for _, ps := range b.plan.Stages {
+			if !ps.Build || ps.BaseStage >= 0 || strings.EqualFold(ps.Base, "scratch") {
+				continue
+			}
+			platform, err := b.stagePlatform(ps)
+			if err != nil {
+				return err
+			}
+			img, err := b.baseImage(ctx, ps, platform)
+			if err != nil {
+				return err
+			}
+			cf, err := img.ConfigFile()
+			if err != nil {
+				return fmt.Errorf("base image %s: reading config: %w", ps.Base, err)
+			}
+			var cmds []instructions.Command
+			for _, t := range cf.Config.OnBuild {
+				if cmd, err := dockerfile.ParseTrigger(t); err == nil {
+					cmds = append(cmds, cmd)
+				}
+			}
+			for _, j := range b.df.CommandRefs(cmds, ps.Index, b.plan.Meta) {
+				if !b.plan.Stages[j].Build {
+					b.plan.Require(b.df, j)
+					changed = true
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// pullBase fetches a base image as kaniko does with --cache-dir: a
+// digest reference is looked up in the cache directory first; any other is
+// resolved in the registry and its manifest digest looked up there, so a
+// moved tag is never served stale. When the registry cannot be reached
+// (not when it refuses), the image warm-cache stored under the name is
+// used, with a warning.
+func (b *builder) pullBase(ctx context.Context, ref string, platform v1.Platform) (v1.Image, error) {
+	dir := b.o.BaseImages
+	if dir != nil {
+		if d, err := name.NewDigest(ref, name.WeakValidation); err == nil {
+			if h, err := v1.NewHash(d.DigestStr()); err == nil {
+				if img, err := dir.ByDigest(h); err == nil {
+					b.log.Info("base image from the cache directory", "image", ref)
+					return img, nil
+				} else if !errors.Is(err, cache.ErrMiss) {
+					b.log.Warn("not using the cache directory's copy", "image", ref, "error", err)
+				}
+			}
+		}
+	}
+	if b.o.Registry == nil {
+		return nil, errors.New("no registry client")
+	}
+	img, err := b.o.Registry.PullPlatform(ctx, ref, platform)
+	if err != nil {
+		var te *transport.Error
+		if dir == nil || ctx.Err() != nil || errors.As(err, &te) {
+			return nil, err
+		}
+		cimg, at, cerr := dir.ByName(ref, platform)
+		if cerr != nil {
+			return nil, err
+		}
+		b.log.Warn("registry unreachable: using the image warm-cache stored under this name", "image", ref,
+			"stored", at.UTC().Format(time.RFC3339), "error", err)
+		return cimg, nil
+	}
+	if dir == nil {
+		return img, nil
+	}
+	h, err := img.Digest()
+	if err != nil {
+		return nil, err
+	}
+	cimg, err := dir.ByDigest(h)
+	if err != nil {
+		if !errors.Is(err, cache.ErrMiss) {
+			b.log.Warn("not using the cache directory's copy", "image", ref, "error", err)
+		}
+		return img, nil
+	}
+	b.log.Info("base image from the cache directory", "image", ref, "digest", h.String())
+	return cimg, nil
+}
+
+func platformString(p v1.Platform) string {
+	s := p.OS + "/" + p.Architecture
+	if p.Variant != "" {
+		s += "/" + p.Variant
+	}
+	return s
+}
+
+// openRoot opens a stage or image root for work inside it: the live "/"
+// in place (once, protecting the ignore list), else the directory.
+func (b *builder) openRoot(dir string) (*fsroot.Root, error) {
+	if b.inPlace && dir == b.o.Root {
+		if b.liveFS == nil {
+			r, err := fsroot.Open(dir, fsroot.WithProtector(b.ignore))
+			if err != nil {
+				return nil, err
+			}
+			b.liveFS = r
+			b.roots = append(b.roots, r)
+		}
+		return b.liveFS, nil
+	}
+	r, err := fsroot.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	b.roots = append(b.roots, r)
+	return r, nil
+}
+
+// privateRoot is the root directory of stage i under the work directory.
+func (b *builder) privateRoot(i int) string {
+	return filepath.Join(b.work, "stage-"+strconv.Itoa(i), "root")
+}
+
+// snapshotOptions are the options of every snapshot of a stage root.
+func (b *builder) snapshotOptions(st *stage) snapshot.Options {
+	o := snapshot.Options{Mode: b.snapshotMode()}
+	if st.root == b.o.Root || len(b.o.IgnorePaths) > 0 {
+		o.Ignore = b.ignore.Ignored
+	}
+	return o
+}
+
+func (b *builder) fromLocation(ps *dockerfile.Stage) []parser.Range {
+	return []parser.Range{{Start: parser.Position{Line: ps.Line}}}
+}
+
+// unpack extracts img over root, retrying as --image-fs-extract-retry says.
+func (b *builder) unpack(ctx context.Context, root string, img v1.Image, what string) error {
+	var err error
+	for i := 0; i <= b.o.ImageFSExtractRetry; i++ {
+		if i > 0 {
+			b.log.Warn("retrying image extraction", "image", what, "attempt", i, "error", err)
+			// Emptied, not replaced: handles on the root stay valid.
+			var ignore *rootfs.IgnoreList
+			if b.inPlace && root == b.o.Root {
+				ignore = b.ignore
+			}
+			if err := rootfs.Clear(root, ignore); err != nil {
+				return err
+			}
+		}
+		uo := rootfs.UnpackOptions{Logger: b.log, Name: what}
+		if b.inPlace && root == b.o.Root {
+			uo.Ignore = b.ignore
+		}
+		stop := b.clock(phaseUnpack)
+		err = rootfs.Unpack(ctx, root, img, uo)
+		stop()
+		if err == nil {
+			return nil
+		}
+	}
+	return fmt.Errorf("extracting %s: %w", what, err)
+}
+
+// finish assembles the stage's image.
+func (st *stage) finish(now time.Time) error {
+	img, err := mutate.Append(st.base, st.addenda...)
+	if err != nil {
+		return fmt.Errorf("appending layers: %w", err)
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return err
+	}
+	cf = cf.DeepCopy()
+	baseCf, err := st.base.ConfigFile()
+	if err != nil {
+		return err
+	}
+	cf.History = append(append([]v1.History(nil), baseCf.History...), st.history...)
+	cf.Config = st.cfg.Config
+	cf.Config.Env = st.imgEnv.List()
+	cf.Author = st.cfg.Author
+	cf.OS, cf.Architecture, cf.Variant = st.cfg.OS, st.cfg.Architecture, st.cfg.Variant
+	cf.Created = v1.Time{Time: now}
+	cf.Container, cf.DockerVersion = "", ""
+	if st.img, err = mutate.ConfigFile(img, cf); err != nil {
+		return fmt.Errorf("writing config: %w", err)
+	}
+	if st.startInterval > 0 && cf.Config.Healthcheck != nil {
+		if st.img, err = withHealthStartInterval(st.img, st.startInterval); err != nil {
+			return fmt.Errorf("writing HEALTHCHECK --start-interval: %w", err)
+		}
+	}
+	return nil
+}
+
+// commit records an instruction. As BuildKit, RUN, COPY, ADD and a
+// WORKDIR other than / commit a layer (withLayer), empty or not, so that
+// layers and history align as Docker's do; metadata instructions record
+// an empty-layer history entry.
+func (b *builder) commit(ctx context.Context, st *stage, createdBy string, entries []layer.Entry, withLayer bool) error {
+	if !withLayer || b.o.SingleSnapshot {
+		// With --single-snapshot the stage's one layer is the difference
+		// between its start and its end, taken in buildStage.
+		st.history = append(st.history, v1.History{
+			Created: v1.Time{Time: b.now}, CreatedBy: createdBy, Comment: historyComment, EmptyLayer: true,
+		})
+		return nil
+	}
+	if len(entries) > 0 {
+		st.snapshot = nil
+	}
+	return b.addLayer(ctx, st, createdBy, entries)
+}
+
+// addLayer appends a layer of entries with its history entry.
+func (b *builder) addLayer(ctx context.Context, st *stage, createdBy string, entries []layer.Entry) error {
+	h := historyEntry(b.now, createdBy)
+	mt := types.DockerLayer
+	if st.oci {
+		mt = types.OCILayer
+		if b.o.Compression == layer.Zstd {
+			mt = types.OCILayerZStd
+		}
+	}
+	stop := b.clock(phaseLayer)
+	l, err := layer.New(ctx, b.work, entries, layer.Options{
+		Compression: b.o.Compression, Level: b.o.CompressionLevel, MediaType: mt, ModTime: b.epoch,
+	})
+	stop()
+	if err != nil {
+		return err
+	}
+	st.history = append(st.history, h)
+	st.addenda = append(st.addenda, mutate.Addendum{Layer: l, MediaType: mt})
+	return nil
+}
+
+// expand expands the instruction's words with the stage's variables.
+func (b *builder) expand(st *stage, cmd instructions.Command) error {
+	exp := st.env.Expander(b.df.Escape)
+	if ex, ok := cmd.(instructions.SupportsSingleWordExpansion); ok {
+		if err := ex.Expand(exp); err != nil {
+			return err
+		}
+	}
+	if ex, ok := cmd.(instructions.SupportsSingleWordExpansionRaw); ok {
+		if err := ex.ExpandRaw(exp); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// dispatch runs one instruction.
+func (b *builder) dispatch(ctx context.Context, st *stage, cmd instructions.Command) (rerr error) {
+	if err := b.expand(st, cmd); err != nil {
+		return fmt.Errorf("%s: %w", strings.ToUpper(cmd.Name()), err)
+	}
+	created := sourceText(cmd)
+	c := &st.cfg.Config
+	if b.o.Cache {
+		key, cacheable, err := b.instructionKey(ctx, st, cmd, created)
+		if err != nil {
+			return err
+		}
+		hist := created
+		if rc, ok := cmd.(*instructions.RunCommand); ok {
+			if argv, _, err := st.runArgs(rc); err == nil {
+				hist = runHistory(st, argv)
+			}
+		}
+		if cacheable && b.cacheHit(ctx, st, key, created, hist) {
+			return nil
+		}
+		before := len(st.addenda)
+		defer func() {
+			st.key = key
+			if cacheable && rerr == nil {
+				b.cachePut(ctx, key, st, before)
+			}
+		}()
+	}
+	switch cmd.(type) {
+	case *instructions.WorkdirCommand, *instructions.CopyCommand, *instructions.AddCommand, *instructions.RunCommand:
+		if err := b.materialize(ctx, st); err != nil {
+			return err
+		}
+	}
+	switch cmd := cmd.(type) {
+	case *instructions.EnvCommand:
+		for _, kv := range cmd.Env {
+			st.imgEnv.Set(kv.Key, kv.Value)
+			st.env.Set(kv.Key, kv.Value)
+		}
+	case *instructions.LabelCommand:
+		if c.Labels == nil {
+			c.Labels = map[string]string{}
+		}
+		for _, kv := range cmd.Labels {
+			c.Labels[kv.Key] = kv.Value
+		}
+	case *instructions.MaintainerCommand:
+		st.cfg.Author = cmd.Maintainer
+	case *instructions.UserCommand:
+		c.User = cmd.User
+	case *instructions.ArgCommand:
+		b.declareArgs(st, cmd)
+	case *instructions.ExposeCommand:
+		ports, err := b.exposedPorts(st, cmd.Ports)
+		if err != nil {
+			return err
+		}
+		if c.ExposedPorts == nil {
+			c.ExposedPorts = map[string]struct{}{}
+		}
+		for _, p := range ports {
+			c.ExposedPorts[p] = struct{}{}
+		}
+	case *instructions.VolumeCommand:
+		if c.Volumes == nil {
+			c.Volumes = map[string]struct{}{}
+		}
+		for _, v := range cmd.Volumes {
+			if v == "" {
+				return errors.New("VOLUME specified can not be an empty string")
+			}
+			c.Volumes[v] = struct{}{}
+		}
+	case *instructions.CmdCommand:
+		c.Cmd = st.commandLine(cmd.ShellDependantCmdLine)
+		st.cmdSet = true
+	case *instructions.EntrypointCommand:
+		c.Entrypoint = st.commandLine(cmd.ShellDependantCmdLine)
+		if !st.cmdSet {
+			c.Cmd = nil
+		}
+	case *instructions.ShellCommand:
+		c.Shell = append([]string(nil), cmd.Shell...)
+	case *instructions.StopSignalCommand:
+		c.StopSignal = cmd.Signal
+	case *instructions.HealthCheckCommand:
+		h := cmd.Health
+		c.Healthcheck = &v1.HealthConfig{
+			Test: h.Test, Interval: h.Interval, Timeout: h.Timeout, StartPeriod: h.StartPeriod, Retries: h.Retries,
+		}
+		st.startInterval = h.StartInterval
+	case *instructions.OnbuildCommand:
+		c.OnBuild = append(c.OnBuild, cmd.Expression)
+	case *instructions.WorkdirCommand:
+		entries, err := b.workdir(st, cmd.Path)
+		if err != nil {
+			return err
+		}
+		return b.commit(ctx, st, created, entries, st.cfg.Config.WorkingDir != "/")
+	case *instructions.CopyCommand:
+		entries, err := b.copy(ctx, st, copyRequest{
+			sources: cmd.SourcesAndDest, from: cmd.From, chown: cmd.Chown, chmod: cmd.Chmod,
+			exclude: cmd.ExcludePatterns, parents: cmd.Parents, name: "COPY",
+		})
+		if err != nil {
+			return err
+		}
+		return b.commit(ctx, st, created, entries, true)
+	case *instructions.AddCommand:
+		unpack := true
+		if cmd.Unpack != nil {
+			unpack = *cmd.Unpack
+		}
+		entries, err := b.copy(ctx, st, copyRequest{
+			sources: cmd.SourcesAndDest, chown: cmd.Chown, chmod: cmd.Chmod, exclude: cmd.ExcludePatterns,
+			checksum: cmd.Checksum, add: true, unpack: unpack, unpackSet: cmd.Unpack != nil,
+			keepGitDir: cmd.KeepGitDir != nil, name: "ADD",
+		})
+		if err != nil {
+			return err
+		}
+		return b.commit(ctx, st, created, entries, true)
+	case *instructions.RunCommand:
+		return b.runInstruction(ctx, st, cmd)
+	default:
+		return fmt.Errorf("%s is not supported", strings.ToUpper(cmd.Name()))
+	}
+	return b.commit(ctx, st, created, nil, false)
+}
+
+// commandLine turns a CMD or ENTRYPOINT into its exec form.
+func (st *stage) commandLine(c instructions.ShellDependantCmdLine) []string {
+	if !c.PrependShell {
+		return append([]string{}, c.CmdLine...)
+	}
+	sh := st.cfg.Config.Shell
+	if len(sh) == 0 {
+		sh = defaultShell
+	}
+	return append(append([]string{}, sh...), strings.Join(c.CmdLine, " "))
+}
+
+// declareArgs applies an ARG instruction inside a stage.
+func (b *builder) declareArgs(st *stage, cmd *instructions.ArgCommand) {
+	for _, kv := range cmd.Args {
+		var val *string
+		if v, ok := b.args.Lookup(kv.Key); ok {
+			val = &v
+		} else if kv.Value != nil {
+			val = kv.Value
+		} else if v, ok := b.plan.Meta.Get(kv.Key); ok {
+			val = &v
+		}
+		if val != nil {
+			st.env.Set(kv.Key, *val)
+			st.args.Set(kv.Key, *val)
+		}
+	}
+}
+
+// exposedPorts normalises EXPOSE values to "port/proto", expanding ranges.
+func (b *builder) exposedPorts(st *stage, raw []string) ([]string, error) {
+	exp := st.env.Expander(b.df.Escape)
+	var out []string
+	for _, r := range raw {
+		r, err := exp(r)
+		if err != nil {
+			return nil, err
+		}
+		port, proto, _ := strings.Cut(r, "/")
+		if proto == "" {
+			proto = "tcp"
+		}
+		proto = strings.ToLower(proto)
+		if proto != "tcp" && proto != "udp" && proto != "sctp" {
+			return nil, fmt.Errorf("EXPOSE %s: invalid protocol %q", r, proto)
+		}
+		lo, hi, isRange := strings.Cut(port, "-")
+		start, err := strconv.ParseUint(lo, 10, 16)
+		if err != nil {
+			return nil, fmt.Errorf("EXPOSE %s: invalid port %q", r, lo)
+		}
+		end := start
+		if isRange {
+			if end, err = strconv.ParseUint(hi, 10, 16); err != nil || end < start {
+				return nil, fmt.Errorf("EXPOSE %s: invalid port range %q", r, port)
+			}
+		}
+		for p := start; p <= end; p++ {
+			out = append(out, fmt.Sprintf("%d/%s", p, proto))
+		}
+	}
+	return out, nil
+}
+
+// workdir sets WORKDIR and creates the directory, owned by the stage's
+// USER, when it is missing.
+func (b *builder) workdir(st *stage, p string) ([]layer.Entry, error) {
+	c := &st.cfg.Config
+	if !path.IsAbs(p) {
+		wd := c.WorkingDir
+		if wd == "" {
+			wd = "/"
+		}
+		p = path.Join(wd, p)
+	}
+	c.WorkingDir = path.Clean(p)
+	owner := rootfs.IDs{}
+	if c.User != "" {
+		var err error
+		if owner, err = rootfs.LookupUser(st.fs, c.User); err != nil {
+			return nil, fmt.Errorf("WORKDIR %s: %w", p, err)
+		}
+	}
+	w := b.newWriter(st, writerOptions{createOwner: owner})
+	defer w.close()
+	if _, err := w.mkdirAll(c.WorkingDir); err != nil {
+		return nil, fmt.Errorf("WORKDIR %s: %w", p, err)
+	}
+	if !w.createdAny {
+		return nil, nil // the layer is empty, as BuildKit's mkdir of an existing directory
+	}
+	return w.entries(), nil
+}
+
+// sourceText is an instruction's Dockerfile text.
+func sourceText(cmd instructions.Command) string {
+	if s, ok := cmd.(fmt.Stringer); ok {
+		return s.String()
+	}
+	return strings.ToUpper(cmd.Name())
+}
+
+// historyEntry is the history of one instruction.
+func historyEntry(now time.Time, createdBy string) v1.History {
+	return v1.History{Created: v1.Time{Time: now}, CreatedBy: createdBy, Comment: historyComment}
+}

@@ -1,0 +1,89 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// lockSuffix names the lock file beside a build's work directory: the
+// build holds it (flock) for as long as it lives.
+const lockSuffix = ".lock"
+
+// workDir is one build's directory under the work directory, with the
+// lock that says it is in use.
+type workDir struct {
+	path string
+	lock *os.File
+}
+
+// newWorkDir reclaims the directories of builds that died without
+// cleaning up (their locks are free), then makes this build's, locked
+// before it exists so no other build can take it for stale.
+func newWorkDir(parent string, log *slog.Logger) (*workDir, error) {
+	reclaim(parent, log)
+	lock, err := os.CreateTemp(parent, "build-*"+lockSuffix)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		lock.Close()
+		os.Remove(lock.Name())
+		return nil, fmt.Errorf("locking %s: %w", lock.Name(), err)
+	}
+	dir := strings.TrimSuffix(lock.Name(), lockSuffix)
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		lock.Close()
+		os.Remove(lock.Name())
+		return nil, err
+	}
+	return &workDir{path: dir, lock: lock}, nil
+}
+
+// remove deletes the directory, then releases and removes the lock.
+func (w *workDir) remove() error {
+	if w == nil {
+		return nil
+	}
+	err := os.RemoveAll(w.path)
+	os.Remove(w.lock.Name())
+	w.lock.Close()
+	return err
+}
+
+// reclaim removes the work directories whose lock no live build holds.
+// Nothing is followed: os.RemoveAll removes symlinks, never their targets,
+// and the mounts a dead build's RUN made died with its namespace.
+func reclaim(parent string, log *slog.Logger) {
+	locks, _ := filepath.Glob(filepath.Join(parent, "build-*"+lockSuffix))
+	for _, l := range locks {
+		f, err := os.OpenFile(l, os.O_RDWR|unix.O_NOFOLLOW, 0)
+		if err != nil {
+			continue
+		}
+		if unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) != nil {
+			f.Close() // a live build holds it
+			continue
+		}
+		dir := strings.TrimSuffix(l, lockSuffix)
+		if fi, err := os.Lstat(dir); err == nil && fi.IsDir() {
+			log.Info("removing the work directory of a build that did not finish", "dir", dir)
+			if err := os.RemoveAll(dir); err != nil {
+				log.Warn("removing a stale work directory", "dir", dir, "error", err)
+				f.Close()
+				continue
+			}
+		} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			f.Close()
+			continue
+		}
+		os.Remove(l)
+		f.Close()
+	}
+}

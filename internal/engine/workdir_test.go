@@ -1,0 +1,67 @@
+package engine
+
+import (
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestStaleWorkDirsReclaimed: a build killed with -9 leaves its directory
+// and unlocked lock file; the next build removes them, but never the
+// directory of a build still running (its lock held), nor what a symlink
+// in a dead build's tree points to.
+func TestStaleWorkDirsReclaimed(t *testing.T) {
+	parent := t.TempDir()
+	outside := t.TempDir()
+	os.WriteFile(filepath.Join(outside, "keep"), []byte("keep"), 0o644)
+	mk := func(name string) string {
+		dir := filepath.Join(parent, name)
+		os.MkdirAll(filepath.Join(dir, "stage-0", "root", "etc"), 0o755)
+		os.Symlink(outside, filepath.Join(dir, "stage-0", "root", "link"))
+		os.WriteFile(dir+lockSuffix, nil, 0o600)
+		return dir
+	}
+	dead := mk("build-dead")
+	live := mk("build-live")
+	held, err := os.Open(live + lockSuffix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if err := unix.Flock(int(held.Fd()), unix.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	w, err := newWorkDir(parent, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(dead); err == nil {
+		t.Error("the dead build's directory is still there")
+	}
+	if _, err := os.Lstat(dead + lockSuffix); err == nil {
+		t.Error("the dead build's lock file is still there")
+	}
+	if _, err := os.Stat(filepath.Join(live, "stage-0", "root", "etc")); err != nil {
+		t.Errorf("the live build's directory was touched: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(outside, "keep")); err != nil {
+		t.Errorf("a file a symlink pointed to was removed: %v", err)
+	}
+	// A second build does not take the first one's directory for stale.
+	w2, err := newWorkDir(parent, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(w.path); err != nil {
+		t.Errorf("a running build's directory was reclaimed: %v", err)
+	}
+	w2.remove()
+	w.remove()
+	ents, _ := os.ReadDir(parent)
+	if len(ents) != 2 { // build-live and its lock
+		t.Errorf("left after both builds: %v", ents)
+	}
+}
