@@ -257,8 +257,10 @@ type builder struct {
 	secrets redactor
 	// materials are the images pulled, for the build record.
 	materials []record.Material
-	// ctxRecord describes the context.
+	// ctxRecord describes the context; ctxDigest, when set, delivers it
+	// (a local context's digest, computed alongside the build).
 	ctxRecord *buildcontext.Record
+	ctxDigest <-chan *buildcontext.Record
 	started   time.Time
 	// inPlace says the stage root is the container's own file system.
 	inPlace bool
@@ -277,6 +279,14 @@ type builder struct {
 	// stage's being built.
 	times    map[int]*stageTimes
 	curTimes *stageTimes
+	// Resolved from the options, which the engine never writes: the
+	// context directory (after any fetch and --context-sub-path), the
+	// in-place root ("/" by default; "" in chroot isolation), whether the
+	// layer cache is on, and the environment lookup.
+	ctxPath   string
+	root      string
+	cache     bool
+	lookupEnv func(string) (string, bool)
 }
 
 func newBuilder(o Options) (*builder, error) {
@@ -287,8 +297,9 @@ func newBuilder(o Options) (*builder, error) {
 	if b.http == nil {
 		b.http = &http.Client{Timeout: 30 * time.Minute}
 	}
-	if o.LookupEnv == nil {
-		b.o.LookupEnv = func(string) (string, bool) { return "", false }
+	b.ctxPath, b.root, b.cache, b.lookupEnv = o.Context, o.Root, o.Cache, o.LookupEnv
+	if b.lookupEnv == nil {
+		b.lookupEnv = func(string) (string, bool) { return "", false }
 	}
 	now := time.Now
 	if o.Now != nil {
@@ -297,7 +308,7 @@ func newBuilder(o Options) (*builder, error) {
 	b.now = now().UTC()
 	if o.Reproducible {
 		t := time.Unix(0, 0).UTC()
-		if s, ok := b.o.LookupEnv("SOURCE_DATE_EPOCH"); ok && s != "" {
+		if s, ok := b.lookupEnv("SOURCE_DATE_EPOCH"); ok && s != "" {
 			n, err := strconv.ParseInt(s, 10, 64)
 			if err != nil {
 				return nil, fmt.Errorf("SOURCE_DATE_EPOCH %q: not a number of seconds", s)
@@ -319,7 +330,7 @@ func newBuilder(o Options) (*builder, error) {
 	}
 	if o.Cache && o.SingleSnapshot {
 		b.log.Warn("--single-snapshot builds one layer per stage: the layer cache is not used")
-		b.o.Cache = false
+		b.cache = false
 	}
 	if err := os.MkdirAll(o.WorkDir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating work directory: %w", err)
@@ -376,8 +387,8 @@ func (b *builder) setIsolation() error {
 	if !b.o.Force && !b.isContainer() {
 		return errors.New("in-place isolation replaces the file system it runs on and this does not look like a container: refusing (pass --force to do it anyway, or use --isolation=chroot)")
 	}
-	if b.o.Root == "" {
-		b.o.Root = "/"
+	if b.root == "" {
+		b.root = "/"
 	}
 	for _, p := range []string{"/proc", "/sys", "/dev"} {
 		b.ignore.Add(p)
@@ -386,7 +397,7 @@ func (b *builder) setIsolation() error {
 		b.ignore.Add("/var/run")
 		b.ignore.Add("/run")
 	}
-	if b.o.Root == "/" {
+	if b.root == "/" {
 		// Host paths are image paths: keep kiln's own files, its binary,
 		// the context and every mount (workspaces, secrets, hosts files).
 		if !filepath.IsAbs(b.o.WorkDir) {
@@ -415,7 +426,7 @@ func (b *builder) setIsolation() error {
 	}
 	// The system's CA certificates are about to go: load them now.
 	x509.SystemCertPool()
-	b.log.Info("in-place isolation: the build replaces this container's file system", "root", b.o.Root, "ignored", strings.Join(b.ignore.Paths(), ","))
+	b.log.Info("in-place isolation: the build replaces this container's file system", "root", b.root, "ignored", strings.Join(b.ignore.Paths(), ","))
 	return nil
 }
 
@@ -537,26 +548,34 @@ func (b *builder) fetchContext(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
-			b.o.Context = sub
+			b.ctxPath = sub
 		}
 		if b.ctxRecord == nil {
-			if abs, err := filepath.Abs(b.o.Context); err == nil {
-				if d, err := buildcontext.CanonicalDigest(abs); err == nil {
-					b.ctxRecord = &buildcontext.Record{Source: abs, SHA256: d}
-				}
+			// The context's digest (for the build record) reads every file
+			// of it: alongside the build, which only reads the context too.
+			if abs, err := filepath.Abs(b.ctxPath); err == nil {
+				ch := make(chan *buildcontext.Record, 1)
+				b.ctxDigest = ch
+				go func() {
+					var rec *buildcontext.Record
+					if d, err := buildcontext.CanonicalDigest(abs); err == nil {
+						rec = &buildcontext.Record{Source: abs, SHA256: d}
+					}
+					ch <- rec
+				}()
 			}
 		}
 		return nil
 	}
 	if f := b.o.fetched; f != nil { // fetched once for every platform
-		b.o.Context, b.ctxRecord = f.dir, f.rec
+		b.ctxPath, b.ctxRecord = f.dir, f.rec
 		return nil
 	}
 	f, err := fetchRemote(ctx, b.o, filepath.Join(b.work, "context"), b.http, b.log)
 	if err != nil {
 		return err
 	}
-	b.o.Context, b.ctxRecord = f.dir, f.rec
+	b.ctxPath, b.ctxRecord = f.dir, f.rec
 	return nil
 }
 
@@ -602,13 +621,13 @@ func (b *builder) prepare(ctx context.Context) error {
 	if b.dfPath, b.dfSrc, err = b.readDockerfile(ctx); err != nil {
 		return err
 	}
-	if b.ctxDir, err = buildcontext.Open(b.o.Context, b.dfPath); err != nil {
+	if b.ctxDir, err = buildcontext.Open(b.ctxPath, b.dfPath); err != nil {
 		return err
 	}
 	if b.df, err = dockerfile.Parse(displayName(b.dfPath), strings.NewReader(string(b.dfSrc))); err != nil {
 		return err
 	}
-	b.args = dockerfile.NewBuildArgs(b.o.BuildArgs, b.o.LookupEnv)
+	b.args = dockerfile.NewBuildArgs(b.o.BuildArgs, b.lookupEnv)
 	hostPlatform, _ := ParsePlatform("")
 	b.plan, err = b.df.Plan(dockerfile.PlanOptions{
 		BuildArgs: b.args, Target: b.o.Target, AlsoBuild: b.o.AlsoBuild, SkipUnusedStages: b.o.SkipUnusedStages,
@@ -638,7 +657,7 @@ func (b *builder) build(ctx context.Context) (*Result, error) {
 	}
 	dfPath, src := b.dfPath, b.dfSrc
 	if b.inPlace && b.o.PreCleanup {
-		if err := rootfs.Clear(b.o.Root, b.ignore); err != nil {
+		if err := rootfs.Clear(b.root, b.ignore); err != nil {
 			return nil, fmt.Errorf("--pre-cleanup: %w", err)
 		}
 	}
@@ -661,13 +680,13 @@ func (b *builder) build(ctx context.Context) (*Result, error) {
 			last = st
 		}
 	}
-	if b.inPlace && b.o.Materialize && last.root == b.o.Root {
+	if b.inPlace && b.o.Materialize && last.root == b.root {
 		if err := b.materialize(ctx, last); err != nil {
 			return nil, fmt.Errorf("--materialize: %w", err)
 		}
 	}
 	if b.inPlace && b.o.Cleanup {
-		if err := rootfs.Clear(b.o.Root, b.ignore); err != nil {
+		if err := rootfs.Clear(b.root, b.ignore); err != nil {
 			return nil, fmt.Errorf("--cleanup: %w", err)
 		}
 	}
@@ -686,9 +705,18 @@ func (b *builder) build(ctx context.Context) (*Result, error) {
 	}
 	sum := sha256.Sum256(src)
 	return &Result{
-		Image: img, Digest: d, Materials: record.SortMaterials(b.materials), Context: b.ctxRecord, StartedOn: b.started,
+		Image: img, Digest: d, Materials: record.SortMaterials(b.materials), Context: b.contextRecord(), StartedOn: b.started,
 		Dockerfile: record.File{Path: displayName(dfPath), SHA256: "sha256:" + hex.EncodeToString(sum[:])},
 	}, nil
+}
+
+// contextRecord is the context's record, waiting for its digest when that
+// is being computed.
+func (b *builder) contextRecord() *buildcontext.Record {
+	if b.ctxDigest != nil {
+		b.ctxRecord, b.ctxDigest = <-b.ctxDigest, nil
+	}
+	return b.ctxRecord
 }
 
 // printPlan logs the stages --dryrun would build, with their instructions.
@@ -751,7 +779,7 @@ func (b *builder) readDockerfile(ctx context.Context) (string, []byte, error) {
 	}
 	candidates := []string{df}
 	if !filepath.IsAbs(df) {
-		ctxDir := strings.TrimPrefix(b.o.Context, "dir://")
+		ctxDir := strings.TrimPrefix(b.ctxPath, "dir://")
 		candidates = append(candidates, filepath.Join(ctxDir, df))
 	}
 	for _, c := range candidates {
@@ -764,7 +792,7 @@ func (b *builder) readDockerfile(ctx context.Context) (string, []byte, error) {
 			return abs, data, nil
 		}
 	}
-	return "", nil, fmt.Errorf("--dockerfile %s: no such file (looked in the working directory and the context %s)", df, b.o.Context)
+	return "", nil, fmt.Errorf("--dockerfile %s: no such file (looked in the working directory and the context %s)", df, b.ctxPath)
 }
 
 // download fetches url, refusing bodies over limit bytes.

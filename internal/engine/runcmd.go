@@ -440,7 +440,7 @@ func (b *builder) secretValue(s Secret) (string, error) {
 	var v string
 	switch {
 	case s.Env != "":
-		val, ok := b.o.LookupEnv(s.Env)
+		val, ok := b.lookupEnv(s.Env)
 		if !ok {
 			return "", fmt.Errorf("environment variable %s is not set", s.Env)
 		}

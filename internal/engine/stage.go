@@ -92,7 +92,7 @@ func (b *builder) buildStage(ctx context.Context, ps *dockerfile.Stage) (*stage,
 	if ps.BaseStage < 0 && !strings.EqualFold(ps.Base, "scratch") {
 		b.material(ps.Base, st.base, "base")
 	}
-	if b.o.Cache {
+	if b.cache {
 		if err := b.initKey(st); err != nil {
 			return nil, err
 		}
@@ -140,7 +140,7 @@ func (b *builder) buildStage(ctx context.Context, ps *dockerfile.Stage) (*stage,
 	st.cfg.Config.OnBuild = nil
 
 	if b.inPlace {
-		st.root = b.o.Root
+		st.root = b.root
 	} else {
 		st.root = b.privateRoot(ps.Index)
 		if err := os.MkdirAll(st.root, 0o755); err != nil {
@@ -150,7 +150,7 @@ func (b *builder) buildStage(ctx context.Context, ps *dockerfile.Stage) (*stage,
 	if st.fs, err = b.openRoot(st.root); err != nil {
 		return nil, err
 	}
-	if !b.o.Cache {
+	if !b.cache {
 		// Without the cache every instruction runs: unpack now. With it,
 		// unpacking waits for the first instruction that needs files.
 		if err := b.materialize(ctx, st); err != nil {
@@ -240,7 +240,7 @@ func (b *builder) buildStage(ctx context.Context, ps *dockerfile.Stage) (*stage,
 // (emptying the root first in place), then the layers taken from the cache.
 func (b *builder) materialize(ctx context.Context, st *stage) error {
 	if !st.unpacked {
-		if b.inPlace && st.root == b.o.Root {
+		if b.inPlace && st.root == b.root {
 			if err := rootfs.Clear(st.root, b.ignore); err != nil {
 				return err
 			}
@@ -257,7 +257,7 @@ func (b *builder) materialize(ctx context.Context, st *stage) error {
 			return fmt.Errorf("reading cached layer: %w", err)
 		}
 		uo := rootfs.UnpackOptions{Logger: b.log}
-		if b.inPlace && st.root == b.o.Root {
+		if b.inPlace && st.root == b.root {
 			uo.Ignore = b.ignore
 		}
 		err = rootfs.ApplyTar(st.root, rc, uo)
@@ -428,7 +428,7 @@ func platformString(p v1.Platform) string {
 // openRoot opens a stage or image root for work inside it: the live "/"
 // in place (once, protecting the ignore list), else the directory.
 func (b *builder) openRoot(dir string) (*fsroot.Root, error) {
-	if b.inPlace && dir == b.o.Root {
+	if b.inPlace && dir == b.root {
 		if b.liveFS == nil {
 			r, err := fsroot.Open(dir, fsroot.WithProtector(b.ignore))
 			if err != nil {
@@ -455,7 +455,7 @@ func (b *builder) privateRoot(i int) string {
 // snapshotOptions are the options of every snapshot of a stage root.
 func (b *builder) snapshotOptions(st *stage) snapshot.Options {
 	o := snapshot.Options{Mode: b.snapshotMode()}
-	if st.root == b.o.Root || len(b.o.IgnorePaths) > 0 {
+	if st.root == b.root || len(b.o.IgnorePaths) > 0 {
 		o.Ignore = b.ignore.Ignored
 	}
 	return o
@@ -473,7 +473,7 @@ func (b *builder) unpack(ctx context.Context, root string, img v1.Image, what st
 			b.log.Warn("retrying image extraction", "image", what, "attempt", i, "error", err)
 			// Emptied, not replaced: handles on the root stay valid.
 			var ignore *rootfs.IgnoreList
-			if b.inPlace && root == b.o.Root {
+			if b.inPlace && root == b.root {
 				ignore = b.ignore
 			}
 			if err := rootfs.Clear(root, ignore); err != nil {
@@ -481,7 +481,7 @@ func (b *builder) unpack(ctx context.Context, root string, img v1.Image, what st
 			}
 		}
 		uo := rootfs.UnpackOptions{Logger: b.log, Name: what}
-		if b.inPlace && root == b.o.Root {
+		if b.inPlace && root == b.root {
 			uo.Ignore = b.ignore
 		}
 		stop := b.clock(phaseUnpack)
@@ -592,7 +592,7 @@ func (b *builder) dispatch(ctx context.Context, st *stage, cmd instructions.Comm
 	}
 	created := sourceText(cmd)
 	c := &st.cfg.Config
-	if b.o.Cache {
+	if b.cache {
 		key, cacheable, err := b.instructionKey(ctx, st, cmd, created)
 		if err != nil {
 			return err

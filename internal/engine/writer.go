@@ -10,6 +10,7 @@ import (
 	"path"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -93,6 +94,11 @@ type writer struct {
 	dirs       map[string]*fsroot.Dir
 	createdAny bool
 	canChown   bool
+	// reader opens the files written, for the layer, keeping the last
+	// directory's handle; left counts the openers not called yet, the
+	// last of which releases it.
+	reader *fsroot.EntryOpener
+	left   atomic.Int64
 }
 
 func (b *builder) newWriter(st *stage, o writerOptions) *writer {
@@ -111,7 +117,18 @@ func (w *writer) close() {
 }
 
 // entries returns the recorded changes.
-func (w *writer) entries() []layer.Entry { return w.list }
+func (w *writer) entries() []layer.Entry {
+	n := int64(0)
+	for _, e := range w.list {
+		if e.Open != nil {
+			n++
+		}
+	}
+	if w.left.Store(n); n == 0 && w.reader != nil {
+		w.reader.Close()
+	}
+	return w.list
+}
 
 func (w *writer) record(img string, h tar.Header, open func() (*os.File, error)) {
 	h.Name = img
@@ -323,14 +340,16 @@ func (w *writer) dir(dest string, m meta) error {
 
 // opener reopens a file the writer wrote, inside the root, for the layer.
 func (w *writer) opener(img string) func() (*os.File, error) {
-	root := w.root
+	if w.reader == nil {
+		w.reader = w.root.EntryOpener()
+	}
+	reader := w.reader
 	return func() (*os.File, error) {
-		d, name, err := root.Parent(img)
-		if err != nil {
-			return nil, err
+		f, err := reader.Open(img)
+		if w.left.Add(-1) == 0 {
+			reader.Close()
 		}
-		defer d.Close()
-		return d.Open(name)
+		return f, err
 	}
 }
 

@@ -122,13 +122,7 @@ func (d *Dir) Open(name string) (*os.File, error) {
 	if err := d.checkName(name); err != nil {
 		return nil, err
 	}
-	fd, err := unix.Openat(d.fd(), name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, &fs.PathError{Op: "open", Path: d.show(name), Err: err}
-	}
-	h := os.NewFile(uintptr(fd), d.show(name))
-	defer h.Close()
-	return reopenRegular(h, d.show(name))
+	return openRegularAt(d.fd(), name, d.show(name))
 }
 
 // ReadDir lists the directory's entry names, sorted.

@@ -19,6 +19,7 @@ import (
 	"os"
 	"path"
 	"strings"
+	"sync"
 
 	pathrs "github.com/cyphar/filepath-securejoin/pathrs-lite"
 	"github.com/cyphar/filepath-securejoin/pathrs-lite/procfs"
@@ -268,6 +269,116 @@ func (r *Root) OpenFile(p string) (*os.File, error) {
 	}
 	defer h.Close()
 	return reopenRegular(h, "/"+img)
+}
+
+// OpenEntry opens the regular file at image path p for reading, as
+// Parent(p) then Dir.Open would: the directory holding it resolved inside
+// the root (symlinks followed as the image would), p's last element not
+// followed; anything but a regular file is refused without being opened
+// for reading.
+func (r *Root) OpenEntry(p string) (*os.File, error) {
+	img := Clean(p)
+	if img == "" {
+		return nil, &fs.PathError{Op: "open", Path: "/", Err: errors.New("the root is a directory")}
+	}
+	dir, base := path.Split(img)
+	dfd := r.dir.fd()
+	if dir != "" {
+		d, err := pathrs.OpenatInRoot(r.dir.f, dir)
+		if err != nil {
+			return nil, &fs.PathError{Op: "open", Path: "/" + img, Err: unwrapPath(err)}
+		}
+		defer d.Close()
+		dfd = int(d.Fd())
+	}
+	return openRegularAt(dfd, base, "/"+img)
+}
+
+// EntryOpener opens regular files for reading as OpenEntry does, keeping
+// the handle on the last directory resolved, so that a run of files in
+// one directory (a layer's entries, in order) resolves it once. The
+// handle is a directory's, taken inside the root: what it names cannot
+// move outside it. Close releases it.
+type EntryOpener struct {
+	root *Root
+	mu   sync.Mutex
+	dir  string
+	f    *os.File
+}
+
+// EntryOpener returns an opener over the root.
+func (r *Root) EntryOpener() *EntryOpener { return &EntryOpener{root: r} }
+
+// Open is OpenEntry.
+func (o *EntryOpener) Open(p string) (*os.File, error) {
+	img := Clean(p)
+	if img == "" {
+		return nil, &fs.PathError{Op: "open", Path: "/", Err: errors.New("the root is a directory")}
+	}
+	dir, base := path.Split(img)
+	if dir == "" {
+		return openRegularAt(o.root.dir.fd(), base, "/"+img)
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.f == nil || o.dir != dir {
+		d, err := pathrs.OpenatInRoot(o.root.dir.f, dir)
+		if err != nil {
+			return nil, &fs.PathError{Op: "open", Path: "/" + img, Err: unwrapPath(err)}
+		}
+		if o.f != nil {
+			o.f.Close()
+		}
+		o.dir, o.f = dir, d
+	}
+	return openRegularAt(int(o.f.Fd()), base, "/"+img)
+}
+
+// Close releases the directory handle kept.
+func (o *EntryOpener) Close() error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.f == nil {
+		return nil
+	}
+	err := o.f.Close()
+	o.f = nil
+	return err
+}
+
+// openRegularAt opens name in the directory dirfd for reading without
+// following it. An O_PATH look comes first, so anything but a regular file
+// (a fifo, a device, a socket) is refused without being opened for
+// reading; the open itself must then reach that same file. No procfs
+// reopen: a file per COPY entry costs two openat calls.
+func openRegularAt(dirfd int, name, show string) (*os.File, error) {
+	pfd, err := unix.Openat(dirfd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: show, Err: err}
+	}
+	var st unix.Stat_t
+	err = unix.Fstat(pfd, &st)
+	unix.Close(pfd)
+	if err != nil {
+		return nil, &fs.PathError{Op: "stat", Path: show, Err: err}
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return nil, &fs.PathError{Op: "open", Path: show, Err: fmt.Errorf("not a regular file (%s)", typeName(st.Mode))}
+	}
+	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: show, Err: err}
+	}
+	var st2 unix.Stat_t
+	if err := unix.Fstat(fd, &st2); err != nil || st2.Dev != st.Dev || st2.Ino != st.Ino || st2.Mode&unix.S_IFMT != unix.S_IFREG {
+		unix.Close(fd)
+		return nil, &fs.PathError{Op: "open", Path: show, Err: errors.New("replaced while being opened")}
+	}
+	if err := unix.SetNonblock(fd, false); err != nil {
+		unix.Close(fd)
+		return nil, &fs.PathError{Op: "open", Path: show, Err: err}
+	}
+	return os.NewFile(uintptr(fd), show), nil
 }
 
 // reopenRegular upgrades an O_PATH handle on a regular file to one open

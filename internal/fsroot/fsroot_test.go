@@ -2,6 +2,7 @@ package fsroot
 
 import (
 	"errors"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -285,4 +286,56 @@ func TestRemoveAllDoesNotFollow(t *testing.T) {
 		t.Error("victim still there")
 	}
 	unchanged(t, canary)
+}
+
+// TestOpenEntry opens regular files only, never following the last
+// element and never opening anything else for reading (a fifo would
+// block), with the parent resolved inside the root.
+func TestOpenEntry(t *testing.T) {
+	outside := t.TempDir()
+	os.WriteFile(filepath.Join(outside, "secret"), []byte("host"), 0o600)
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "d"), 0o755)
+	os.WriteFile(filepath.Join(dir, "d", "f"), []byte("inside"), 0o644)
+	os.WriteFile(filepath.Join(dir, "secret"), []byte("image"), 0o644)
+	os.Symlink("f", filepath.Join(dir, "d", "link"))
+	os.Symlink(outside, filepath.Join(dir, "up"))
+	os.Symlink("/", filepath.Join(dir, "d", "abs"))
+	if err := syscall.Mkfifo(filepath.Join(dir, "d", "fifo"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	for _, c := range []struct{ path, want, err string }{
+		{"/d/f", "inside", ""},
+		{"d/abs/secret", "image", ""}, // "/" is the root's
+		{"/d/link", "", "not a regular file (a symlink)"},
+		{"/d/fifo", "", "not a regular file"},
+		{"/d", "", "not a regular file"},
+		{"/up/secret", "", "no such file"}, // the absolute link resolves inside
+		{"/", "", "the root is a directory"},
+	} {
+		f, err := r.OpenEntry(c.path)
+		if c.err != "" {
+			if err == nil || !strings.Contains(err.Error(), c.err) {
+				t.Errorf("%s: %v, want %q", c.path, err, c.err)
+			}
+			if f != nil {
+				f.Close()
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s: %v", c.path, err)
+			continue
+		}
+		b, _ := io.ReadAll(f)
+		f.Close()
+		if string(b) != c.want {
+			t.Errorf("%s: read %q, want %q", c.path, b, c.want)
+		}
+	}
 }
