@@ -84,7 +84,7 @@ func (b *builder) copySource(ctx context.Context, st *stage, from string) (*sour
 		if err := os.MkdirAll(root, 0o755); err != nil {
 			return nil, err
 		}
-		if err := b.unpack(ctx, root, img, ref); err != nil {
+		if err := b.unpack(ctx, root, img, ref, true); err != nil {
 			return nil, fmt.Errorf("--from=%s: %w", ref, err)
 		}
 		if fr, err = fsroot.Open(root); err != nil {

@@ -56,6 +56,13 @@ type stage struct {
 	// from the cache and not yet applied to root.
 	unpacked bool
 	pending  []v1.Layer
+	// lazy indexes the layers not in root yet (for lazyFor pending layers
+	// and the unpacked state lazyUnpacked); ahead says root holds files an
+	// instruction wrote before those layers were unpacked.
+	lazy         *pathIndex
+	lazyFor      int
+	lazyUnpacked bool
+	ahead        bool
 	// startInterval is HEALTHCHECK --start-interval, which ggcr's config
 	// type cannot hold; finish patches it in.
 	startInterval time.Duration
@@ -150,13 +157,8 @@ func (b *builder) buildStage(ctx context.Context, ps *dockerfile.Stage) (*stage,
 	if st.fs, err = b.openRoot(st.root); err != nil {
 		return nil, err
 	}
-	if !b.cache {
-		// Without the cache every instruction runs: unpack now. With it,
-		// unpacking waits for the first instruction that needs files.
-		if err := b.materialize(ctx, st); err != nil {
-			return nil, err
-		}
-	}
+	// Unpacking waits for the first instruction that needs the files (see
+	// lazyroot.go): a stage of COPYs onto a fresh path unpacks nothing.
 	var start *snapshot.Snapshot
 	if b.o.SingleSnapshot {
 		if err := b.materialize(ctx, st); err != nil {
@@ -215,6 +217,9 @@ func (b *builder) buildStage(ctx context.Context, ps *dockerfile.Stage) (*stage,
 			st.cfg.Config.Labels[k] = v
 		}
 	}
+	if err := b.checkUnapplied(st); err != nil {
+		return nil, err
+	}
 	if err := st.finish(b.now); err != nil {
 		return nil, err
 	}
@@ -228,7 +233,7 @@ func (b *builder) buildStage(ctx context.Context, ps *dockerfile.Stage) (*stage,
 		if st.fs, err = b.openRoot(st.root); err != nil {
 			return nil, err
 		}
-		if err := b.unpack(ctx, st.root, st.img, "stage "+stageLabel(ps)); err != nil {
+		if err := b.unpack(ctx, st.root, st.img, "stage "+stageLabel(ps), true); err != nil {
 			return nil, err
 		}
 		st.unpacked, st.pending = true, nil
@@ -245,7 +250,9 @@ func (b *builder) materialize(ctx context.Context, st *stage) error {
 				return err
 			}
 		}
-		if err := b.unpack(ctx, st.root, st.base, st.ps.Base); err != nil {
+		// A root already holding what instructions wrote is never emptied
+		// for a retry.
+		if err := b.unpack(ctx, st.root, st.base, st.ps.Base, !st.ahead); err != nil {
 			return &dockerfile.Error{File: b.df.Name, Line: st.ps.Line, Err: err}
 		}
 		st.unpacked = true
@@ -465,10 +472,15 @@ func (b *builder) fromLocation(ps *dockerfile.Stage) []parser.Range {
 	return []parser.Range{{Start: parser.Position{Line: ps.Line}}}
 }
 
-// unpack extracts img over root, retrying as --image-fs-extract-retry says.
-func (b *builder) unpack(ctx context.Context, root string, img v1.Image, what string) error {
+// unpack extracts img into root; retry allows --image-fs-extract-retry
+// attempts, each on a root emptied first.
+func (b *builder) unpack(ctx context.Context, root string, img v1.Image, what string, retry bool) error {
 	var err error
-	for i := 0; i <= b.o.ImageFSExtractRetry; i++ {
+	tries := b.o.ImageFSExtractRetry
+	if !retry {
+		tries = 0
+	}
+	for i := 0; i <= tries; i++ {
 		if i > 0 {
 			b.log.Warn("retrying image extraction", "image", what, "attempt", i, "error", err)
 			// Emptied, not replaced: handles on the root stay valid.
@@ -615,7 +627,11 @@ func (b *builder) dispatch(ctx context.Context, st *stage, cmd instructions.Comm
 		}()
 	}
 	switch cmd.(type) {
-	case *instructions.WorkdirCommand, *instructions.CopyCommand, *instructions.AddCommand, *instructions.RunCommand:
+	case *instructions.WorkdirCommand, *instructions.CopyCommand, *instructions.AddCommand:
+		if err := b.needRootFor(ctx, st, cmd); err != nil {
+			return err
+		}
+	case *instructions.RunCommand:
 		if err := b.materialize(ctx, st); err != nil {
 			return err
 		}

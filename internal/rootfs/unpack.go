@@ -412,3 +412,25 @@ func clearDir(root *fsroot.Root, dir string, created map[string]bool) error {
 	}
 	return nil
 }
+
+// CheckHeader refuses a layer entry ApplyTar would refuse by its name
+// alone (a name or hard-link target climbing out of the root, a whiteout
+// naming no file), without a root: for layers that are passed on without
+// being unpacked.
+func CheckHeader(hdr *tar.Header) error {
+	name, err := cleanName(hdr.Name)
+	if err != nil {
+		return err
+	}
+	if _, base := path.Split(name); strings.HasPrefix(base, whiteoutPrefix) && base != opaqueMarker {
+		if victim := strings.TrimPrefix(base, whiteoutPrefix); victim == "" || victim == "." || victim == ".." {
+			return fmt.Errorf("tar entry %q: a whiteout that names no file", hdr.Name)
+		}
+	}
+	if hdr.Typeflag == tar.TypeLink {
+		if _, err := cleanName(hdr.Linkname); err != nil {
+			return fmt.Errorf("hard link %s: %w", name, err)
+		}
+	}
+	return nil
+}

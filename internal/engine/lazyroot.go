@@ -1,0 +1,194 @@
+package engine
+
+import (
+	"archive/tar"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"path"
+	"regexp"
+	"strings"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+
+	"github.com/kilnbuild/kiln/internal/dockerfile"
+	"github.com/kilnbuild/kiln/internal/fsroot"
+	"github.com/kilnbuild/kiln/internal/rootfs"
+)
+
+// A stage's root is brought up to date with its base image and the layers
+// taken from the cache only when an instruction needs what they hold. A
+// COPY, ADD or WORKDIR whose destination none of those layers touches (not
+// the path, nothing under it, none of its parents) writes the same files
+// and the same layer whether they are in the root or not: it runs before
+// them, and they are unpacked under what it wrote when a later instruction
+// (a RUN, or a COPY that does touch them) needs the whole root. A COPY of
+// one file onto a large base, or after a cached RUN, then unpacks nothing.
+
+// pathIndex is what the layers not yet in a stage's root touch: every
+// path they hold (a whiteout as the path it deletes, an opaque marker as
+// its directory) and every directory above one.
+type pathIndex struct {
+	seen map[string]bool
+	all  bool // an opaque root: every path
+}
+
+func (ix *pathIndex) add(name string) {
+	p := fsroot.Clean(name)
+	dir, base := path.Split(p)
+	switch {
+	case base == ".wh..wh..opq":
+		p = fsroot.Clean(dir)
+		if p == "" {
+			ix.all = true
+			return
+		}
+	case strings.HasPrefix(base, ".wh."):
+		p = path.Join(dir, strings.TrimPrefix(base, ".wh."))
+	}
+	for p != "" && !ix.seen[p] {
+		ix.seen[p] = true
+		p = fsroot.Clean(path.Dir(p))
+	}
+}
+
+// touches reports whether the image path p, something under it, or one of
+// its parents is in the index.
+func (ix *pathIndex) touches(p string) bool {
+	p = fsroot.Clean(p)
+	if ix.all || p == "" {
+		return true
+	}
+	for ; p != ""; p = fsroot.Clean(path.Dir(p)) {
+		if ix.seen[p] {
+			return true
+		}
+	}
+	return false
+}
+
+// unapplied indexes the layers not in st's root yet: the base image's
+// when it is not unpacked, then those taken from the cache. The index is
+// kept until the root or the pending layers change.
+func (b *builder) unapplied(st *stage) (*pathIndex, error) {
+	if st.lazy != nil && st.lazyFor == len(st.pending) && st.lazyUnpacked == st.unpacked {
+		return st.lazy, nil
+	}
+	defer b.clock(phaseUnpack)()
+	ix := &pathIndex{seen: map[string]bool{}}
+	var layers []v1.Layer
+	if !st.unpacked && st.base != nil {
+		ls, err := st.base.Layers()
+		if err != nil {
+			return nil, err
+		}
+		layers = append(layers, ls...)
+	}
+	layers = append(layers, st.pending...)
+	for _, l := range layers {
+		if err := indexLayer(ix, l); err != nil {
+			return nil, fmt.Errorf("reading a layer's entries: %w", err)
+		}
+	}
+	st.lazy, st.lazyFor, st.lazyUnpacked = ix, len(st.pending), st.unpacked
+	return ix, nil
+}
+
+func indexLayer(ix *pathIndex, l v1.Layer) error {
+	rc, err := l.Uncompressed()
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	tr := tar.NewReader(rc)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if err := rootfs.CheckHeader(h); err != nil {
+			return err
+		}
+		ix.add(h.Name)
+	}
+}
+
+// checkUnapplied refuses, at the end of a stage, the layers its root
+// never needed (so never unpacked) that unpacking would have refused: a
+// hostile base fails the build whatever the Dockerfile does with it.
+func (b *builder) checkUnapplied(st *stage) error {
+	if st.unpacked && len(st.pending) == 0 {
+		return nil
+	}
+	if _, err := b.unapplied(st); err != nil {
+		return &dockerfile.Error{File: b.df.Name, Line: st.ps.Line, Err: fmt.Errorf("FROM %s: %w", st.ps.Base, err)}
+	}
+	return nil
+}
+
+// numericOwner matches a --chown of numeric ids, which needs no
+// /etc/passwd or /etc/group from the root.
+var numericOwner = regexp.MustCompile(`^[0-9]+:[0-9]+$`)
+
+// needsRoot reports whether cmd (a COPY, ADD or WORKDIR, expanded) needs
+// the layers not yet in st's root to be there first.
+func (b *builder) needsRoot(st *stage, cmd instructions.Command) (bool, error) {
+	if b.inPlace || b.o.SingleSnapshot || (st.unpacked && len(st.pending) == 0) {
+		return true, nil // nothing to leave out, or a root that is "/"
+	}
+	var dest string
+	switch c := cmd.(type) {
+	case *instructions.CopyCommand:
+		if c.Parents || (c.Chown != "" && !numericOwner.MatchString(c.Chown)) {
+			return true, nil
+		}
+		dest = c.SourcesAndDest.DestPath
+	case *instructions.AddCommand:
+		if c.Chown != "" && !numericOwner.MatchString(c.Chown) {
+			return true, nil
+		}
+		dest = c.SourcesAndDest.DestPath
+	case *instructions.WorkdirCommand:
+		if st.cfg.Config.User != "" { // its owner is looked up in the root
+			return true, nil
+		}
+		dest = c.Path
+	default:
+		return true, nil
+	}
+	if !path.IsAbs(dest) {
+		wd := st.cfg.Config.WorkingDir
+		if wd == "" {
+			wd = "/"
+		}
+		dest = path.Join(wd, dest)
+	}
+	ix, err := b.unapplied(st)
+	if err != nil {
+		return false, err
+	}
+	if ix.touches(dest) {
+		return true, nil
+	}
+	st.ahead = true
+	return false, nil
+}
+
+// needRootFor brings st's root up to date unless cmd can run before the
+// layers not in it.
+func (b *builder) needRootFor(ctx context.Context, st *stage, cmd instructions.Command) error {
+	need, err := b.needsRoot(st, cmd)
+	if err != nil {
+		return err
+	}
+	if !need {
+		b.log.Debug("the root is not brought up to date for this instruction: no layer left out touches its destination", "stage", stageLabel(st.ps))
+		return nil
+	}
+	return b.materialize(ctx, st)
+}

@@ -1,0 +1,104 @@
+package engine
+
+import (
+	"archive/tar"
+	"io/fs"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/kilnbuild/kiln/internal/imagetest"
+)
+
+func TestPathIndex(t *testing.T) {
+	ix := &pathIndex{seen: map[string]bool{}}
+	for _, n := range []string{"bin/", "bin/sh", "./etc/passwd", "usr/lib/.wh.old", "var/cache/.wh..wh..opq"} {
+		ix.add(n)
+	}
+	for _, c := range []struct {
+		p    string
+		want bool
+	}{
+		{"/app", false}, {"/app/x", false}, {"/blob.bin", false}, {"/binary", false},
+		{"/bin", true},         // an entry
+		{"/bin/ls", true},      // under an entry
+		{"/etc", true},         // holds an entry
+		{"/etc/hosts", true},   // its parent holds one
+		{"/usr/lib/old", true}, // deleted by a whiteout
+		{"/usr/lib/new", true}, // the whiteout's directory holds an entry
+		{"/var/cache/x", true}, // an opaque directory
+		{"/", true},            // the root itself
+	} {
+		if got := ix.touches(c.p); got != c.want {
+			t.Errorf("touches(%s) = %v, want %v", c.p, got, c.want)
+		}
+	}
+	opaque := &pathIndex{seen: map[string]bool{}}
+	opaque.add(".wh..wh..opq")
+	if !opaque.touches("/app") {
+		t.Error("an opaque root touches everything")
+	}
+}
+
+// TestLazyRoot: a COPY to a path no base layer touches runs without the
+// base unpacked (the stage root holds the COPY's files alone), a later
+// RUN sees the base under what the COPY wrote, and a COPY into a
+// directory of the base still finds it there (its layer records the
+// directory as the base has it). A hostile base is refused all the same.
+func TestLazyRoot(t *testing.T) {
+	f := newFixture(t)
+	work := t.TempDir()
+	if _, err := f.run(buildSpec{dockerfile: "FROM REG/busybox:1\nCOPY a /app/a\nWORKDIR /app\nCOPY a b\n", files: map[string]string{"a": "A"},
+		opts: func(o *Options) { o.WorkDir = work }}); err != nil {
+		t.Fatal(err)
+	}
+	roots, _ := filepath.Glob(filepath.Join(work, "build-*", "stage-0", "root"))
+	if len(roots) != 1 {
+		t.Fatalf("stage roots %v", roots)
+	}
+	var inRoot []string
+	filepath.WalkDir(roots[0], func(p string, d fs.DirEntry, err error) error {
+		if rel, _ := filepath.Rel(roots[0], p); rel != "." {
+			inRoot = append(inRoot, rel)
+		}
+		return nil
+	})
+	if d := cmp.Diff([]string{"app", "app/a", "app/b"}, inRoot); d != "" {
+		t.Errorf("the stage root holds more than the COPYs wrote, the base was unpacked (-want +got):\n%s", d)
+	}
+	broken := imagetest.Image(t, true, nil, []imagetest.File{{Path: "../escape", Type: tar.TypeReg, Mode: 0o644, Content: "x"}})
+	f.push("broken:1", broken)
+	if _, err := f.run(buildSpec{dockerfile: "FROM REG/broken:1\nCOPY a /app/a\n", files: map[string]string{"a": "A"}}); err == nil || !strings.Contains(err.Error(), "escapes the root") {
+		t.Errorf("a hostile base never unpacked: %v, want it refused", err)
+	}
+
+	base := imagetest.Image(t, true, nil, append(imagetest.BusyboxFiles(t),
+		imagetest.Dir("srv", 0o700, 5, 5), imagetest.Reg("srv/base.txt", "from base\n", 0o644, 0, 0)))
+	f.push("lazybase:1", base)
+	fs, _, img := f.mustRun(buildSpec{
+		dockerfile: "FROM REG/lazybase:1\nCOPY a /app/a\nCOPY b /srv/b\nRUN cat /app/a /srv/base.txt /srv/b > /out\n",
+		files:      map[string]string{"a": "A\n", "b": "B\n"},
+	})
+	if got := fs["out"].Content; got != "A\nfrom base\nB\n" {
+		t.Errorf("the RUN after the COPYs saw %q", got)
+	}
+	if e := fs["srv"]; e.Header.Mode&0o777 != 0o700 || e.Header.Uid != 5 {
+		t.Errorf("/srv %o %d: the base's directory was replaced", e.Header.Mode, e.Header.Uid)
+	}
+	ls, _ := img.Layers()
+	var names [][]string
+	for _, l := range ls[1:3] {
+		names = append(names, imagetest.LayerNames(t, l))
+	}
+	if d := cmp.Diff([][]string{{"app", "app/a"}, {"srv", "srv/b"}}, names); d != "" {
+		t.Errorf("the COPY layers (-want +got):\n%s", d)
+	}
+	// The parent the second COPY found in the base is recorded as the base
+	// has it: that COPY waited for the base to be unpacked.
+	rc, _ := ls[2].Uncompressed()
+	if e := imagetest.ReadTar(t, rc)["srv"]; e.Header.Mode&0o777 != 0o700 || e.Header.Uid != 5 {
+		t.Errorf("the COPY layer's srv: %o %d:%d, want the base's 0700 5:5", e.Header.Mode, e.Header.Uid, e.Header.Gid)
+	}
+}
