@@ -9,6 +9,7 @@ import (
 	"path"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -190,7 +191,15 @@ func (d *Dir) WriteFile(name string, r io.Reader, perm fs.FileMode) error {
 	if err != nil {
 		return err
 	}
-	_, err = io.Copy(f, r)
+	if src, ok := r.(*os.File); ok {
+		_, err = io.Copy(f, src) // copy_file_range where the kernel can
+	} else {
+		// A stream (a tar entry): through a pooled buffer, not the 32 KiB
+		// one os.File.ReadFrom's fallback allocates for every file.
+		bp := copyBuffers.Get().(*[]byte)
+		_, err = io.CopyBuffer(writerOnly{f}, r, *bp)
+		copyBuffers.Put(bp)
+	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -466,3 +475,9 @@ func (i *info) Mode() fs.FileMode {
 	}
 	return m
 }
+
+// copyBuffers are WriteFile's copy buffers.
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
+
+// writerOnly hides a file's ReadFrom, so io.CopyBuffer uses the buffer.
+type writerOnly struct{ io.Writer }

@@ -138,6 +138,8 @@ type parents struct {
 	// emptied before the next look-up (the current entry's handle stays
 	// valid until then).
 	stale bool
+	// fresh, when set, records the directories MkdirAll made.
+	fresh map[string]bool
 }
 
 const maxCachedParents = 1024
@@ -150,7 +152,12 @@ func (p *parents) get(dir string) (*fsroot.Dir, error) {
 	if d, ok := p.dirs[dir]; ok {
 		return d, nil
 	}
-	d, err := p.root.MkdirAll(dir, fsroot.MkdirOptions{})
+	d, err := p.root.MkdirAll(dir, fsroot.MkdirOptions{Created: func(parent *fsroot.Dir, name string) error {
+		if p.fresh != nil {
+			p.fresh[path.Join(parent.Path(), name)] = true
+		}
+		return nil
+	}})
 	if err != nil {
 		return nil, err
 	}
@@ -175,9 +182,12 @@ func applyTar(root *fsroot.Root, r io.Reader, o UnpackOptions) error {
 	}
 	tr := tar.NewReader(r)
 	created := map[string]bool{} // real image paths written by this layer
+	// fresh are the directories this layer made: nothing is in them but
+	// what it wrote (in created), so a new name there needs no lstat.
+	fresh := map[string]bool{}
 	var dirs []dirTime
 	canChown := os.Geteuid() == 0
-	cache := &parents{root: root, dirs: map[string]*fsroot.Dir{}}
+	cache := &parents{root: root, dirs: map[string]*fsroot.Dir{}, fresh: fresh}
 	defer cache.reset()
 	skip := func(name string, err error) bool {
 		if fsroot.IsProtected(err) {
@@ -243,7 +253,11 @@ func applyTar(root *fsroot.Root, r io.Reader, o UnpackOptions) error {
 			log.Debug("skipping an entry that resolves to an ignored path", "path", name, "resolved", "/"+real)
 			continue
 		}
-		fi, lerr := parent.Lstat(base)
+		var fi fs.FileInfo
+		lerr := fs.ErrNotExist
+		if !fresh[parent.Path()] || created[real] {
+			fi, lerr = parent.Lstat(base)
+		}
 		exists := lerr == nil
 		if exists && !(fi.IsDir() && hdr.Typeflag == tar.TypeDir) {
 			if fi.IsDir() || fi.Mode()&fs.ModeSymlink != 0 {
@@ -264,6 +278,7 @@ func applyTar(root *fsroot.Root, r io.Reader, o UnpackOptions) error {
 				if err := parent.Mkdir(base, 0o755); err != nil {
 					return fmt.Errorf("creating directory %s: %w", name, err)
 				}
+				fresh[real] = true
 			}
 			dirs = append(dirs, dirTime{real, hdr.ModTime})
 		case tar.TypeReg, tar.TypeRegA:
