@@ -158,7 +158,14 @@ func (b *builder) buildStage(ctx context.Context, ps *dockerfile.Stage) (*stage,
 		return nil, err
 	}
 	// Unpacking waits for the first instruction that needs the files (see
-	// lazyroot.go): a stage of COPYs onto a fresh path unpacks nothing.
+	// lazyroot.go): a stage of COPYs onto a fresh path unpacks nothing. In
+	// place without the cache the container's file system becomes the
+	// base's at once, as in kaniko, whatever the stage then does.
+	if b.inPlace && !b.cache {
+		if err := b.materialize(ctx, st); err != nil {
+			return nil, err
+		}
+	}
 	var start *snapshot.Snapshot
 	if b.o.SingleSnapshot {
 		if err := b.materialize(ctx, st); err != nil {
