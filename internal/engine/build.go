@@ -181,9 +181,13 @@ type Result struct {
 	// StartedOn is when the build began.
 	StartedOn time.Time
 	// Index, for a build of several platforms, is the image index of
-	// Platforms' images (Image is then nil and Digest is the index's).
+	// Platforms' images (Image is then nil and Digest is the index's);
+	// Manifests describe them for the build record.
 	Index     v1.ImageIndex
 	Platforms []*Result
+	Manifests []record.Manifest
+	// platform is the platform this result was built for.
+	platform v1.Platform
 
 	cleanup func()
 }
@@ -224,7 +228,7 @@ func (b *builder) finish(ctx context.Context) (*Result, error) {
 		b.cleanup()
 		return nil, err
 	}
-	res.cleanup = b.cleanup
+	res.cleanup, res.platform = b.cleanup, b.platform
 	return res, nil
 }
 

@@ -10,10 +10,8 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"github.com/kilnbuild/kiln/internal/imageindex"
 	"github.com/kilnbuild/kiln/internal/output"
 	"github.com/kilnbuild/kiln/internal/record"
 )
@@ -58,21 +56,12 @@ func (j Job) record(res *Result) ([]byte, error) {
 			return nil, err
 		}
 	}
-	var platforms []string
-	for _, p := range res.Platforms {
-		m := record.Manifest{Digest: p.Digest.String(), Materials: p.Materials}
-		if m.Platform, err = imagePlatform(p.Image); err != nil {
-			return nil, err
-		}
-		mt, err := p.Image.MediaType()
-		if err != nil {
-			return nil, err
-		}
-		m.MediaType = string(mt)
-		r.Manifests = append(r.Manifests, m)
-		platforms = append(platforms, m.Platform)
-	}
+	r.Manifests = res.Manifests
 	if res.Index != nil {
+		var platforms []string
+		for _, m := range res.Manifests {
+			platforms = append(platforms, m.Platform)
+		}
 		r.Platform = strings.Join(platforms, ",")
 	}
 	for _, d := range j.Output.Destinations {
@@ -211,48 +200,18 @@ func buildPlatforms(ctx context.Context, o Options, platforms []string) (_ *Resu
 		mats = append(mats, r.Materials...)
 	}
 	res.Materials = record.SortMaterials(mats)
-	if res.Index, err = imageIndex(res.Platforms, o.Annotations); err != nil {
+	var entries []imageindex.Entry
+	for _, r := range res.Platforms {
+		entries = append(entries, imageindex.Entry{Image: r.Image, From: "--custom-platform " + platformString(r.platform)})
+	}
+	if res.Index, res.Manifests, err = imageindex.Join(entries, o.Annotations); err != nil {
 		return nil, err
+	}
+	for i, r := range res.Platforms {
+		res.Manifests[i].Materials = r.Materials
 	}
 	if res.Digest, err = res.Index.Digest(); err != nil {
 		return nil, fmt.Errorf("computing the index digest: %w", err)
 	}
 	return res, nil
-}
-
-// imageIndex joins per-platform images into an index, each entry carrying
-// its image's platform from its config: a Docker manifest list when every
-// image is a Docker manifest, else an OCI index. annotations go on the
-// index as on each image.
-func imageIndex(results []*Result, annotations map[string]string) (v1.ImageIndex, error) {
-	mt := types.DockerManifestList
-	var adds []mutate.IndexAddendum
-	seen := map[string]bool{}
-	for _, r := range results {
-		m, err := r.Image.MediaType()
-		if err != nil {
-			return nil, err
-		}
-		if m != types.DockerManifestSchema2 {
-			mt = types.OCIImageIndex
-		}
-		cf, err := r.Image.ConfigFile()
-		if err != nil {
-			return nil, err
-		}
-		p := cf.Platform()
-		if p == nil {
-			return nil, fmt.Errorf("image %s has no platform in its config", r.Digest)
-		}
-		if seen[p.String()] {
-			return nil, fmt.Errorf("two images for %s", p)
-		}
-		seen[p.String()] = true
-		adds = append(adds, mutate.IndexAddendum{Add: r.Image, Descriptor: v1.Descriptor{Platform: p}})
-	}
-	idx := mutate.AppendManifests(mutate.IndexMediaType(empty.Index, mt), adds...)
-	if len(annotations) > 0 {
-		idx = mutate.Annotations(idx, annotations).(v1.ImageIndex)
-	}
-	return idx, nil
 }

@@ -138,8 +138,11 @@ var numericOwner = regexp.MustCompile(`^[0-9]+:[0-9]+$`)
 // needsRoot reports whether cmd (a COPY, ADD or WORKDIR, expanded) needs
 // the layers not yet in st's root to be there first.
 func (b *builder) needsRoot(st *stage, cmd instructions.Command) (bool, error) {
-	if b.inPlace || b.o.SingleSnapshot || (st.unpacked && len(st.pending) == 0) {
-		return true, nil // nothing to leave out, or a root that is "/"
+	if b.inPlace || b.o.SingleSnapshot || (st.unpacked && len(st.pending) == 0) || runsLater(st, cmd) {
+		// Nothing to leave out, a root that is "/", or a RUN later in the
+		// stage needs the whole root anyway: unpacking now reads each
+		// layer once, not its entries first and then again.
+		return true, nil
 	}
 	var dest string
 	switch c := cmd.(type) {
@@ -172,11 +175,18 @@ func (b *builder) needsRoot(st *stage, cmd instructions.Command) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	if ix.touches(dest) {
-		return true, nil
+	return ix.touches(dest), nil
+}
+
+// runsLater says whether a RUN follows cmd in st's stage (or cmd is not
+// one of the stage's own instructions: an ONBUILD trigger).
+func runsLater(st *stage, cmd instructions.Command) bool {
+	for i, c := range st.ps.Commands {
+		if c == cmd {
+			return hasRun(st.ps.Commands[i+1:])
+		}
 	}
-	st.ahead = true
-	return false, nil
+	return true
 }
 
 // needRootFor brings st's root up to date unless cmd can run before the
@@ -187,6 +197,7 @@ func (b *builder) needRootFor(ctx context.Context, st *stage, cmd instructions.C
 		return err
 	}
 	if !need {
+		st.ahead = true
 		b.log.Debug("the root is not brought up to date for this instruction: no layer left out touches its destination", "stage", stageLabel(st.ps))
 		return nil
 	}

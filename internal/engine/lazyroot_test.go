@@ -3,6 +3,7 @@ package engine
 import (
 	"archive/tar"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -43,8 +44,8 @@ func TestPathIndex(t *testing.T) {
 }
 
 // TestLazyRoot: a COPY to a path no base layer touches runs without the
-// base unpacked (the stage root holds the COPY's files alone), a later
-// RUN sees the base under what the COPY wrote, and a COPY into a
+// base unpacked (the stage root holds the COPY's files alone), the base is
+// unpacked under what it wrote when a later COPY needs it, and a COPY into a
 // directory of the base still finds it there (its layer records the
 // directory as the base has it). A hostile base is refused all the same.
 func TestLazyRoot(t *testing.T) {
@@ -77,13 +78,19 @@ func TestLazyRoot(t *testing.T) {
 	base := imagetest.Image(t, true, nil, append(imagetest.BusyboxFiles(t),
 		imagetest.Dir("srv", 0o700, 5, 5), imagetest.Reg("srv/base.txt", "from base\n", 0o644, 0, 0)))
 	f.push("lazybase:1", base)
-	fs, _, img := f.mustRun(buildSpec{
-		dockerfile: "FROM REG/lazybase:1\nCOPY a /app/a\nCOPY b /srv/b\nRUN cat /app/a /srv/base.txt /srv/b > /out\n",
-		files:      map[string]string{"a": "A\n", "b": "B\n"},
-	})
-	if got := fs["out"].Content; got != "A\nfrom base\nB\n" {
-		t.Errorf("the RUN after the COPYs saw %q", got)
+	// The first COPY runs before the base is unpacked, the second (into the
+	// base's /srv) unpacks it under the first's file; the next stage reads
+	// the root that results.
+	df := "FROM REG/lazybase:1 AS lazy\nCOPY a /app/a\nCOPY b /srv/b\n" +
+		"FROM REG/busybox:1\nCOPY --from=lazy /app/a /srv/base.txt /srv/b /got/\n"
+	files := map[string]string{"a": "A\n", "b": "B\n"}
+	fs, _, _ := f.mustRun(buildSpec{dockerfile: df, files: files})
+	for p, want := range map[string]string{"got/a": "A\n", "got/base.txt": "from base\n", "got/b": "B\n"} {
+		if got := fs[p].Content; got != want {
+			t.Errorf("/%s from the lazy stage's root: %q, want %q", p, got, want)
+		}
 	}
+	fs, _, img := f.mustRun(buildSpec{dockerfile: df, files: files, opts: func(o *Options) { o.Target = "lazy" }})
 	if e := fs["srv"]; e.Header.Mode&0o777 != 0o700 || e.Header.Uid != 5 {
 		t.Errorf("/srv %o %d: the base's directory was replaced", e.Header.Mode, e.Header.Uid)
 	}
@@ -100,5 +107,27 @@ func TestLazyRoot(t *testing.T) {
 	rc, _ := ls[2].Uncompressed()
 	if e := imagetest.ReadTar(t, rc)["srv"]; e.Header.Mode&0o777 != 0o700 || e.Header.Uid != 5 {
 		t.Errorf("the COPY layer's srv: %o %d:%d, want the base's 0700 5:5", e.Header.Mode, e.Header.Uid, e.Header.Gid)
+	}
+}
+
+// TestLazyRootThroughBaseLinks: a base whose symlinks point out of the
+// root (absolute, and up with ..) makes a COPY through them wait for the
+// base, and the write then lands inside the root: nothing outside changes,
+// also after an earlier COPY ran before the base was unpacked.
+func TestLazyRootThroughBaseLinks(t *testing.T) {
+	f := newFixture(t)
+	outside := t.TempDir()
+	f.push("linkbase:1", imagetest.Image(t, true, nil, append(imagetest.BaseFiles(),
+		imagetest.Symlink("abs", outside), imagetest.Symlink("up", "../../../../.."))))
+	for _, df := range []string{
+		"FROM REG/linkbase:1\nCOPY a /fresh/a\nCOPY a /abs/planted\nCOPY a /up/" + strings.TrimPrefix(outside, "/") + "/up-planted\n",
+		"FROM REG/linkbase:1\nWORKDIR /abs\nCOPY a planted\n",
+	} {
+		if _, err := f.run(buildSpec{dockerfile: df, files: map[string]string{"a": "A"}}); err != nil {
+			t.Fatalf("%q: %v", df, err)
+		}
+		if ents, _ := os.ReadDir(outside); len(ents) != 0 {
+			t.Fatalf("%q wrote outside the root: %v", df, ents)
+		}
 	}
 }

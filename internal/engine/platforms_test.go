@@ -12,9 +12,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
@@ -29,12 +27,7 @@ import (
 // (Debian's busybox-static of each architecture) as busybox:multi.
 func (f *fixture) pushBusyboxIndex() {
 	f.t.Helper()
-	var adds []mutate.IndexAddendum
-	for _, arch := range []string{"amd64", "arm64"} {
-		img := imagetest.Image(f.t, true, func(cf *v1.ConfigFile) { cf.OS, cf.Architecture = "linux", arch }, imagetest.BusyboxFilesFor(f.t, arch))
-		adds = append(adds, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: arch}}})
-	}
-	pushIndex(f.t, f.reg+"/busybox:multi", mutate.AppendManifests(mutate.IndexMediaType(empty.Index, types.OCIImageIndex), adds...))
+	pushIndex(f.t, f.reg+"/busybox:multi", imagetest.BusyboxIndex(f.t, "amd64", "arm64"))
 }
 
 // foreignArch is the architecture of the two that this machine is not.

@@ -89,37 +89,12 @@ func Push(ctx context.Context, o Options) (*Result, error) {
 	if len(srcs) == 0 {
 		return nil, errors.New("no image to join: name them with --image REF@DIGEST, as arguments, or with --build-record")
 	}
-	var adds []mutate.IndexAddendum
-	var manifests []record.Manifest
+	var entries []Entry
 	var materials []record.Material
-	byPlatform := map[string]string{}
-	allDocker := true
-	add := func(ref name.Digest, img v1.Image, from string) error {
-		cf, err := img.ConfigFile()
-		if err != nil {
-			return fmt.Errorf("%s: reading its config: %w", from, err)
-		}
-		p := cf.Platform()
-		if p == nil || p.OS == "" || p.Architecture == "" {
-			return fmt.Errorf("%s: the image has no platform in its config (os and architecture): an index entry needs one", from)
-		}
-		ps := platformString(*p)
-		if prev, ok := byPlatform[ps]; ok {
-			return fmt.Errorf("%s and %s are both for %s: an index holds one image per platform", prev, from, ps)
-		}
-		byPlatform[ps] = from
-		mt, err := img.MediaType()
-		if err != nil {
-			return fmt.Errorf("%s: %w", from, err)
-		}
-		if mt != types.DockerManifestSchema2 {
-			allDocker = false
-		}
-		adds = append(adds, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: p}})
-		manifests = append(manifests, record.Manifest{Platform: ps, Digest: ref.DigestStr(), MediaType: string(mt)})
+	add := func(ref name.Digest, img v1.Image, from string) {
+		entries = append(entries, Entry{Image: img, From: from})
 		materials = append(materials, record.Material{Ref: ref.Context().Name(), Digest: ref.DigestStr(), Use: "platform image"})
-		log.Info("joining", "image", ref.String(), "platform", ps)
-		return nil
+		log.Info("joining", "image", ref.String())
 	}
 	for _, s := range srcs {
 		ref, err := o.digestRef(s)
@@ -147,9 +122,7 @@ func Push(ctx context.Context, o Options) (*Result, error) {
 				if err != nil {
 					return nil, fmt.Errorf("%s: %s: %w", s.from, d.Digest, err)
 				}
-				if err := add(ref.Context().Digest(d.Digest.String()), img, s.from+" ("+d.Digest.String()+")"); err != nil {
-					return nil, err
-				}
+				add(ref.Context().Digest(d.Digest.String()), img, s.from+" ("+d.Digest.String()+")")
 			}
 			continue
 		}
@@ -160,20 +133,18 @@ func Push(ctx context.Context, o Options) (*Result, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", s.from, err)
 		}
-		if err := add(ref, img, s.from); err != nil {
-			return nil, err
-		}
+		add(ref, img, s.from)
 	}
-	if len(adds) == 0 {
+	if len(entries) == 0 {
 		return nil, errors.New("the images named hold no platform image (an empty index?): nothing to join")
 	}
-	mt := types.OCIImageIndex
-	if allDocker {
-		mt = types.DockerManifestList
+	idx, manifests, err := Join(entries, o.Annotations)
+	if err != nil {
+		return nil, err
 	}
-	idx := mutate.AppendManifests(mutate.IndexMediaType(empty.Index, mt), adds...)
-	if len(o.Annotations) > 0 {
-		idx = mutate.Annotations(idx, o.Annotations).(v1.ImageIndex)
+	mt, err := idx.MediaType()
+	if err != nil {
+		return nil, err
 	}
 	d, err := idx.Digest()
 	if err != nil {
@@ -202,6 +173,59 @@ func Push(ctx context.Context, o Options) (*Result, error) {
 	}
 	log.Info("index complete", "digest", d.String(), "platforms", len(manifests))
 	return &Result{Index: idx, Digest: d, Manifests: manifests}, nil
+}
+
+// Entry is an image to put in an index; From names it in errors.
+type Entry struct {
+	Image v1.Image
+	From  string
+}
+
+// Join makes the index of entries, in order, each entry carrying its
+// image's platform from the image's config: a Docker manifest list when
+// every image is a Docker manifest, else an OCI index, with annotations on
+// it. It refuses an image without a platform and two images for one
+// platform. The manifests describe the entries for a build record.
+func Join(entries []Entry, annotations map[string]string) (v1.ImageIndex, []record.Manifest, error) {
+	var adds []mutate.IndexAddendum
+	var manifests []record.Manifest
+	byPlatform := map[string]string{}
+	allDocker := true
+	for _, e := range entries {
+		cf, err := e.Image.ConfigFile()
+		if err != nil {
+			return nil, nil, fmt.Errorf("%s: reading its config: %w", e.From, err)
+		}
+		p := cf.Platform()
+		if p == nil || p.OS == "" || p.Architecture == "" {
+			return nil, nil, fmt.Errorf("%s: the image has no platform in its config (os and architecture): an index entry needs one", e.From)
+		}
+		ps := p.String()
+		if prev, ok := byPlatform[ps]; ok {
+			return nil, nil, fmt.Errorf("%s and %s are both for %s: an index holds one image per platform", prev, e.From, ps)
+		}
+		byPlatform[ps] = e.From
+		mt, err := e.Image.MediaType()
+		if err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", e.From, err)
+		}
+		d, err := e.Image.Digest()
+		if err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", e.From, err)
+		}
+		allDocker = allDocker && mt == types.DockerManifestSchema2
+		adds = append(adds, mutate.IndexAddendum{Add: e.Image, Descriptor: v1.Descriptor{Platform: p}})
+		manifests = append(manifests, record.Manifest{Platform: ps, Digest: d.String(), MediaType: string(mt)})
+	}
+	mt := types.OCIImageIndex
+	if allDocker {
+		mt = types.DockerManifestList
+	}
+	idx := mutate.AppendManifests(mutate.IndexMediaType(empty.Index, mt), adds...)
+	if len(annotations) > 0 {
+		idx = mutate.Annotations(idx, annotations).(v1.ImageIndex)
+	}
+	return idx, manifests, nil
 }
 
 // sources lists the images to join: Images, then each record's.
@@ -279,12 +303,4 @@ func (o Options) digestRef(s source) (name.Digest, error) {
 		return name.Digest{}, fmt.Errorf("%s: name the image by digest (REPOSITORY@sha256:…): a tag can move while the index is made", s.from)
 	}
 	return d, nil
-}
-
-func platformString(p v1.Platform) string {
-	s := p.OS + "/" + p.Architecture
-	if p.Variant != "" {
-		s += "/" + p.Variant
-	}
-	return s
 }

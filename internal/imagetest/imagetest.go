@@ -293,3 +293,15 @@ func busyboxFiles(data []byte) []File {
 	}
 	return files
 }
+
+// BusyboxIndex is an OCI index of BusyboxFilesFor images, one per
+// architecture (linux), in the order given.
+func BusyboxIndex(t testing.TB, archs ...string) v1.ImageIndex {
+	t.Helper()
+	var adds []mutate.IndexAddendum
+	for _, arch := range archs {
+		img := Image(t, true, func(cf *v1.ConfigFile) { cf.OS, cf.Architecture = "linux", arch }, BusyboxFilesFor(t, arch))
+		adds = append(adds, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: arch}}})
+	}
+	return mutate.AppendManifests(mutate.IndexMediaType(empty.Index, types.OCIImageIndex), adds...)
+}

@@ -385,16 +385,7 @@ esac
 	if strings.Contains(r.stdout+r.stderr, token) {
 		t.Error("the OIDC token is in the step's log")
 	}
-	// Read back through packages.buildkite.com, dialled at the local registry.
-	dialer := &net.Dialer{Timeout: 5 * time.Second}
-	tr := d.client.Transport.(*http.Transport).Clone()
-	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
-		if addr == "packages.buildkite.com:443" {
-			addr = "127.0.0.1:443"
-		}
-		return dialer.DialContext(ctx, network, addr)
-	}
-	img := pull(t, "packages.buildkite.com/acme/images/app:0f1e2d3c", remote.WithTransport(tr), remote.WithAuth(&authn.Basic{Username: "buildkite", Password: token}))
+	img := pull(t, "packages.buildkite.com/acme/images/app:0f1e2d3c", buildkiteRemote(d, token)...)
 	if got := imagetest.Flatten(t, img)["bk.txt"].Content; got != "built by buildkite\n" {
 		t.Errorf("/bk.txt = %q", got)
 	}
@@ -767,4 +758,18 @@ func TestJenkins(t *testing.T) {
 			t.Errorf("/j.txt = %q", got)
 		}
 	})
+}
+
+// buildkiteRemote reads packages.buildkite.com from the local registry
+// standing in for it on 127.0.0.1:443, with the job's OIDC token.
+func buildkiteRemote(d *distribution, token string) []remote.Option {
+	dialer := &net.Dialer{Timeout: 5 * time.Second}
+	tr := d.client.Transport.(*http.Transport).Clone()
+	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if addr == "packages.buildkite.com:443" {
+			addr = "127.0.0.1:443"
+		}
+		return dialer.DialContext(ctx, network, addr)
+	}
+	return []remote.Option{remote.WithTransport(tr), remote.WithAuth(&authn.Basic{Username: "buildkite", Password: token})}
 }

@@ -3,20 +3,14 @@ package e2e
 import (
 	"context"
 	"encoding/json"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/sigstore/cosign/v2/pkg/cosign"
@@ -34,16 +28,11 @@ var unames = map[string]string{"amd64": "x86_64\n", "arm64": "aarch64\n"}
 // platform with Debian's busybox-static of its architecture.
 func pushBusyboxIndex(t *testing.T, ref string, opts ...remote.Option) {
 	t.Helper()
-	var adds []mutate.IndexAddendum
-	for _, arch := range []string{"amd64", "arm64"} {
-		img := imagetest.Image(t, true, func(cf *v1.ConfigFile) { cf.OS, cf.Architecture = "linux", arch }, imagetest.BusyboxFilesFor(t, arch))
-		adds = append(adds, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: arch}}})
-	}
 	r, err := name.ParseReference(ref)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := remote.WriteIndex(r, mutate.AppendManifests(empty.Index, adds...), opts...); err != nil {
+	if err := remote.WriteIndex(r, imagetest.BusyboxIndex(t, "amd64", "arm64"), opts...); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -598,17 +587,7 @@ esac
 		run(pod, m)
 	}
 	run(steps[1].Plugins[0]["kubernetes"].PodSpec, "")
-	// Read back through packages.buildkite.com, dialled at the local registry.
-	dialer := &net.Dialer{Timeout: 5 * time.Second}
-	tr := d.client.Transport.(*http.Transport).Clone()
-	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
-		if addr == "packages.buildkite.com:443" {
-			addr = "127.0.0.1:443"
-		}
-		return dialer.DialContext(ctx, network, addr)
-	}
-	digest := checkPlatformImages(t, "packages.buildkite.com/acme/images/app:5e6f7a8b", steps[0].Matrix, "bk-uname",
-		remote.WithTransport(tr), remote.WithAuth(&authn.Basic{Username: "buildkite", Password: token}))
+	digest := checkPlatformImages(t, "packages.buildkite.com/acme/images/app:5e6f7a8b", steps[0].Matrix, "bk-uname", buildkiteRemote(d, token)...)
 	if got, err := os.ReadFile(filepath.Join(calls, "meta-IMAGE_DIGEST")); err != nil || string(got) != digest.String() {
 		t.Errorf("IMAGE_DIGEST meta-data %q (%v), want the index %s", got, err, digest)
 	}
