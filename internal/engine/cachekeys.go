@@ -13,83 +13,10 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 
 	"github.com/kilnbuild/kiln/internal/cache"
 	"github.com/kilnbuild/kiln/internal/fsroot"
 )
-
-// instructionKey computes an instruction's cache key, chained from the
-// stage's current key, and whether its result may come from the cache.
-// The key covers the instruction after expansion, the variables it can
-// see (for RUN, ENV and the stage's ARGs: a build arg the stage never
-// declares changes nothing), what it reads (context file contents, --from stages and images, bind
-// mount sources) and the settings that shape layers. Secret values never
-// enter it.
-func (b *builder) instructionKey(ctx context.Context, st *stage, cmd instructions.Command, text string) (string, bool, error) {
-	k := cache.NewKey(st.key)
-	c := st.cfg.Config
-	cacheable := false
-	switch cmd := cmd.(type) {
-	case *instructions.RunCommand:
-		// RUN sees every variable in scope, so all of them count.
-		cacheable = b.o.CacheRunLayers
-		k.Add("instruction", text).AddEnv("env", st.env.List())
-		k.Add("user", c.User).Add("workdir", c.WorkingDir).Add("shell", strings.Join(c.Shell, "\x00"))
-		for _, f := range cmd.Files {
-			k.Add("heredoc", f.Name+"\x00"+f.Data)
-		}
-		for _, m := range instructions.GetMounts(cmd) {
-			if m.Type != instructions.MountTypeBind {
-				continue // cache and tmpfs mounts start from anything; secrets stay out
-			}
-			d, err := b.readDigest(ctx, st, m.From, []string{m.Source}, nil)
-			if err != nil {
-				return "", false, err
-			}
-			k.Add("bind "+m.Target, d)
-		}
-	case *instructions.CopyCommand:
-		// COPY sees variables only through its expanded words.
-		cacheable = b.o.CacheCopyLayers
-		k.Add("copy", strings.Join([]string{strings.Join(cmd.SourcePaths, "\x00"), cmd.DestPath, cmd.From, cmd.Chown, cmd.Chmod,
-			strings.Join(cmd.ExcludePatterns, "\x00"), fmt.Sprint(cmd.Parents, cmd.Link), c.WorkingDir}, "\x01"))
-		for _, sc := range cmd.SourceContents {
-			k.Add("heredoc", sc.Path+"\x00"+sc.Data)
-		}
-		d, err := b.readDigest(ctx, st, cmd.From, cmd.SourcePaths, cmd.ExcludePatterns)
-		if err != nil {
-			return "", false, err
-		}
-		k.Add("sources", d)
-	case *instructions.AddCommand:
-		cacheable = b.o.CacheCopyLayers
-		k.Add("add", strings.Join([]string{strings.Join(cmd.SourcePaths, "\x00"), cmd.DestPath, cmd.Chown, cmd.Chmod, cmd.Checksum,
-			strings.Join(cmd.ExcludePatterns, "\x00"), fmt.Sprint(cmd.Unpack != nil && *cmd.Unpack, cmd.Link), c.WorkingDir}, "\x01"))
-		for _, s := range cmd.SourcePaths {
-			if isURL(s) || isGit(s) {
-				cacheable = false // the remote content is unknown until fetched
-			}
-		}
-		for _, sc := range cmd.SourceContents {
-			k.Add("heredoc", sc.Path+"\x00"+sc.Data)
-		}
-		if cacheable {
-			d, err := b.readDigest(ctx, st, "", cmd.SourcePaths, cmd.ExcludePatterns)
-			if err != nil {
-				return "", false, err
-			}
-			k.Add("sources", d)
-		}
-	case *instructions.WorkdirCommand:
-		k.Add("workdir", cmd.Path).Add("user", c.User).Add("from", c.WorkingDir)
-	default:
-		// Metadata instructions change the config; what later
-		// instructions see of them (ENV) is in their own keys.
-		k.Add("instruction", text)
-	}
-	return k.String(), cacheable, nil
-}
 
 // readDigest identifies what an instruction reads: the key of a --from
 // stage, the digest of a --from image, or a digest of the context files

@@ -15,6 +15,7 @@ import (
 	"github.com/moby/patternmatcher"
 
 	"github.com/kilnbuild/kiln/internal/buildcontext"
+	"github.com/kilnbuild/kiln/internal/cache"
 	"github.com/kilnbuild/kiln/internal/fsroot"
 	"github.com/kilnbuild/kiln/internal/layer"
 	"github.com/kilnbuild/kiln/internal/rootfs"
@@ -136,14 +137,7 @@ func (b *builder) copy(ctx context.Context, st *stage, r copyRequest) ([]layer.E
 
 	dest := r.sources.DestPath
 	destIsDir := strings.HasSuffix(dest, "/") || strings.HasSuffix(dest, "/.") || dest == "."
-	if !path.IsAbs(dest) {
-		wd := st.cfg.Config.WorkingDir
-		if wd == "" {
-			wd = "/"
-		}
-		dest = path.Join(wd, dest)
-	}
-	dest = path.Clean(dest)
+	dest = path.Clean(st.Abs(dest))
 	if !destIsDir {
 		if fi, err := st.fs.Stat(dest); err == nil && fi.IsDir() {
 			destIsDir = true
@@ -404,4 +398,99 @@ func glob(root *fsroot.Root, pattern string) ([]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// copyHandler is COPY.
+type copyHandler struct {
+	b *builder
+	c *instructions.CopyCommand
+}
+
+// key: COPY sees variables only through its expanded words; it reads the
+// files of its sources.
+func (h copyHandler) key(ctx context.Context, st *stage, k *cache.Key) (bool, error) {
+	c := h.c
+	k.Add("copy", strings.Join([]string{strings.Join(c.SourcePaths, "\x00"), c.DestPath, c.From, c.Chown, c.Chmod,
+		strings.Join(c.ExcludePatterns, "\x00"), fmt.Sprint(c.Parents, c.Link), st.Config.Config.WorkingDir}, "\x01"))
+	for _, sc := range c.SourceContents {
+		k.Add("heredoc", sc.Path+"\x00"+sc.Data)
+	}
+	d, err := h.b.readDigest(ctx, st, c.From, c.SourcePaths, c.ExcludePatterns)
+	if err != nil {
+		return false, err
+	}
+	k.Add("sources", d)
+	return h.b.o.CacheCopyLayers, nil
+}
+
+// root: --parents and a --chown by name read the root.
+func (h copyHandler) root(st *stage) (rootNeed, error) {
+	c := h.c
+	return h.b.rootFor(st, c, c.DestPath, c.Parents || (c.Chown != "" && !numericOwner.MatchString(c.Chown)))
+}
+
+func (h copyHandler) apply(ctx context.Context, st *stage) error {
+	c := h.c
+	entries, err := h.b.copy(ctx, st, copyRequest{
+		sources: c.SourcesAndDest, from: c.From, chown: c.Chown, chmod: c.Chmod,
+		exclude: c.ExcludePatterns, parents: c.Parents, name: "COPY",
+	})
+	if err != nil {
+		return err
+	}
+	return h.b.commit(ctx, st, sourceText(c), entries, true)
+}
+
+// addHandler is ADD.
+type addHandler struct {
+	b *builder
+	c *instructions.AddCommand
+}
+
+// key: as COPY's; a remote source's content is unknown until fetched, so
+// such an ADD is never taken from the cache.
+func (h addHandler) key(ctx context.Context, st *stage, k *cache.Key) (bool, error) {
+	c := h.c
+	cacheable := h.b.o.CacheCopyLayers
+	k.Add("add", strings.Join([]string{strings.Join(c.SourcePaths, "\x00"), c.DestPath, c.Chown, c.Chmod, c.Checksum,
+		strings.Join(c.ExcludePatterns, "\x00"), fmt.Sprint(c.Unpack != nil && *c.Unpack, c.Link), st.Config.Config.WorkingDir}, "\x01"))
+	for _, s := range c.SourcePaths {
+		if isURL(s) || isGit(s) {
+			cacheable = false
+		}
+	}
+	for _, sc := range c.SourceContents {
+		k.Add("heredoc", sc.Path+"\x00"+sc.Data)
+	}
+	if cacheable {
+		d, err := h.b.readDigest(ctx, st, "", c.SourcePaths, c.ExcludePatterns)
+		if err != nil {
+			return false, err
+		}
+		k.Add("sources", d)
+	}
+	return cacheable, nil
+}
+
+// root: a --chown by name reads the root.
+func (h addHandler) root(st *stage) (rootNeed, error) {
+	c := h.c
+	return h.b.rootFor(st, c, c.DestPath, c.Chown != "" && !numericOwner.MatchString(c.Chown))
+}
+
+func (h addHandler) apply(ctx context.Context, st *stage) error {
+	c := h.c
+	unpack := true
+	if c.Unpack != nil {
+		unpack = *c.Unpack
+	}
+	entries, err := h.b.copy(ctx, st, copyRequest{
+		sources: c.SourcesAndDest, chown: c.Chown, chmod: c.Chmod, exclude: c.ExcludePatterns,
+		checksum: c.Checksum, add: true, unpack: unpack, unpackSet: c.Unpack != nil,
+		keepGitDir: c.KeepGitDir != nil, name: "ADD",
+	})
+	if err != nil {
+		return err
+	}
+	return h.b.commit(ctx, st, sourceText(c), entries, true)
 }

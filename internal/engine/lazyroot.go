@@ -2,7 +2,6 @@ package engine
 
 import (
 	"archive/tar"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -135,47 +134,24 @@ func (b *builder) checkUnapplied(st *stage) error {
 // /etc/passwd or /etc/group from the root.
 var numericOwner = regexp.MustCompile(`^[0-9]+:[0-9]+$`)
 
-// needsRoot reports whether cmd (a COPY, ADD or WORKDIR, expanded) needs
-// the layers not yet in st's root to be there first.
-func (b *builder) needsRoot(st *stage, cmd instructions.Command) (bool, error) {
-	if b.inPlace || b.o.SingleSnapshot || (st.unpacked && len(st.pending) == 0) || runsLater(st, cmd) {
-		// Nothing to leave out, a root that is "/", or a RUN later in the
-		// stage needs the whole root anyway: unpacking now reads each
-		// layer once, not its entries first and then again.
-		return true, nil
-	}
-	var dest string
-	switch c := cmd.(type) {
-	case *instructions.CopyCommand:
-		if c.Parents || (c.Chown != "" && !numericOwner.MatchString(c.Chown)) {
-			return true, nil
-		}
-		dest = c.SourcesAndDest.DestPath
-	case *instructions.AddCommand:
-		if c.Chown != "" && !numericOwner.MatchString(c.Chown) {
-			return true, nil
-		}
-		dest = c.SourcesAndDest.DestPath
-	case *instructions.WorkdirCommand:
-		if st.cfg.Config.User != "" { // its owner is looked up in the root
-			return true, nil
-		}
-		dest = c.Path
-	default:
-		return true, nil
-	}
-	if !path.IsAbs(dest) {
-		wd := st.cfg.Config.WorkingDir
-		if wd == "" {
-			wd = "/"
-		}
-		dest = path.Join(wd, dest)
+// rootFor is what of st's root an instruction (expanded) writing at dest
+// needs: all of it when lookup (it reads the root, as a --chown by name
+// does), when a RUN later in the stage needs the whole root anyway
+// (unpacking now reads each layer once, not its entries first and then
+// again), or when a layer not in the root touches dest; else it runs
+// ahead of those layers.
+func (b *builder) rootFor(st *stage, cmd instructions.Command, dest string, lookup bool) (rootNeed, error) {
+	if lookup || b.inPlace || b.o.SingleSnapshot || (st.unpacked && len(st.pending) == 0) || runsLater(st, cmd) {
+		return wholeRoot, nil
 	}
 	ix, err := b.unapplied(st)
 	if err != nil {
-		return false, err
+		return 0, err
 	}
-	return ix.touches(dest), nil
+	if ix.touches(st.Abs(dest)) {
+		return wholeRoot, nil
+	}
+	return aheadOfRoot, nil
 }
 
 // runsLater says whether a RUN follows cmd in st's stage (or cmd is not
@@ -187,19 +163,4 @@ func runsLater(st *stage, cmd instructions.Command) bool {
 		}
 	}
 	return true
-}
-
-// needRootFor brings st's root up to date unless cmd can run before the
-// layers not in it.
-func (b *builder) needRootFor(ctx context.Context, st *stage, cmd instructions.Command) error {
-	need, err := b.needsRoot(st, cmd)
-	if err != nil {
-		return err
-	}
-	if !need {
-		st.ahead = true
-		b.log.Debug("the root is not brought up to date for this instruction: no layer left out touches its destination", "stage", stageLabel(st.ps))
-		return nil
-	}
-	return b.materialize(ctx, st)
 }

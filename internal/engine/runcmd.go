@@ -17,6 +17,7 @@ import (
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
 
+	"github.com/kilnbuild/kiln/internal/cache"
 	"github.com/kilnbuild/kiln/internal/fsroot"
 	"github.com/kilnbuild/kiln/internal/rootfs"
 	"github.com/kilnbuild/kiln/internal/sandbox"
@@ -65,26 +66,19 @@ func (st *stage) runArgs(c *instructions.RunCommand) ([]string, []sandbox.Script
 			args = []string{b.String()}
 		}
 	}
-	if c.PrependShell {
-		sh := st.cfg.Config.Shell
-		if len(sh) == 0 {
-			sh = defaultShell
-		}
-		return append(append([]string{}, sh...), strings.Join(args, " ")), scripts, nil
-	}
-	return append([]string{}, args...), scripts, nil
+	return st.CommandLine(instructions.ShellDependantCmdLine{CmdLine: args, PrependShell: c.PrependShell}), scripts, nil
 }
 
 // runEnv is what RUN sees: the image env, the stage's ARGs, the proxy
 // ARGs given, a PATH when none is set and, as runc gives it, HOME from
 // the user's passwd entry ("/" without one) when none is set.
 func (b *builder) runEnv(st *stage) []string {
-	env := st.env.Merge(b.args.ProxyArgs())
+	env := st.Env.Merge(b.args.ProxyArgs())
 	if _, ok := env.Get("PATH"); !ok {
 		env.Set("PATH", defaultPath)
 	}
 	if _, ok := env.Get("HOME"); !ok {
-		env.Set("HOME", rootfs.HomeDir(st.fs, st.cfg.Config.User))
+		env.Set("HOME", rootfs.HomeDir(st.fs, st.Config.Config.User))
 	}
 	return env.List()
 }
@@ -97,10 +91,10 @@ const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 func runHistory(st *stage, argv []string) string {
 	var b strings.Builder
 	b.WriteString("RUN ")
-	if keys := st.args.Keys(); len(keys) > 0 {
+	if keys := st.Args.Keys(); len(keys) > 0 {
 		fmt.Fprintf(&b, "|%d ", len(keys))
 		for _, k := range keys {
-			v, _ := st.args.Get(k)
+			v, _ := st.Args.Get(k)
 			b.WriteString(k + "=" + v + " ")
 		}
 	}
@@ -108,8 +102,50 @@ func runHistory(st *stage, argv []string) string {
 	return b.String()
 }
 
-// runInstruction executes RUN and commits a layer of exactly its changes.
-func (b *builder) runInstruction(ctx context.Context, st *stage, c *instructions.RunCommand) error {
+// runHandler is RUN.
+type runHandler struct {
+	b *builder
+	c *instructions.RunCommand
+}
+
+// key: RUN sees every variable in scope, so all of them count, and it
+// reads its bind mounts' sources. Cache and tmpfs mounts start from
+// anything; secret values never enter the key.
+func (h runHandler) key(ctx context.Context, st *stage, k *cache.Key) (bool, error) {
+	c := st.Config.Config
+	k.Add("instruction", sourceText(h.c)).AddEnv("env", st.Env.List())
+	k.Add("user", c.User).Add("workdir", c.WorkingDir).Add("shell", strings.Join(c.Shell, "\x00"))
+	for _, f := range h.c.Files {
+		k.Add("heredoc", f.Name+"\x00"+f.Data)
+	}
+	for _, m := range instructions.GetMounts(h.c) {
+		if m.Type != instructions.MountTypeBind {
+			continue
+		}
+		d, err := h.b.readDigest(ctx, st, m.From, []string{m.Source}, nil)
+		if err != nil {
+			return false, err
+		}
+		k.Add("bind "+m.Target, d)
+	}
+	return h.b.o.CacheRunLayers, nil
+}
+
+func (h runHandler) root(*stage) (rootNeed, error) { return wholeRoot, nil }
+
+// createdBy is RUN's history text: the command with the stage's ARGs, as
+// Docker writes it.
+func (h runHandler) createdBy(st *stage) string {
+	argv, _, err := st.runArgs(h.c)
+	if err != nil {
+		return ""
+	}
+	return runHistory(st, argv)
+}
+
+// apply executes RUN and commits a layer of exactly its changes.
+func (h runHandler) apply(ctx context.Context, st *stage) error {
+	b, c := h.b, h.c
 	argv, scripts, err := st.runArgs(c)
 	if err != nil {
 		return err
@@ -128,7 +164,7 @@ func (b *builder) runInstruction(ctx context.Context, st *stage, c *instructions
 		}
 	case instructions.NetworkDefault:
 	}
-	user := st.cfg.Config.User
+	user := st.Config.Config.User
 	if user != "" {
 		ids, err := rootfs.LookupUser(st.fs, user)
 		if err != nil {
@@ -145,7 +181,7 @@ func (b *builder) runInstruction(ctx context.Context, st *stage, c *instructions
 			}
 		}
 	}
-	wd := st.cfg.Config.WorkingDir
+	wd := st.Config.Config.WorkingDir
 	if wd == "" {
 		wd = "/"
 	}

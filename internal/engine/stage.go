@@ -23,6 +23,7 @@ import (
 	"github.com/kilnbuild/kiln/internal/cache"
 	"github.com/kilnbuild/kiln/internal/dockerfile"
 	"github.com/kilnbuild/kiln/internal/fsroot"
+	"github.com/kilnbuild/kiln/internal/instruction"
 	"github.com/kilnbuild/kiln/internal/layer"
 	"github.com/kilnbuild/kiln/internal/rootfs"
 	"github.com/kilnbuild/kiln/internal/snapshot"
@@ -31,20 +32,14 @@ import (
 // historyComment marks history entries kiln wrote.
 const historyComment = "kiln.dockerfile.v0"
 
-// defaultShell is the shell of shell-form CMD, ENTRYPOINT and RUN.
-var defaultShell = []string{"/bin/sh", "-c"}
-
 // stage is the state of one stage while its instructions run.
 type stage struct {
-	ps       *dockerfile.Stage
-	root     string       // the stage's root directory
-	fs       *fsroot.Root // the root, for work inside it
-	base     v1.Image
-	cfg      *v1.ConfigFile // working config; Env lives in imgEnv
-	imgEnv   *dockerfile.Env
-	env      *dockerfile.Env // what instructions see: image env plus ARGs
-	args     *dockerfile.Env // ARGs declared in the stage with values
-	cmdSet   bool
+	ps   *dockerfile.Stage
+	root string       // the stage's root directory
+	fs   *fsroot.Root // the root, for work inside it
+	base v1.Image
+	// State is the config and variables, which instructions change.
+	instruction.State
 	oci      bool
 	history  []v1.History
 	addenda  []mutate.Addendum
@@ -63,16 +58,13 @@ type stage struct {
 	lazyFor      int
 	lazyUnpacked bool
 	ahead        bool
-	// startInterval is HEALTHCHECK --start-interval, which ggcr's config
-	// type cannot hold; finish patches it in.
-	startInterval time.Duration
 	// snapshot is the root's state after the last RUN, while nothing else
 	// has written to the root since.
 	snapshot *snapshot.Snapshot
 }
 
 func (b *builder) buildStage(ctx context.Context, ps *dockerfile.Stage) (*stage, error) {
-	st := &stage{ps: ps, args: &dockerfile.Env{}, platform: b.platform}
+	st := &stage{ps: ps, State: instruction.State{Args: &dockerfile.Env{}}, platform: b.platform}
 	if ps.Platform != "" {
 		p, err := ParsePlatform(ps.Platform)
 		if err != nil {
@@ -117,34 +109,34 @@ func (b *builder) buildStage(ctx context.Context, ps *dockerfile.Stage) (*stage,
 	if err != nil {
 		return nil, fmt.Errorf("base image %s: reading config: %w", ps.Base, err)
 	}
-	st.cfg = cf.DeepCopy()
+	st.Config = cf.DeepCopy()
 	if strings.EqualFold(ps.Base, "scratch") && ps.BaseStage < 0 {
-		st.cfg.OS, st.cfg.Architecture, st.cfg.Variant = st.platform.OS, st.platform.Architecture, st.platform.Variant
-		st.cfg.RootFS.Type = "layers"
+		st.Config.OS, st.Config.Architecture, st.Config.Variant = st.platform.OS, st.platform.Architecture, st.platform.Variant
+		st.Config.RootFS.Type = "layers"
 	}
 	// As BuildKit: a relative working directory in the base's config is
 	// taken from "/" (system.NormalizeWorkdir), and PATH is always set.
-	if wd := st.cfg.Config.WorkingDir; wd != "" && !path.IsAbs(wd) {
-		st.cfg.Config.WorkingDir = path.Join("/", wd)
+	if wd := st.Config.Config.WorkingDir; wd != "" && !path.IsAbs(wd) {
+		st.Config.Config.WorkingDir = path.Join("/", wd)
 	}
-	st.startInterval = healthStartInterval(st.base)
-	st.imgEnv = dockerfile.NewEnv(st.cfg.Config.Env)
-	if _, ok := st.imgEnv.Get("PATH"); !ok {
-		st.imgEnv.Set("PATH", defaultPath)
+	st.StartInterval = healthStartInterval(st.base)
+	st.ImageEnv = dockerfile.NewEnv(st.Config.Config.Env)
+	if _, ok := st.ImageEnv.Get("PATH"); !ok {
+		st.ImageEnv.Set("PATH", defaultPath)
 	}
-	st.env = st.imgEnv.Clone()
+	st.Env = st.ImageEnv.Clone()
 	if ps.BaseStage >= 0 {
 		// A stage built on another inherits its ARGs (BuildKit's
 		// dispatchState.init), values included.
 		prev := b.stages[ps.BaseStage]
-		for _, k := range prev.args.Keys() {
-			v, _ := prev.args.Get(k)
-			st.args.Set(k, v)
-			st.env.Set(k, v)
+		for _, k := range prev.Args.Keys() {
+			v, _ := prev.Args.Get(k)
+			st.Args.Set(k, v)
+			st.Env.Set(k, v)
 		}
 	}
-	triggers := st.cfg.Config.OnBuild
-	st.cfg.Config.OnBuild = nil
+	triggers := st.Config.Config.OnBuild
+	st.Config.Config.OnBuild = nil
 
 	if b.inPlace {
 		st.root = b.root
@@ -216,12 +208,12 @@ func (b *builder) buildStage(ctx context.Context, ps *dockerfile.Stage) (*stage,
 		}
 	}
 	if ps.Index == b.plan.Target && len(b.o.Labels) > 0 {
-		if st.cfg.Config.Labels == nil {
-			st.cfg.Config.Labels = map[string]string{}
+		if st.Config.Config.Labels == nil {
+			st.Config.Config.Labels = map[string]string{}
 		}
 		for _, l := range b.o.Labels {
 			k, v, _ := strings.Cut(l, "=")
-			st.cfg.Config.Labels[k] = v
+			st.Config.Config.Labels[k] = v
 		}
 	}
 	if err := b.checkUnapplied(st); err != nil {
@@ -529,17 +521,17 @@ func (st *stage) finish(now time.Time) error {
 		return err
 	}
 	cf.History = append(append([]v1.History(nil), baseCf.History...), st.history...)
-	cf.Config = st.cfg.Config
-	cf.Config.Env = st.imgEnv.List()
-	cf.Author = st.cfg.Author
-	cf.OS, cf.Architecture, cf.Variant = st.cfg.OS, st.cfg.Architecture, st.cfg.Variant
+	cf.Config = st.Config.Config
+	cf.Config.Env = st.ImageEnv.List()
+	cf.Author = st.Config.Author
+	cf.OS, cf.Architecture, cf.Variant = st.Config.OS, st.Config.Architecture, st.Config.Variant
 	cf.Created = v1.Time{Time: now}
 	cf.Container, cf.DockerVersion = "", ""
 	if st.img, err = mutate.ConfigFile(img, cf); err != nil {
 		return fmt.Errorf("writing config: %w", err)
 	}
-	if st.startInterval > 0 && cf.Config.Healthcheck != nil {
-		if st.img, err = withHealthStartInterval(st.img, st.startInterval); err != nil {
+	if st.StartInterval > 0 && cf.Config.Healthcheck != nil {
+		if st.img, err = withHealthStartInterval(st.img, st.StartInterval); err != nil {
 			return fmt.Errorf("writing HEALTHCHECK --start-interval: %w", err)
 		}
 	}
@@ -590,7 +582,7 @@ func (b *builder) addLayer(ctx context.Context, st *stage, createdBy string, ent
 
 // expand expands the instruction's words with the stage's variables.
 func (b *builder) expand(st *stage, cmd instructions.Command) error {
-	exp := st.env.Expander(b.df.Escape)
+	exp := st.Env.Expander(b.df.Escape)
 	if ex, ok := cmd.(instructions.SupportsSingleWordExpansion); ok {
 		if err := ex.Expand(exp); err != nil {
 			return err
@@ -605,234 +597,59 @@ func (b *builder) expand(st *stage, cmd instructions.Command) error {
 }
 
 // dispatch runs one instruction.
-func (b *builder) dispatch(ctx context.Context, st *stage, cmd instructions.Command) (rerr error) {
+func (b *builder) dispatch(ctx context.Context, st *stage, cmd instructions.Command) error {
 	if err := b.expand(st, cmd); err != nil {
 		return fmt.Errorf("%s: %w", strings.ToUpper(cmd.Name()), err)
 	}
-	created := sourceText(cmd)
-	c := &st.cfg.Config
-	if b.cache {
-		key, cacheable, err := b.instructionKey(ctx, st, cmd, created)
-		if err != nil {
-			return err
-		}
-		hist := created
-		if rc, ok := cmd.(*instructions.RunCommand); ok {
-			if argv, _, err := st.runArgs(rc); err == nil {
-				hist = runHistory(st, argv)
-			}
-		}
-		if cacheable && b.cacheHit(ctx, st, key, created, hist) {
-			return nil
-		}
-		before := len(st.addenda)
-		defer func() {
-			st.key = key
-			if cacheable && rerr == nil {
-				b.cachePut(ctx, key, st, before)
-			}
-		}()
+	h, err := b.handlerFor(cmd)
+	if err != nil {
+		return err
 	}
-	switch cmd.(type) {
-	case *instructions.WorkdirCommand, *instructions.CopyCommand, *instructions.AddCommand:
-		if err := b.needRootFor(ctx, st, cmd); err != nil {
-			return err
-		}
-	case *instructions.RunCommand:
-		if err := b.materialize(ctx, st); err != nil {
-			return err
-		}
-	}
-	switch cmd := cmd.(type) {
-	case *instructions.EnvCommand:
-		for _, kv := range cmd.Env {
-			st.imgEnv.Set(kv.Key, kv.Value)
-			st.env.Set(kv.Key, kv.Value)
-		}
-	case *instructions.LabelCommand:
-		if c.Labels == nil {
-			c.Labels = map[string]string{}
-		}
-		for _, kv := range cmd.Labels {
-			c.Labels[kv.Key] = kv.Value
-		}
-	case *instructions.MaintainerCommand:
-		st.cfg.Author = cmd.Maintainer
-	case *instructions.UserCommand:
-		c.User = cmd.User
-	case *instructions.ArgCommand:
-		b.declareArgs(st, cmd)
-	case *instructions.ExposeCommand:
-		ports, err := b.exposedPorts(st, cmd.Ports)
-		if err != nil {
-			return err
-		}
-		if c.ExposedPorts == nil {
-			c.ExposedPorts = map[string]struct{}{}
-		}
-		for _, p := range ports {
-			c.ExposedPorts[p] = struct{}{}
-		}
-	case *instructions.VolumeCommand:
-		if c.Volumes == nil {
-			c.Volumes = map[string]struct{}{}
-		}
-		for _, v := range cmd.Volumes {
-			if v == "" {
-				return errors.New("VOLUME specified can not be an empty string")
-			}
-			c.Volumes[v] = struct{}{}
-		}
-	case *instructions.CmdCommand:
-		c.Cmd = st.commandLine(cmd.ShellDependantCmdLine)
-		st.cmdSet = true
-	case *instructions.EntrypointCommand:
-		c.Entrypoint = st.commandLine(cmd.ShellDependantCmdLine)
-		if !st.cmdSet {
-			c.Cmd = nil
-		}
-	case *instructions.ShellCommand:
-		c.Shell = append([]string(nil), cmd.Shell...)
-	case *instructions.StopSignalCommand:
-		c.StopSignal = cmd.Signal
-	case *instructions.HealthCheckCommand:
-		h := cmd.Health
-		c.Healthcheck = &v1.HealthConfig{
-			Test: h.Test, Interval: h.Interval, Timeout: h.Timeout, StartPeriod: h.StartPeriod, Retries: h.Retries,
-		}
-		st.startInterval = h.StartInterval
-	case *instructions.OnbuildCommand:
-		c.OnBuild = append(c.OnBuild, cmd.Expression)
-	case *instructions.WorkdirCommand:
-		entries, err := b.workdir(st, cmd.Path)
-		if err != nil {
-			return err
-		}
-		return b.commit(ctx, st, created, entries, st.cfg.Config.WorkingDir != "/")
-	case *instructions.CopyCommand:
-		entries, err := b.copy(ctx, st, copyRequest{
-			sources: cmd.SourcesAndDest, from: cmd.From, chown: cmd.Chown, chmod: cmd.Chmod,
-			exclude: cmd.ExcludePatterns, parents: cmd.Parents, name: "COPY",
-		})
-		if err != nil {
-			return err
-		}
-		return b.commit(ctx, st, created, entries, true)
-	case *instructions.AddCommand:
-		unpack := true
-		if cmd.Unpack != nil {
-			unpack = *cmd.Unpack
-		}
-		entries, err := b.copy(ctx, st, copyRequest{
-			sources: cmd.SourcesAndDest, chown: cmd.Chown, chmod: cmd.Chmod, exclude: cmd.ExcludePatterns,
-			checksum: cmd.Checksum, add: true, unpack: unpack, unpackSet: cmd.Unpack != nil,
-			keepGitDir: cmd.KeepGitDir != nil, name: "ADD",
-		})
-		if err != nil {
-			return err
-		}
-		return b.commit(ctx, st, created, entries, true)
-	case *instructions.RunCommand:
-		return b.runInstruction(ctx, st, cmd)
-	default:
-		return fmt.Errorf("%s is not supported", strings.ToUpper(cmd.Name()))
-	}
-	return b.commit(ctx, st, created, nil, false)
+	return h.apply(ctx, st)
 }
 
-// commandLine turns a CMD or ENTRYPOINT into its exec form.
-func (st *stage) commandLine(c instructions.ShellDependantCmdLine) []string {
-	if !c.PrependShell {
-		return append([]string{}, c.CmdLine...)
-	}
-	sh := st.cfg.Config.Shell
-	if len(sh) == 0 {
-		sh = defaultShell
-	}
-	return append(append([]string{}, sh...), strings.Join(c.CmdLine, " "))
+// workdirHandler is WORKDIR.
+type workdirHandler struct {
+	b *builder
+	c *instructions.WorkdirCommand
 }
 
-// declareArgs applies an ARG instruction inside a stage.
-func (b *builder) declareArgs(st *stage, cmd *instructions.ArgCommand) {
-	for _, kv := range cmd.Args {
-		var val *string
-		if v, ok := b.args.Lookup(kv.Key); ok {
-			val = &v
-		} else if kv.Value != nil {
-			val = kv.Value
-		} else if v, ok := b.plan.Meta.Get(kv.Key); ok {
-			val = &v
-		}
-		if val != nil {
-			st.env.Set(kv.Key, *val)
-			st.args.Set(kv.Key, *val)
-		}
-	}
+// key: the directory made depends on the path, the working directory it
+// is taken from and the USER that owns what it creates.
+func (h workdirHandler) key(_ context.Context, st *stage, k *cache.Key) (bool, error) {
+	c := st.Config.Config
+	k.Add("workdir", h.c.Path).Add("user", c.User).Add("from", c.WorkingDir)
+	return false, nil
 }
 
-// exposedPorts normalises EXPOSE values to "port/proto", expanding ranges.
-func (b *builder) exposedPorts(st *stage, raw []string) ([]string, error) {
-	exp := st.env.Expander(b.df.Escape)
-	var out []string
-	for _, r := range raw {
-		r, err := exp(r)
-		if err != nil {
-			return nil, err
-		}
-		port, proto, _ := strings.Cut(r, "/")
-		if proto == "" {
-			proto = "tcp"
-		}
-		proto = strings.ToLower(proto)
-		if proto != "tcp" && proto != "udp" && proto != "sctp" {
-			return nil, fmt.Errorf("EXPOSE %s: invalid protocol %q", r, proto)
-		}
-		lo, hi, isRange := strings.Cut(port, "-")
-		start, err := strconv.ParseUint(lo, 10, 16)
-		if err != nil {
-			return nil, fmt.Errorf("EXPOSE %s: invalid port %q", r, lo)
-		}
-		end := start
-		if isRange {
-			if end, err = strconv.ParseUint(hi, 10, 16); err != nil || end < start {
-				return nil, fmt.Errorf("EXPOSE %s: invalid port range %q", r, port)
-			}
-		}
-		for p := start; p <= end; p++ {
-			out = append(out, fmt.Sprintf("%d/%s", p, proto))
-		}
-	}
-	return out, nil
+// root: the owner of a USER by name is looked up in the root.
+func (h workdirHandler) root(st *stage) (rootNeed, error) {
+	return h.b.rootFor(st, h.c, h.c.Path, st.Config.Config.User != "")
 }
 
-// workdir sets WORKDIR and creates the directory, owned by the stage's
-// USER, when it is missing.
-func (b *builder) workdir(st *stage, p string) ([]layer.Entry, error) {
-	c := &st.cfg.Config
-	if !path.IsAbs(p) {
-		wd := c.WorkingDir
-		if wd == "" {
-			wd = "/"
-		}
-		p = path.Join(wd, p)
-	}
-	c.WorkingDir = path.Clean(p)
+// apply sets the working directory and creates it, owned by the stage's
+// USER, when it is missing. As BuildKit, a WORKDIR other than / commits a
+// layer, empty when the directory was there.
+func (h workdirHandler) apply(ctx context.Context, st *stage) error {
+	p := h.c.Path
+	wd := instruction.Workdir(&st.State, h.c)
 	owner := rootfs.IDs{}
-	if c.User != "" {
+	if user := st.Config.Config.User; user != "" {
 		var err error
-		if owner, err = rootfs.LookupUser(st.fs, c.User); err != nil {
-			return nil, fmt.Errorf("WORKDIR %s: %w", p, err)
+		if owner, err = rootfs.LookupUser(st.fs, user); err != nil {
+			return fmt.Errorf("WORKDIR %s: %w", p, err)
 		}
 	}
-	w := b.newWriter(st, writerOptions{createOwner: owner})
+	w := h.b.newWriter(st, writerOptions{createOwner: owner})
 	defer w.close()
-	if _, err := w.mkdirAll(c.WorkingDir); err != nil {
-		return nil, fmt.Errorf("WORKDIR %s: %w", p, err)
+	if _, err := w.mkdirAll(wd); err != nil {
+		return fmt.Errorf("WORKDIR %s: %w", p, err)
 	}
-	if !w.createdAny {
-		return nil, nil // the layer is empty, as BuildKit's mkdir of an existing directory
+	var entries []layer.Entry
+	if w.createdAny {
+		entries = w.entries()
 	}
-	return w.entries(), nil
+	return h.b.commit(ctx, st, sourceText(h.c), entries, wd != "/")
 }
 
 // sourceText is an instruction's Dockerfile text.
