@@ -248,10 +248,8 @@ type builder struct {
 	workDir  *workDir
 	stages   map[int]*stage
 	images   map[string]*fsroot.Root // --from image ref -> unpacked root
-	// roots are the roots opened, closed at the end; liveFS is the
-	// in-place "/".
-	roots  []*fsroot.Root
-	liveFS *fsroot.Root
+	// roots are the roots opened, closed at the end.
+	roots []*fsroot.Root
 	// fromImages are the --from images pulled so far, bases the FROM
 	// images (by reference and platform).
 	fromImages map[string]v1.Image
@@ -266,8 +264,8 @@ type builder struct {
 	ctxRecord *buildcontext.Record
 	ctxDigest <-chan *buildcontext.Record
 	started   time.Time
-	// inPlace says the stage root is the container's own file system.
-	inPlace bool
+	// iso is the build's isolation: where stage roots are, how RUN runs.
+	iso isolation
 	// userns, in chroot isolation, is the user namespace RUN runs in;
 	// nil runs it with the host's ids. usernsDone says it was decided.
 	userns     *sandbox.UserNS
@@ -367,22 +365,24 @@ func (b *builder) isContainer() bool {
 // list.
 func (b *builder) setIsolation() error {
 	b.ignore = rootfs.NewIgnoreList(b.o.IgnorePaths...)
+	inPlace := false
 	switch b.o.Isolation {
 	case "chroot":
 	case "in-place":
-		b.inPlace = true
+		inPlace = true
 	case "", "auto":
 		// In place only as a step image (the binary under /kaniko or ko's
 		// /ko-app) in a container that cannot sandbox: never a developer's
 		// own container by surprise.
-		b.inPlace = b.isContainer() && !sandbox.CanChroot() && stepImage()
+		inPlace = b.isContainer() && !sandbox.CanChroot() && stepImage()
 	default:
 		return fmt.Errorf("--isolation %q: want auto, chroot or in-place", b.o.Isolation)
 	}
-	if err := b.setNetwork(); err != nil {
+	if err := b.setNetwork(inPlace); err != nil {
 		return err
 	}
-	if !b.inPlace {
+	if !inPlace {
+		b.iso = privateRoots{b}
 		return nil
 	}
 	if b.o.UserNS != "" && b.o.UserNS != "auto" && b.o.UserNS != "none" {
@@ -430,14 +430,20 @@ func (b *builder) setIsolation() error {
 	}
 	// The system's CA certificates are about to go: load them now.
 	x509.SystemCertPool()
+	fs, err := fsroot.Open(b.root, fsroot.WithProtector(b.ignore))
+	if err != nil {
+		return err
+	}
+	b.roots = append(b.roots, fs)
+	b.iso = liveRoot{b: b, root: &stageRoot{dir: b.root, fs: fs, live: b.ignore}}
 	b.log.Info("in-place isolation: the build replaces this container's file system", "root", b.root, "ignored", strings.Join(b.ignore.Paths(), ","))
 	return nil
 }
 
 // setNetwork chooses RUN's network.
-func (b *builder) setNetwork() error {
+func (b *builder) setNetwork(inPlace bool) error {
 	mode := b.o.RunNetwork
-	if b.inPlace {
+	if inPlace {
 		switch mode {
 		case "", "auto", "host":
 			b.network = sandbox.NetworkHost
@@ -660,10 +666,8 @@ func (b *builder) build(ctx context.Context) (*Result, error) {
 		return &Result{StartedOn: b.started}, nil
 	}
 	dfPath, src := b.dfPath, b.dfSrc
-	if b.inPlace && b.o.PreCleanup {
-		if err := rootfs.Clear(b.root, b.ignore); err != nil {
-			return nil, fmt.Errorf("--pre-cleanup: %w", err)
-		}
+	if err := b.iso.begin(); err != nil {
+		return nil, err
 	}
 	var last *stage
 	for _, ps := range b.plan.Stages {
@@ -684,15 +688,8 @@ func (b *builder) build(ctx context.Context) (*Result, error) {
 			last = st
 		}
 	}
-	if b.inPlace && b.o.Materialize && last.root == b.root {
-		if err := b.materialize(ctx, last); err != nil {
-			return nil, fmt.Errorf("--materialize: %w", err)
-		}
-	}
-	if b.inPlace && b.o.Cleanup {
-		if err := rootfs.Clear(b.root, b.ignore); err != nil {
-			return nil, fmt.Errorf("--cleanup: %w", err)
-		}
+	if err := b.iso.end(ctx, last); err != nil {
+		return nil, err
 	}
 	// Cache pushes ran alongside the build; let the last ones finish.
 	b.cacheWG.Wait()

@@ -67,7 +67,7 @@ func (b *builder) copySource(ctx context.Context, st *stage, from string) (*sour
 		if err := b.materialize(ctx, prev); err != nil {
 			return nil, err
 		}
-		return &source{fs: prev.fs, what: "stage " + ref, owner: true}, nil
+		return &source{fs: prev.root.fs, what: "stage " + ref, owner: true}, nil
 	}
 	if i := b.df.StageIndex(ref, len(b.df.Stages)); i >= 0 {
 		return nil, fmt.Errorf("--from=%s: stage %d is not defined before stage %d (circular or forward reference)", ref, i, st.ps.Index)
@@ -85,11 +85,12 @@ func (b *builder) copySource(ctx context.Context, st *stage, from string) (*sour
 		if err := os.MkdirAll(root, 0o755); err != nil {
 			return nil, err
 		}
-		if err := b.unpack(ctx, root, img, ref, true); err != nil {
-			return nil, fmt.Errorf("--from=%s: %w", ref, err)
-		}
 		if fr, err = fsroot.Open(root); err != nil {
 			return nil, err
+		}
+		if err := b.unpack(ctx, &stageRoot{dir: root, fs: fr}, img, ref, true); err != nil {
+			fr.Close()
+			return nil, fmt.Errorf("--from=%s: %w", ref, err)
 		}
 		b.images[ref] = fr
 	}
@@ -115,7 +116,7 @@ func (b *builder) copy(ctx context.Context, st *stage, r copyRequest) ([]layer.E
 	}
 	wo := writerOptions{preserveOwner: src.owner}
 	if r.chown != "" {
-		ids, err := rootfs.LookupChown(st.fs, r.chown)
+		ids, err := rootfs.LookupChown(st.root.fs, r.chown)
 		if err != nil {
 			return nil, fmt.Errorf("--chown=%s: %w", r.chown, err)
 		}
@@ -139,7 +140,7 @@ func (b *builder) copy(ctx context.Context, st *stage, r copyRequest) ([]layer.E
 	destIsDir := strings.HasSuffix(dest, "/") || strings.HasSuffix(dest, "/.") || dest == "."
 	dest = path.Clean(st.Abs(dest))
 	if !destIsDir {
-		if fi, err := st.fs.Stat(dest); err == nil && fi.IsDir() {
+		if fi, err := st.root.fs.Stat(dest); err == nil && fi.IsDir() {
 			destIsDir = true
 		}
 	}

@@ -136,12 +136,12 @@ var numericOwner = regexp.MustCompile(`^[0-9]+:[0-9]+$`)
 
 // rootFor is what of st's root an instruction (expanded) writing at dest
 // needs: all of it when lookup (it reads the root, as a --chown by name
-// does), when a RUN later in the stage needs the whole root anyway
+// does), when the root is the live "/", when a RUN later in the stage needs the whole root anyway
 // (unpacking now reads each layer once, not its entries first and then
 // again), or when a layer not in the root touches dest; else it runs
 // ahead of those layers.
 func (b *builder) rootFor(st *stage, cmd instructions.Command, dest string, lookup bool) (rootNeed, error) {
-	if lookup || b.inPlace || b.o.SingleSnapshot || (st.unpacked && len(st.pending) == 0) || runsLater(st, cmd) {
+	if lookup || st.root.live != nil || b.o.SingleSnapshot || (st.unpacked && len(st.pending) == 0) || runsLater(st, cmd) {
 		return wholeRoot, nil
 	}
 	ix, err := b.unapplied(st)

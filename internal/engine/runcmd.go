@@ -78,7 +78,7 @@ func (b *builder) runEnv(st *stage) []string {
 		env.Set("PATH", defaultPath)
 	}
 	if _, ok := env.Get("HOME"); !ok {
-		env.Set("HOME", rootfs.HomeDir(st.fs, st.Config.Config.User))
+		env.Set("HOME", rootfs.HomeDir(st.root.fs, st.Config.Config.User))
 	}
 	return env.List()
 }
@@ -153,7 +153,7 @@ func (h runHandler) apply(ctx context.Context, st *stage) error {
 	if sec := instructions.GetSecurity(c); sec != "" && sec != "sandbox" {
 		return fmt.Errorf("RUN --security=%s is not supported", sec)
 	}
-	spec := sandbox.Spec{Root: st.root, Args: argv, Env: b.runEnv(st), Scripts: scripts, Network: b.network}
+	spec := sandbox.Spec{Root: st.root.dir, Args: argv, Env: b.runEnv(st), Scripts: scripts, Network: b.network}
 	switch instructions.GetNetwork(c) {
 	case instructions.NetworkNone:
 		spec.Network = sandbox.NetworkNone
@@ -166,13 +166,13 @@ func (h runHandler) apply(ctx context.Context, st *stage) error {
 	}
 	user := st.Config.Config.User
 	if user != "" {
-		ids, err := rootfs.LookupUser(st.fs, user)
+		ids, err := rootfs.LookupUser(st.root.fs, user)
 		if err != nil {
 			return fmt.Errorf("USER %s: %w", user, err)
 		}
 		spec.UID, spec.GID = uint32(ids.UID), uint32(ids.GID)
-		if name := rootfs.UserName(st.fs, user); name != "" {
-			groups, err := rootfs.SupplementaryGroups(st.fs, name)
+		if name := rootfs.UserName(st.root.fs, user); name != "" {
+			groups, err := rootfs.SupplementaryGroups(st.root.fs, name)
 			if err != nil {
 				return err
 			}
@@ -191,45 +191,34 @@ func (h runHandler) apply(ctx context.Context, st *stage) error {
 	before := st.snapshot
 	if before == nil {
 		stop := b.clock(phaseSnapshot)
-		before, err = snapshot.Take(ctx, st.root, snapOpts)
+		before, err = snapshot.Take(ctx, st.root.dir, snapOpts)
 		stop()
 		if err != nil {
 			return err
 		}
 	}
 	// RUN in a missing working directory creates it, as BuildKit does.
-	if _, err := st.fs.Stat(wd); errors.Is(err, fs.ErrNotExist) {
-		d, err := st.fs.MkdirAll(wd, fsroot.MkdirOptions{})
+	if _, err := st.root.fs.Stat(wd); errors.Is(err, fs.ErrNotExist) {
+		d, err := st.root.fs.MkdirAll(wd, fsroot.MkdirOptions{})
 		if err != nil {
 			return fmt.Errorf("creating working directory %s: %w", wd, err)
 		}
 		d.Close()
 	}
-	files, cleanup, err := b.runMounts(ctx, st, c, &spec)
+	secrets, cleanup, err := b.runMounts(ctx, st, c, &spec)
 	defer cleanup()
 	if err != nil {
 		return err
 	}
 	label := stageLabel(st.ps)
-	var userns *sandbox.UserNS
-	if !b.inPlace {
-		if userns, err = b.runUserNS(); err != nil {
-			return err
-		}
-	}
 	ro := sandbox.Options{
 		WorkDir:     b.work,
 		Slirp4netns: b.slirp,
-		UserNS:      userns,
 		Protect:     secretPlaces{b.ignore},
 		Output:      func(stream, line string) { b.runOutput(label, stream, b.redact(line)) },
 	}
 	stopRun := b.clock(phaseRun)
-	if b.inPlace {
-		err = sandbox.Direct(ctx, spec, files, ro)
-	} else {
-		err = sandbox.Run(ctx, spec, ro)
-	}
+	err = b.iso.run(ctx, spec, secrets, ro)
 	stopRun()
 	if err != nil {
 		var ee *sandbox.ExitError
@@ -247,7 +236,7 @@ func (h runHandler) apply(ctx context.Context, st *stage) error {
 		stop()
 		return err
 	}
-	entries, err := snapshot.Entries(st.root, changes)
+	entries, err := snapshot.Entries(st.root.dir, changes)
 	stop()
 	if err != nil {
 		return err
@@ -285,11 +274,11 @@ func (b *builder) runOutput(stage, stream, line string) {
 // redact hides secret values in a line of output.
 func (b *builder) redact(line string) string { return b.secrets.redact(line) }
 
-// runMounts turns RUN --mount options into sandbox mounts (and, in place,
-// secrets into files placed for the run). The returned function removes
-// temporary files; call it after the run.
+// runMounts turns RUN --mount options into sandbox mounts, and secrets
+// into the files the isolation places for the run. The returned function
+// removes temporary files; call it after the run.
 func (b *builder) runMounts(ctx context.Context, st *stage, c *instructions.RunCommand, spec *sandbox.Spec) ([]sandbox.File, func(), error) {
-	var files []sandbox.File
+	var secrets []sandbox.File
 	var temps []string
 	var releases []func()
 	cleanup := func() {
@@ -418,36 +407,19 @@ func (b *builder) runMounts(ctx context.Context, st *stage, c *instructions.RunC
 			if m.GID != nil {
 				gid = int(*m.GID)
 			}
-			if b.inPlace {
-				f := sandbox.File{Path: target, Data: value, UID: uid, GID: gid}
-				if m.Mode != nil {
-					f.Mode = os.FileMode(*m.Mode)
-				}
-				files = append(files, f)
-				continue
-			}
-			tmp, err := os.MkdirTemp(b.work, "secret-")
-			if err != nil {
-				return nil, cleanup, err
-			}
-			temps = append(temps, tmp)
-			file := filepath.Join(tmp, "secret")
-			if err := os.WriteFile(file, []byte(value), 0o400); err != nil {
-				return nil, cleanup, err
-			}
-			os.Chown(file, uid, gid)
+			f := sandbox.File{Path: target, Data: value, UID: uid, GID: gid}
 			if m.Mode != nil {
-				os.Chmod(file, os.FileMode(*m.Mode))
+				f.Mode = os.FileMode(*m.Mode)
 			}
-			spec.Mounts = append(spec.Mounts, sandbox.Mount{Type: "bind", Source: tmp, SubPath: "secret", Target: target, ReadOnly: true})
+			secrets = append(secrets, f)
 		case instructions.MountTypeSSH:
 			return nil, cleanup, errors.New("--mount=type=ssh is not supported yet")
 		default:
 			return nil, cleanup, fmt.Errorf("--mount type %q is not supported", m.Type)
 		}
 	}
-	sort.SliceStable(spec.Mounts, func(i, j int) bool { return len(spec.Mounts[i].Target) < len(spec.Mounts[j].Target) })
-	return files, cleanup, nil
+	sortMounts(spec.Mounts)
+	return secrets, cleanup, nil
 }
 
 // secretPlaces is what an in-place RUN's secret files may not be placed
@@ -583,4 +555,9 @@ func copyEntry(from *fsroot.Dir, name string, fi fs.FileInfo, to *fsroot.Dir, as
 		return to.Chmod(as, fi.Mode().Perm())
 	}
 	return nil
+}
+
+// sortMounts orders mounts so that a mount inside another comes after it.
+func sortMounts(m []sandbox.Mount) {
+	sort.SliceStable(m, func(i, j int) bool { return len(m[i].Target) < len(m[j].Target) })
 }

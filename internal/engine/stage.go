@@ -4,10 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -22,7 +19,6 @@ import (
 
 	"github.com/kilnbuild/kiln/internal/cache"
 	"github.com/kilnbuild/kiln/internal/dockerfile"
-	"github.com/kilnbuild/kiln/internal/fsroot"
 	"github.com/kilnbuild/kiln/internal/instruction"
 	"github.com/kilnbuild/kiln/internal/layer"
 	"github.com/kilnbuild/kiln/internal/rootfs"
@@ -35,8 +31,7 @@ const historyComment = "kiln.dockerfile.v0"
 // stage is the state of one stage while its instructions run.
 type stage struct {
 	ps   *dockerfile.Stage
-	root string       // the stage's root directory
-	fs   *fsroot.Root // the root, for work inside it
+	root *stageRoot // where the stage's files are built
 	base v1.Image
 	// State is the config and variables, which instructions change.
 	instruction.State
@@ -138,22 +133,13 @@ func (b *builder) buildStage(ctx context.Context, ps *dockerfile.Stage) (*stage,
 	triggers := st.Config.Config.OnBuild
 	st.Config.Config.OnBuild = nil
 
-	if b.inPlace {
-		st.root = b.root
-	} else {
-		st.root = b.privateRoot(ps.Index)
-		if err := os.MkdirAll(st.root, 0o755); err != nil {
-			return nil, fmt.Errorf("creating stage root: %w", err)
-		}
-	}
-	if st.fs, err = b.openRoot(st.root); err != nil {
+	if st.root, err = b.iso.stageRoot(ps.Index); err != nil {
 		return nil, err
 	}
 	// Unpacking waits for the first instruction that needs the files (see
-	// lazyroot.go): a stage of COPYs onto a fresh path unpacks nothing. In
-	// place without the cache the container's file system becomes the
-	// base's at once, as in kaniko, whatever the stage then does.
-	if b.inPlace && !b.cache {
+	// lazyroot.go), unless the isolation wants the base at once: a stage
+	// of COPYs onto a fresh path unpacks nothing.
+	if b.iso.eager() {
 		if err := b.materialize(ctx, st); err != nil {
 			return nil, err
 		}
@@ -164,7 +150,7 @@ func (b *builder) buildStage(ctx context.Context, ps *dockerfile.Stage) (*stage,
 			return nil, err
 		}
 		stop := b.clock(phaseSnapshot)
-		start, err = snapshot.Take(ctx, st.root, b.snapshotOptions(st))
+		start, err = snapshot.Take(ctx, st.root.dir, b.snapshotOptions(st))
 		stop()
 		if err != nil {
 			return nil, err
@@ -196,7 +182,7 @@ func (b *builder) buildStage(ctx context.Context, ps *dockerfile.Stage) (*stage,
 			stop()
 			return nil, err
 		}
-		entries, err := snapshot.Entries(st.root, changes)
+		entries, err := snapshot.Entries(st.root.dir, changes)
 		stop()
 		if err != nil {
 			return nil, err
@@ -222,20 +208,8 @@ func (b *builder) buildStage(ctx context.Context, ps *dockerfile.Stage) (*stage,
 	if err := st.finish(b.now); err != nil {
 		return nil, err
 	}
-	if b.inPlace && ps.Index != b.plan.Target {
-		// The next stage empties the root: keep this stage's files where
-		// COPY --from and RUN --mount can still read them.
-		st.root = b.privateRoot(ps.Index)
-		if err := os.MkdirAll(st.root, 0o755); err != nil {
-			return nil, err
-		}
-		if st.fs, err = b.openRoot(st.root); err != nil {
-			return nil, err
-		}
-		if err := b.unpack(ctx, st.root, st.img, "stage "+stageLabel(ps), true); err != nil {
-			return nil, err
-		}
-		st.unpacked, st.pending = true, nil
+	if err := b.iso.finished(ctx, st); err != nil {
+		return nil, err
 	}
 	return st, nil
 }
@@ -244,8 +218,8 @@ func (b *builder) buildStage(ctx context.Context, ps *dockerfile.Stage) (*stage,
 // (emptying the root first in place), then the layers taken from the cache.
 func (b *builder) materialize(ctx context.Context, st *stage) error {
 	if !st.unpacked {
-		if b.inPlace && st.root == b.root {
-			if err := rootfs.Clear(st.root, b.ignore); err != nil {
+		if st.root.live != nil {
+			if err := st.root.clear(); err != nil {
 				return err
 			}
 		}
@@ -262,11 +236,7 @@ func (b *builder) materialize(ctx context.Context, st *stage) error {
 		if err != nil {
 			return fmt.Errorf("reading cached layer: %w", err)
 		}
-		uo := rootfs.UnpackOptions{Logger: b.log}
-		if b.inPlace && st.root == b.root {
-			uo.Ignore = b.ignore
-		}
-		err = rootfs.ApplyTar(st.root, rc, uo)
+		err = rootfs.ApplyTar(st.root.dir, rc, st.root.unpackOptions(rootfs.UnpackOptions{Logger: b.log}))
 		rc.Close()
 		if err != nil {
 			return fmt.Errorf("applying cached layer: %w", err)
@@ -431,37 +401,10 @@ func platformString(p v1.Platform) string {
 	return s
 }
 
-// openRoot opens a stage or image root for work inside it: the live "/"
-// in place (once, protecting the ignore list), else the directory.
-func (b *builder) openRoot(dir string) (*fsroot.Root, error) {
-	if b.inPlace && dir == b.root {
-		if b.liveFS == nil {
-			r, err := fsroot.Open(dir, fsroot.WithProtector(b.ignore))
-			if err != nil {
-				return nil, err
-			}
-			b.liveFS = r
-			b.roots = append(b.roots, r)
-		}
-		return b.liveFS, nil
-	}
-	r, err := fsroot.Open(dir)
-	if err != nil {
-		return nil, err
-	}
-	b.roots = append(b.roots, r)
-	return r, nil
-}
-
-// privateRoot is the root directory of stage i under the work directory.
-func (b *builder) privateRoot(i int) string {
-	return filepath.Join(b.work, "stage-"+strconv.Itoa(i), "root")
-}
-
 // snapshotOptions are the options of every snapshot of a stage root.
 func (b *builder) snapshotOptions(st *stage) snapshot.Options {
 	o := snapshot.Options{Mode: b.snapshotMode()}
-	if st.root == b.root || len(b.o.IgnorePaths) > 0 {
+	if st.root.live != nil || len(b.o.IgnorePaths) > 0 {
 		o.Ignore = b.ignore.Ignored
 	}
 	return o
@@ -471,9 +414,9 @@ func (b *builder) fromLocation(ps *dockerfile.Stage) []parser.Range {
 	return []parser.Range{{Start: parser.Position{Line: ps.Line}}}
 }
 
-// unpack extracts img into root; retry allows --image-fs-extract-retry
+// unpack extracts img into r; retry allows --image-fs-extract-retry
 // attempts, each on a root emptied first.
-func (b *builder) unpack(ctx context.Context, root string, img v1.Image, what string, retry bool) error {
+func (b *builder) unpack(ctx context.Context, r *stageRoot, img v1.Image, what string, retry bool) error {
 	var err error
 	tries := b.o.ImageFSExtractRetry
 	if !retry {
@@ -483,20 +426,12 @@ func (b *builder) unpack(ctx context.Context, root string, img v1.Image, what st
 		if i > 0 {
 			b.log.Warn("retrying image extraction", "image", what, "attempt", i, "error", err)
 			// Emptied, not replaced: handles on the root stay valid.
-			var ignore *rootfs.IgnoreList
-			if b.inPlace && root == b.root {
-				ignore = b.ignore
-			}
-			if err := rootfs.Clear(root, ignore); err != nil {
+			if err := r.clear(); err != nil {
 				return err
 			}
 		}
-		uo := rootfs.UnpackOptions{Logger: b.log, Name: what}
-		if b.inPlace && root == b.root {
-			uo.Ignore = b.ignore
-		}
 		stop := b.clock(phaseUnpack)
-		err = rootfs.Unpack(ctx, root, img, uo)
+		err = rootfs.Unpack(ctx, r.dir, img, r.unpackOptions(rootfs.UnpackOptions{Logger: b.log, Name: what}))
 		stop()
 		if err == nil {
 			return nil
@@ -636,7 +571,7 @@ func (h workdirHandler) apply(ctx context.Context, st *stage) error {
 	owner := rootfs.IDs{}
 	if user := st.Config.Config.User; user != "" {
 		var err error
-		if owner, err = rootfs.LookupUser(st.fs, user); err != nil {
+		if owner, err = rootfs.LookupUser(st.root.fs, user); err != nil {
 			return fmt.Errorf("WORKDIR %s: %w", p, err)
 		}
 	}

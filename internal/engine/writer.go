@@ -103,7 +103,7 @@ type writer struct {
 
 func (b *builder) newWriter(st *stage, o writerOptions) *writer {
 	return &writer{
-		root: st.fs, o: o, now: b.now, index: map[string]int{}, links: map[fileKey]string{},
+		root: st.root.fs, o: o, now: b.now, index: map[string]int{}, links: map[fileKey]string{},
 		dirs: map[string]*fsroot.Dir{}, canChown: os.Geteuid() == 0,
 	}
 }
