@@ -34,6 +34,7 @@ import (
 	"github.com/kilnbuild/kiln/internal/registry"
 	"github.com/kilnbuild/kiln/internal/rootfs"
 	"github.com/kilnbuild/kiln/internal/sandbox"
+	"github.com/kilnbuild/kiln/internal/snapshot"
 )
 
 // BaseImages is a store of base images by manifest digest, as warm-cache
@@ -84,16 +85,12 @@ type Options struct {
 	// namespaces), "in-place" (kaniko's model: Root is this container's own
 	// file system), or "auto"/"" (in-place only in a container that cannot
 	// create namespaces).
-	Isolation string
-	// UserNS is how chroot isolation maps ids: "auto"/"" (a user namespace
-	// with sandbox.DefaultIDMap where the kernel allows one, else none and a
-	// warning), "required" (the default mapping, or fail), "none", or
-	// "HOSTID[:SIZE]" (required).
-	UserNS string
-	// RunNetwork is chroot isolation's RUN network: "auto"/"" (slirp4netns
-	// where it is on PATH, else the host's), "host", "private" (loopback
-	// only) or "slirp4netns".
-	RunNetwork string
+	Isolation Isolation
+	// UserNS is how chroot isolation maps ids (ParseUserNS); the zero
+	// value is auto.
+	UserNS UserNS
+	// RunNetwork is chroot isolation's RUN network; "" is auto.
+	RunNetwork RunNetwork
 	// KanikoDir is kiln's own directory (--kaniko-dir: credentials,
 	// certificates); in place it is never emptied or unpacked over.
 	KanikoDir string
@@ -128,8 +125,8 @@ type Options struct {
 	binfmtDir   string
 	// fetched is the remote context, fetched once for every platform.
 	fetched *fetched
-	// SnapshotMode is how RUN changes are detected: full (default), redo, time.
-	SnapshotMode string
+	// SnapshotMode is how RUN changes are detected; "" is full.
+	SnapshotMode snapshot.Mode
 	// Secrets are the build secrets RUN --mount=type=secret can use, by id.
 	Secrets map[string]Secret
 	// Cache turns the layer cache on; CacheStore holds it.
@@ -367,16 +364,16 @@ func (b *builder) setIsolation() error {
 	b.ignore = rootfs.NewIgnoreList(b.o.IgnorePaths...)
 	inPlace := false
 	switch b.o.Isolation {
-	case "chroot":
-	case "in-place":
+	case IsolationChroot:
+	case IsolationInPlace:
 		inPlace = true
-	case "", "auto":
+	case "", IsolationAuto:
 		// In place only as a step image (the binary under /kaniko or ko's
 		// /ko-app) in a container that cannot sandbox: never a developer's
 		// own container by surprise.
 		inPlace = b.isContainer() && !sandbox.CanChroot() && stepImage()
 	default:
-		return fmt.Errorf("--isolation %q: want auto, chroot or in-place", b.o.Isolation)
+		return fmt.Errorf("--isolation %q: want auto, chroot or in-place", string(b.o.Isolation))
 	}
 	if err := b.setNetwork(inPlace); err != nil {
 		return err
@@ -385,7 +382,7 @@ func (b *builder) setIsolation() error {
 		b.iso = privateRoots{b}
 		return nil
 	}
-	if b.o.UserNS != "" && b.o.UserNS != "auto" && b.o.UserNS != "none" {
+	if b.o.UserNS.chosen() && b.o.UserNS.Mode != UserNSNone {
 		return fmt.Errorf("--userns %s needs chroot isolation", b.o.UserNS)
 	}
 	if !b.o.Force && !b.isContainer() {
@@ -445,31 +442,31 @@ func (b *builder) setNetwork(inPlace bool) error {
 	mode := b.o.RunNetwork
 	if inPlace {
 		switch mode {
-		case "", "auto", "host":
+		case "", RunNetworkAuto, RunNetworkHost:
 			b.network = sandbox.NetworkHost
 			return nil
 		}
 		return fmt.Errorf("--run-network %s needs chroot isolation: in place, RUN has this container's network", mode)
 	}
 	switch mode {
-	case "", "auto":
+	case "", RunNetworkAuto:
 		if p, err := exec.LookPath("slirp4netns"); err == nil {
 			b.network, b.slirp = sandbox.NetworkSlirp, p
 			return nil
 		}
 		b.network = sandbox.NetworkHost
-	case "host":
+	case RunNetworkHost:
 		b.network = sandbox.NetworkHost
-	case "private", "none":
+	case RunNetworkPrivate:
 		b.network = sandbox.NetworkNone
-	case "slirp4netns":
+	case RunNetworkSlirp:
 		p, err := exec.LookPath("slirp4netns")
 		if err != nil {
 			return fmt.Errorf("--run-network slirp4netns: %w", err)
 		}
 		b.network, b.slirp = sandbox.NetworkSlirp, p
 	default:
-		return fmt.Errorf("--run-network %q: want auto, host, private or slirp4netns", mode)
+		return fmt.Errorf("--run-network %q: want auto, host, private or slirp4netns", string(mode))
 	}
 	return nil
 }
@@ -491,17 +488,13 @@ func (b *builder) runUserNS() (*sandbox.UserNS, error) {
 // newUserNS makes the user namespace --userns asks for, or returns nil
 // and logs why there is none.
 func (b *builder) newUserNS() (*sandbox.UserNS, error) {
-	m := sandbox.DefaultIDMap()
-	switch b.o.UserNS {
-	case "none":
+	if b.o.UserNS.Mode == UserNSNone {
 		b.log.Warn("chroot isolation without a user namespace (--userns=none): root in a RUN is the host's root, confined only by the sandbox's mount, pid, ipc and uts namespaces")
 		return nil, nil
-	case "", "auto", "required":
-	default:
-		var err error
-		if m, err = sandbox.ParseIDMap(b.o.UserNS); err != nil {
-			return nil, fmt.Errorf("--userns: %w", err)
-		}
+	}
+	m := sandbox.DefaultIDMap()
+	if b.o.UserNS.Map != nil {
+		m = *b.o.UserNS.Map
 	}
 	ns, err := sandbox.NewUserNS(m, "")
 	if err == nil {
@@ -510,7 +503,7 @@ func (b *builder) newUserNS() (*sandbox.UserNS, error) {
 		}
 	}
 	if err != nil {
-		if b.o.UserNS != "" && b.o.UserNS != "auto" {
+		if b.o.UserNS.chosen() {
 			return nil, fmt.Errorf("--userns %s: %w", b.o.UserNS, err)
 		}
 		b.log.Warn("chroot isolation without a user namespace: this kernel or file system does not allow one here, so root in a RUN is the host's root, confined only by the sandbox's namespaces; pass --userns=required to refuse to build without one", "reason", err.Error())

@@ -319,7 +319,11 @@ RUN --mount=type=cache,target=/cache,uid=1000,gid=1001 chown 1000:1001 /map && s
 	}
 	for _, tt := range tests {
 		t.Run("userns="+tt.userns, func(t *testing.T) {
-			fs, _, _ := f.mustRun(buildSpec{dockerfile: df, opts: func(o *Options) { o.UserNS = tt.userns }})
+			u, err := ParseUserNS(tt.userns)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fs, _, _ := f.mustRun(buildSpec{dockerfile: df, opts: func(o *Options) { o.UserNS = u }})
 			checkFiles(t, fs, map[string]want{
 				"map":   {content: str(tt.wantMap), uid: 1000, gid: 1001, owner: true},
 				"mount": {content: str(tt.wantMount)},
@@ -328,9 +332,8 @@ RUN --mount=type=cache,target=/cache,uid=1000,gid=1001 chown 1000:1001 /map && s
 		})
 	}
 	for _, bad := range []string{"0:10", "x", "4294967290:100"} {
-		_, err := f.run(buildSpec{dockerfile: "FROM REG/busybox:1\nRUN true\n", opts: func(o *Options) { o.UserNS = bad }})
-		if err == nil || !strings.Contains(err.Error(), "--userns") {
-			t.Errorf("--userns %s: %v", bad, err)
+		if _, err := ParseUserNS(bad); err == nil || !strings.Contains(err.Error(), bad) {
+			t.Errorf("ParseUserNS(%q): %v", bad, err)
 		}
 	}
 }
@@ -357,7 +360,11 @@ func TestRunUserNamespaceFallback(t *testing.T) {
 		t.Errorf("the fallback is not a warning naming --userns=required:\n%s", logs.String())
 	}
 	for _, userns := range []string{"100000:65536", "required"} {
-		_, err := f.run(buildSpec{dockerfile: df, opts: func(o *Options) { o.WorkDir = work; o.UserNS = userns }})
+		u, err := ParseUserNS(userns)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = f.run(buildSpec{dockerfile: df, opts: func(o *Options) { o.WorkDir = work; o.UserNS = u }})
 		if err == nil || !strings.Contains(err.Error(), "--userns "+userns) || !strings.Contains(err.Error(), "id-mapping") {
 			t.Errorf("--userns %s on ramfs: %v", userns, err)
 		}

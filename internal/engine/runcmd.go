@@ -249,11 +249,10 @@ func (h runHandler) apply(ctx context.Context, st *stage) error {
 }
 
 func (b *builder) snapshotMode() snapshot.Mode {
-	m, err := snapshot.ParseMode(b.o.SnapshotMode)
-	if err != nil {
+	if b.o.SnapshotMode == "" {
 		return snapshot.Full
 	}
-	return m
+	return b.o.SnapshotMode
 }
 
 // runOutput passes a line a RUN printed on: as the command wrote it, to

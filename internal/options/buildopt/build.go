@@ -26,7 +26,7 @@ import (
 	"github.com/kilnbuild/kiln/internal/output"
 	"github.com/kilnbuild/kiln/internal/record"
 	"github.com/kilnbuild/kiln/internal/registry"
-	"github.com/kilnbuild/kiln/internal/sandbox"
+	"github.com/kilnbuild/kiln/internal/snapshot"
 )
 
 // Build holds the build step's flag values.
@@ -78,6 +78,8 @@ type Build struct {
 	Environ []string
 	// PrintPlan is KANIKO_PRINT_PLAN: the plan is logged, then built.
 	PrintPlan bool
+	// parsed holds the typed settings Validate parsed, for Job.
+	parsed *settings
 }
 
 // AddFlags registers kaniko's executor flags on fs. Environment variables
@@ -233,10 +235,8 @@ func (b *Build) Validate(fs *pflag.FlagSet) error {
 	if _, err := registry.ParseHelpers(b.Registry.CredentialHelpers); err != nil {
 		return fmt.Errorf("--credential-helpers: %w", err)
 	}
-	switch b.SnapshotMode {
-	case "full", "redo", "time":
-	default:
-		return fmt.Errorf("--snapshot-mode %q: want full, redo or time", b.SnapshotMode)
+	if err := b.parseSettings(); err != nil {
+		return err
 	}
 	if _, err := layer.ParseCompression(b.Compression); err != nil {
 		return err
@@ -265,24 +265,39 @@ func (b *Build) Validate(fs *pflag.FlagSet) error {
 	if _, err := buildcontext.ParseGitOptions(b.Git); err != nil {
 		return err
 	}
-	switch b.Isolation {
-	case "auto", "chroot":
-	case "in-place":
-	default:
-		return fmt.Errorf("--isolation %q: want auto, chroot or in-place", b.Isolation)
+	return nil
+}
+
+// settings are the flags parsed into the engine's typed values, once, by
+// Validate.
+type settings struct {
+	snapshot   snapshot.Mode
+	isolation  engine.Isolation
+	userns     engine.UserNS
+	runNetwork engine.RunNetwork
+}
+
+// parseSettings parses the flags that have typed values in the engine,
+// naming the flag in an error.
+func (b *Build) parseSettings() error {
+	var s settings
+	var err error
+	if s.snapshot, err = snapshot.ParseMode(b.SnapshotMode); err != nil {
+		return err // names --snapshot-mode
 	}
-	switch b.UserNS {
-	case "auto", "none":
-	default:
-		if b.UserNS != "required" {
-			if _, err := sandbox.ParseIDMap(b.UserNS); err != nil {
-				return fmt.Errorf("--userns %q: want auto, required, none or HOSTID[:SIZE]: %w", b.UserNS, err)
-			}
-		}
-		if b.Isolation == "in-place" {
-			return fmt.Errorf("--userns %s needs chroot isolation, not --isolation=in-place", b.UserNS)
-		}
+	if s.isolation, err = engine.ParseIsolation(b.Isolation); err != nil {
+		return fmt.Errorf("--isolation: %w", err)
 	}
+	if s.userns, err = engine.ParseUserNS(b.UserNS); err != nil {
+		return fmt.Errorf("--userns: %w", err)
+	}
+	if s.userns.Mode != engine.UserNSAuto && s.userns.Mode != engine.UserNSNone && s.isolation == engine.IsolationInPlace {
+		return fmt.Errorf("--userns %s needs chroot isolation, not --isolation=in-place", b.UserNS)
+	}
+	if s.runNetwork, err = engine.ParseRunNetwork(b.RunNetwork); err != nil {
+		return fmt.Errorf("--run-network: %w", err)
+	}
+	b.parsed = &s
 	return nil
 }
 
@@ -290,6 +305,9 @@ func (b *Build) Validate(fs *pflag.FlagSet) error {
 // set explicitly; stdout and stderr receive RUN's output as it prints it,
 // except with a JSON log, which gets records instead.
 func (b *Build) Job(fs *pflag.FlagSet, getenv func(string) string, lookupEnv func(string) (string, bool), log *slog.Logger, stdout, stderr io.Writer) (engine.Job, error) {
+	if b.parsed == nil {
+		return engine.Job{}, errors.New("build options: Job before Validate")
+	}
 	ro, err := b.Registry.RegistryOptions(getenv, b.KanikoDir, log)
 	if err != nil {
 		return engine.Job{}, err
@@ -350,7 +368,7 @@ func (b *Build) Job(fs *pflag.FlagSet, getenv func(string) string, lookupEnv fun
 		baseImages = cache.BaseDir{Path: b.CacheDir, TTL: b.CacheTTL}
 	}
 	work := filepath.Join(os.TempDir(), "kiln")
-	if fs.Changed("kaniko-dir") || getenv("KANIKO_DIR") != "" || b.Isolation == "in-place" {
+	if fs.Changed("kaniko-dir") || getenv("KANIKO_DIR") != "" || b.parsed.isolation == engine.IsolationInPlace {
 		work = filepath.Join(b.KanikoDir, "work")
 	}
 	return engine.Job{
@@ -370,10 +388,10 @@ func (b *Build) Job(fs *pflag.FlagSet, getenv func(string) string, lookupEnv fun
 			Platform:            platforms[0],
 			Reproducible:        b.Reproducible,
 			SingleSnapshot:      b.SingleSnapshot,
-			SnapshotMode:        b.SnapshotMode,
-			Isolation:           b.Isolation,
-			UserNS:              b.UserNS,
-			RunNetwork:          b.RunNetwork,
+			SnapshotMode:        b.parsed.snapshot,
+			Isolation:           b.parsed.isolation,
+			UserNS:              b.parsed.userns,
+			RunNetwork:          b.parsed.runNetwork,
 			KanikoDir:           b.KanikoDir,
 			Force:               b.Force,
 			IgnorePaths:         b.IgnorePaths,
