@@ -489,7 +489,7 @@ func (b *builder) runUserNS() (*sandbox.UserNS, error) {
 // and logs why there is none.
 func (b *builder) newUserNS() (*sandbox.UserNS, error) {
 	if b.o.UserNS.Mode == UserNSNone {
-		b.log.Warn("chroot isolation without a user namespace (--userns=none): root in a RUN is the host's root, confined only by the sandbox's mount, pid, ipc and uts namespaces")
+		b.log.Warn("chroot isolation without a user namespace (--userns=none): root in a RUN is the host's root with Docker's default capabilities, confined by the sandbox's mount, pid, ipc and uts namespaces")
 		return nil, nil
 	}
 	m := sandbox.DefaultIDMap()
@@ -506,7 +506,7 @@ func (b *builder) newUserNS() (*sandbox.UserNS, error) {
 		if b.o.UserNS.chosen() {
 			return nil, fmt.Errorf("--userns %s: %w", b.o.UserNS, err)
 		}
-		b.log.Warn("chroot isolation without a user namespace: this kernel or file system does not allow one here, so root in a RUN is the host's root, confined only by the sandbox's namespaces; pass --userns=required to refuse to build without one", "reason", err.Error())
+		b.log.Warn("chroot isolation without a user namespace: this kernel or file system does not allow one here, so root in a RUN is the host's root with Docker's default capabilities, confined by the sandbox's namespaces; pass --userns=required to refuse to build without one", "reason", err.Error())
 		return nil, nil
 	}
 	b.log.Debug("RUN runs in a user namespace", "ids", m.String())

@@ -13,6 +13,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kilnbuild/kiln/internal/rootfs"
 )
 
 // initFailure is the exit status of a sandbox that could not start the
@@ -55,10 +57,16 @@ func sandbox() (int, error) {
 	if err := gob.NewDecoder(bytes.NewReader(data)).Decode(&s); err != nil {
 		return 0, err
 	}
-	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
-		return 0, fmt.Errorf("making mounts private: %w", err)
-	}
 	sb := &setup{spec: &s, userns: -1}
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		if !errors.Is(err, unix.EINVAL) {
+			return 0, fmt.Errorf("making mounts private: %w", err)
+		}
+		// "/" is not a mount point: kiln runs in a chroot.
+		if sb.anchor, err = privateAnchor(); err != nil {
+			return 0, err
+		}
+	}
 	if s.IDMap != nil {
 		unix.CloseOnExec(usernsFD)
 		sb.userns = usernsFD
@@ -129,6 +137,14 @@ func sandbox() (int, error) {
 		ready.Close()
 		if err != nil {
 			return 0, fmt.Errorf("waiting for the RUN network: %w", err)
+		}
+	}
+	if s.IDMap == nil {
+		// Root in the RUN is the host's root: it gets Docker's default
+		// capabilities, as BuildKit's RUN does, and not CAP_SYS_CHROOT where
+		// the root could not be pivoted into (a chroot is no bound to it).
+		if err := boundCapabilities(sb.anchor == ""); err != nil {
+			return 0, err
 		}
 	}
 	if err := cmd.Start(); err != nil {
@@ -204,4 +220,63 @@ func enterRoot(root int) error {
 		return fmt.Errorf("chroot: %w", err)
 	}
 	return unix.Chdir("/")
+}
+
+// privateAnchor, where "/" is not a mount point (kiln in a chroot, whose
+// mount holding "/" cannot be named, so cannot be made private), makes
+// every mount that can be named private and stacks a small tmpfs over
+// /proc: the root is attached there, under private mounts only, so that
+// nothing the sandbox mounts propagates out of it.
+func privateAnchor() (string, error) {
+	mps, err := rootfs.MountPoints("/proc/self/mountinfo")
+	if err != nil {
+		return "", fmt.Errorf("reading mount points: %w", err)
+	}
+	proc := false
+	for _, mp := range mps {
+		if err := unix.Mount("", mp, "", unix.MS_PRIVATE, ""); err != nil {
+			return "", fmt.Errorf("making the mount at %s private: %w", mp, err)
+		}
+		proc = proc || mp == "/proc"
+	}
+	if !proc {
+		return "", errors.New(`"/" is not a mount point and /proc is not mounted: RUN needs one or the other`)
+	}
+	const anchor = "/proc"
+	if err := unix.Mount("kiln", anchor, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "mode=0700,size=64k"); err != nil {
+		return "", fmt.Errorf("mounting the sandbox's anchor: %w", err)
+	}
+	if err := unix.Mkdir(anchor+"/root", 0o700); err != nil {
+		return "", fmt.Errorf("mounting the sandbox's anchor: %w", err)
+	}
+	return anchor + "/root", nil
+}
+
+// dockerCaps are Docker's default capabilities (moby's
+// oci/caps/defaults.go), which BuildKit's RUN has.
+var dockerCaps = []uintptr{
+	unix.CAP_CHOWN, unix.CAP_DAC_OVERRIDE, unix.CAP_FSETID, unix.CAP_FOWNER, unix.CAP_MKNOD,
+	unix.CAP_NET_RAW, unix.CAP_SETGID, unix.CAP_SETUID, unix.CAP_SETFCAP, unix.CAP_SETPCAP,
+	unix.CAP_NET_BIND_SERVICE, unix.CAP_SYS_CHROOT, unix.CAP_KILL, unix.CAP_AUDIT_WRITE,
+}
+
+// boundCapabilities drops from this thread's bounding set (which the
+// command inherits) every capability but Docker's defaults, and
+// CAP_SYS_CHROOT too unless chroot is kept.
+func boundCapabilities(chroot bool) error {
+	keep := map[uintptr]bool{}
+	for _, c := range dockerCaps {
+		keep[c] = c != unix.CAP_SYS_CHROOT || chroot
+	}
+	for c := uintptr(0); ; c++ {
+		if keep[c] {
+			continue
+		}
+		if err := unix.Prctl(unix.PR_CAPBSET_DROP, c, 0, 0, 0); err != nil {
+			if errors.Is(err, unix.EINVAL) {
+				return nil // past the last capability this kernel has
+			}
+			return fmt.Errorf("dropping capability %d: %w", c, err)
+		}
+	}
 }

@@ -32,6 +32,9 @@ type setup struct {
 	spec   *Spec
 	userns int // the user namespace to id-map with, -1 for none
 	root   *fsroot.Root
+	// anchor, where "/" is not a mount point, is where the root is
+	// attached instead of over its own directory (see privateAnchor).
+	anchor string
 	stubs  []Stub
 	// mounted are the mounts made so far, by the real image path of
 	// their target, for telling where a mount point is created.
@@ -93,7 +96,7 @@ func (sb *setup) mountAll() error {
 		}
 	}()
 	for _, d := range []string{"null", "zero", "full", "random", "urandom", "tty"} {
-		t, err := cloneTree(unix.AT_FDCWD, "/dev/"+d, 0, -1, false)
+		t, err := cloneTree(unix.AT_FDCWD, "/dev/"+d, 0, -1, 0)
 		if err != nil {
 			return err
 		}
@@ -112,7 +115,7 @@ func (sb *setup) mountAll() error {
 		if _, err := os.Stat(src); err != nil {
 			continue
 		}
-		t, err := cloneTree(unix.AT_FDCWD, src, 0, -1, true)
+		t, err := cloneTree(unix.AT_FDCWD, src, 0, -1, unix.MOUNT_ATTR_RDONLY)
 		if err != nil {
 			return err
 		}
@@ -121,7 +124,14 @@ func (sb *setup) mountAll() error {
 
 	// 2. The root: a mount of its own (id-mapped in a user namespace),
 	// attached over its own directory, so that it can be pivoted into.
-	rt, err := cloneTree(unix.AT_FDCWD, s.Root, 0, sb.userns, false)
+	// Without a user namespace, RUN's root could make device nodes in the
+	// root and open them (the host's disks): nodev. In one, it cannot make
+	// them at all.
+	var rootAttrs uint64
+	if sb.userns < 0 {
+		rootAttrs = unix.MOUNT_ATTR_NODEV
+	}
+	rt, err := cloneTree(unix.AT_FDCWD, s.Root, 0, sb.userns, rootAttrs)
 	if err != nil {
 		return err
 	}
@@ -129,12 +139,16 @@ func (sb *setup) mountAll() error {
 		rt.close()
 		return fmt.Errorf("id-mapping the root %s: the file system does not support it", s.Root)
 	}
-	err = unix.MoveMount(rt.fd, "", unix.AT_FDCWD, s.Root, unix.MOVE_MOUNT_F_EMPTY_PATH)
+	at := s.Root
+	if sb.anchor != "" {
+		at = sb.anchor
+	}
+	err = unix.MoveMount(rt.fd, "", unix.AT_FDCWD, at, unix.MOVE_MOUNT_F_EMPTY_PATH)
 	rt.close()
 	if err != nil {
 		return fmt.Errorf("mounting the root %s: %w", s.Root, err)
 	}
-	if sb.root, err = fsroot.Open(s.Root); err != nil {
+	if sb.root, err = fsroot.Open(at); err != nil {
 		return err
 	}
 
@@ -213,7 +227,11 @@ func (sb *setup) openBind(m Mount) (tree, error) {
 	defer h.Close()
 	// A source whose file system cannot be id-mapped is bound as it is:
 	// its files then show as nobody's in the namespace.
-	t, err := cloneTree(int(h.Fd()), "", unix.AT_EMPTY_PATH, sb.userns, m.ReadOnly)
+	var attrs uint64 = unix.MOUNT_ATTR_NODEV
+	if m.ReadOnly {
+		attrs |= unix.MOUNT_ATTR_RDONLY
+	}
+	t, err := cloneTree(int(h.Fd()), "", unix.AT_EMPTY_PATH, sb.userns, attrs)
 	if err != nil {
 		return tree{fd: -1}, fmt.Errorf("bind mount source for %s: %w", m.Target, err)
 	}
@@ -223,7 +241,12 @@ func (sb *setup) openBind(m Mount) (tree, error) {
 // cloneTree makes a detached copy of the mount tree at (dfd, p), read-only
 // if asked and id-mapped with userns (when >= 0) where the file system
 // allows it.
-func cloneTree(dfd int, p string, flags uint, userns int, readOnly bool) (tree, error) {
+//
+// Every clone is private: a clone of a shared mount would otherwise be a
+// peer of it, and what is mounted under it would propagate out of the
+// sandbox (the case when "/" is not a mount point, and so could not be
+// made private first).
+func cloneTree(dfd int, p string, flags uint, userns int, set uint64) (tree, error) {
 	fd, err := unix.OpenTree(dfd, p, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE|flags)
 	if err != nil {
 		if errors.Is(err, unix.ENOSYS) {
@@ -236,10 +259,7 @@ func cloneTree(dfd int, p string, flags uint, userns int, readOnly bool) (tree, 
 	if err := unix.Fstat(fd, &st); err == nil {
 		t.dir = st.Mode&unix.S_IFMT == unix.S_IFDIR
 	}
-	attr := unix.MountAttr{}
-	if readOnly {
-		attr.Attr_set |= unix.MOUNT_ATTR_RDONLY
-	}
+	attr := unix.MountAttr{Attr_set: set, Propagation: unix.MS_PRIVATE}
 	if userns >= 0 {
 		idm := attr
 		idm.Attr_set |= unix.MOUNT_ATTR_IDMAP
@@ -249,11 +269,9 @@ func cloneTree(dfd int, p string, flags uint, userns int, readOnly bool) (tree, 
 			return t, nil
 		}
 	}
-	if attr.Attr_set != 0 {
-		if err := unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, &attr); err != nil {
-			t.close()
-			return tree{fd: -1}, fmt.Errorf("making the mount of %s read-only: %w", showFD(dfd, p), err)
-		}
+	if err := unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, &attr); err != nil {
+		t.close()
+		return tree{fd: -1}, fmt.Errorf("setting the attributes of the mount of %s: %w", showFD(dfd, p), err)
 	}
 	return t, nil
 }

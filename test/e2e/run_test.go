@@ -3,12 +3,15 @@ package e2e
 import (
 	"archive/tar"
 	"bytes"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"github.com/kilnbuild/kiln/internal/imagetest"
 	"github.com/kilnbuild/kiln/internal/rootfs"
@@ -124,5 +127,77 @@ func TestRunChroot(t *testing.T) {
 	mustNotExist(t, filepath.Join(fail, "digest"), filepath.Join(fail, "layout"))
 	if _, err := pullErr(reg + "/kiln/fail:1"); err == nil {
 		t.Error("a failed build pushed a tag")
+	}
+}
+
+// TestRunWhereRootIsNotAMountPoint: kiln run inside a chroot (schroot's
+// model: "/" is a plain directory, not a mount point) runs RUN in chroot
+// isolation. The mount holding "/" is shared with the namespace around the
+// chroot, so everything the sandbox mounts would appear there if it
+// propagated: the test counts that namespace's mounts before and after.
+// Without a user namespace (the kernel refuses one in a chroot), RUN's
+// root has Docker's default capabilities less CAP_SYS_CHROOT, and device
+// nodes in the root cannot be opened.
+func TestRunWhereRootIsNotAMountPoint(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root to chroot")
+	}
+	jail := t.TempDir()
+	for _, d := range []string{"bin", "proc", "dev", "tmp", "ctx", "out"} {
+		if err := os.Mkdir(filepath.Join(jail, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	exe, err := os.ReadFile(filepath.Join(binDir, "build"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(jail, "bin", "build"), exe, 0o755)
+	bb, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		t.Skip("needs Debian's busybox-static")
+	}
+	os.WriteFile(filepath.Join(jail, "ctx", "busybox"), bb, 0o755)
+	os.WriteFile(filepath.Join(jail, "ctx", "Dockerfile"), []byte(`FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "sh", "-c", "/bin/busybox --install -s /bin"]
+RUN echo hi > /x && mkdir /mnt && (mount -t tmpfs none /mnt 2>/dev/null && echo mounted || echo refused) > /mount && \
+    mknod /null c 1 3 && (cat /null 2>/dev/null && echo opened || echo refused) > /node && \
+    (chroot / true 2>/dev/null && echo chrooted || echo refused) > /chroot && ls /proc/self/ >/dev/null && echo ok > /proc-ok
+`), 0o644)
+	script := `set -e
+mount -t proc proc "$1/proc"
+mount --rbind /dev "$1/dev"
+before=$(wc -l < /proc/self/mountinfo)
+chroot "$1" /bin/build --context /ctx --no-push --tar-path /out/img.tar --isolation chroot
+echo "mounts $before $(wc -l < /proc/self/mountinfo)"
+`
+	cmd := exec.Command("unshare", "--mount", "--propagation", "shared", "sh", "-c", script, "sh", jail)
+	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/tmp", "TMPDIR=/tmp"}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("build in a chroot: %v\n%s", err, out)
+	}
+	var before, after int
+	for _, l := range strings.Split(string(out), "\n") {
+		if _, err := fmt.Sscanf(l, "mounts %d %d", &before, &after); err == nil {
+			break
+		}
+	}
+	if before == 0 || after != before {
+		t.Errorf("the namespace around the chroot had %d mounts before the build and %d after: the sandbox's mounts propagated out\n%s", before, after, out)
+	}
+	img, err := tarball.ImageFromPath(filepath.Join(jail, "out", "img.tar"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := imagetest.Flatten(t, img)
+	for name, want := range map[string]string{"x": "hi\n", "mount": "refused\n", "node": "refused\n", "chroot": "refused\n", "proc-ok": "ok\n"} {
+		if got := files[name].Content; got != want {
+			t.Errorf("/%s = %q, want %q", name, got, want)
+		}
+	}
+	if h := files["null"].Header; h.Typeflag != tar.TypeChar || h.Devmajor != 1 || h.Devminor != 3 {
+		t.Errorf("/null in the layer: %+v", h)
 	}
 }
