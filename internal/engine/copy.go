@@ -35,6 +35,9 @@ type copyRequest struct {
 	unpack     bool
 	unpackSet  bool
 	keepGitDir bool
+	// stream reads the files copied from the source for the layer
+	// instead of writing them into the root (writerOptions.stream).
+	stream bool
 }
 
 // source is where a COPY reads from: a tree read through handles
@@ -108,29 +111,38 @@ func isGit(s string) bool {
 		(isURL(s) && strings.Contains(strings.SplitN(s, "#", 2)[0], ".git"))
 }
 
-// copy runs COPY or ADD and returns the entries it changed.
-func (b *builder) copy(ctx context.Context, st *stage, r copyRequest) ([]layer.Entry, error) {
+// copy runs COPY or ADD and returns the entries it changed, and whether
+// some of them are not in the root (streamed from the source).
+func (b *builder) copy(ctx context.Context, st *stage, r copyRequest) ([]layer.Entry, bool, error) {
+	entries, w, err := b.copyWith(ctx, st, r)
+	return entries, w != nil && len(w.streamed) > 0, err
+}
+
+func (b *builder) copyWith(ctx context.Context, st *stage, r copyRequest) ([]layer.Entry, *writer, error) {
 	src, err := b.copySource(ctx, st, r.from)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	wo := writerOptions{preserveOwner: src.owner}
+	if r.stream {
+		wo.stream = src.fs
+	}
 	if r.chown != "" {
 		ids, err := rootfs.LookupChown(st.root.fs, r.chown)
 		if err != nil {
-			return nil, fmt.Errorf("--chown=%s: %w", r.chown, err)
+			return nil, nil, fmt.Errorf("--chown=%s: %w", r.chown, err)
 		}
 		wo.chown = &ids
 	}
 	if r.chmod != "" {
 		if wo.chmod, err = parseChmod(r.chmod); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	var exclude *patternmatcher.PatternMatcher
 	if len(r.exclude) > 0 {
 		if exclude, err = patternmatcher.New(r.exclude); err != nil {
-			return nil, fmt.Errorf("--exclude: %w", err)
+			return nil, nil, fmt.Errorf("--exclude: %w", err)
 		}
 	}
 	w := b.newWriter(st, wo)
@@ -160,7 +172,7 @@ func (b *builder) copy(ctx context.Context, st *stage, r copyRequest) ([]layer.E
 	if r.checksum != "" {
 		for _, s := range r.sources.SourcePaths {
 			if !isURL(s) {
-				return nil, fmt.Errorf("ADD --checksum=%s: checksum can only be used with http(s) sources, not %q", r.checksum, s)
+				return nil, nil, fmt.Errorf("ADD --checksum=%s: checksum can only be used with http(s) sources, not %q", r.checksum, s)
 			}
 		}
 	}
@@ -180,25 +192,25 @@ func (b *builder) copy(ctx context.Context, st *stage, r copyRequest) ([]layer.E
 			m.mode = tarMode(wo.chmod.apply(0o644))
 		}
 		if err := land(into(c.Path), "<<"+c.Path); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if err := w.file(into(c.Path), strings.NewReader(c.Data), m); err != nil {
-			return nil, fmt.Errorf("%s heredoc %s: %w", r.name, c.Path, err)
+			return nil, nil, fmt.Errorf("%s heredoc %s: %w", r.name, c.Path, err)
 		}
 	}
 
 	for _, sp := range r.sources.SourcePaths {
 		if r.add && isGit(sp) {
-			return nil, fmt.Errorf("ADD %s: git sources are not supported yet", redactURL(sp))
+			return nil, nil, fmt.Errorf("ADD %s: git sources are not supported yet", redactURL(sp))
 		}
 		if r.add && isURL(sp) {
 			if err := b.addURL(ctx, w, sp, r, destIsDir, dest); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			continue
 		}
 		if r.from == "" && isURL(sp) {
-			return nil, fmt.Errorf("COPY %s: COPY cannot fetch URLs, use ADD", redactURL(sp))
+			return nil, nil, fmt.Errorf("COPY %s: COPY cannot fetch URLs, use ADD", redactURL(sp))
 		}
 		pivot, pattern := "", sp
 		if r.parents {
@@ -211,7 +223,7 @@ func (b *builder) copy(ctx context.Context, st *stage, r copyRequest) ([]layer.E
 		wildcard := hasMeta(pattern)
 		if wildcard {
 			if matches, err = glob(src.fs, pattern); err != nil {
-				return nil, fmt.Errorf("%s %s: %w", r.name, sp, err)
+				return nil, nil, fmt.Errorf("%s %s: %w", r.name, sp, err)
 			}
 		} else {
 			matches = []string{pattern}
@@ -221,23 +233,23 @@ func (b *builder) copy(ctx context.Context, st *stage, r copyRequest) ([]layer.E
 			// an ignored file is not in the context under any name.
 			real, err := src.fs.Real(m)
 			if errors.Is(err, fs.ErrNotExist) {
-				return nil, fmt.Errorf("%s %s: %q not found in the %s", r.name, sp, m, src.what)
+				return nil, nil, fmt.Errorf("%s %s: %q not found in the %s", r.name, sp, m, src.what)
 			}
 			if err != nil {
-				return nil, fmt.Errorf("%s %s: %w", r.name, sp, err)
+				return nil, nil, fmt.Errorf("%s %s: %w", r.name, sp, err)
 			}
 			if src.excluded(m) || src.excluded(real) {
 				if wildcard {
 					continue
 				}
-				return nil, fmt.Errorf("%s %s: the source is excluded by %s", r.name, sp, filepath.Base(src.ctx.IgnoreFile))
+				return nil, nil, fmt.Errorf("%s %s: the source is excluded by %s", r.name, sp, filepath.Base(src.ctx.IgnoreFile))
 			}
 			fi, err := src.fs.Lstat(real)
 			if err != nil {
 				if errors.Is(err, fs.ErrNotExist) {
-					return nil, fmt.Errorf("%s %s: %q not found in the %s", r.name, sp, m, src.what)
+					return nil, nil, fmt.Errorf("%s %s: %q not found in the %s", r.name, sp, m, src.what)
 				}
-				return nil, fmt.Errorf("%s %s: %w", r.name, sp, err)
+				return nil, nil, fmt.Errorf("%s %s: %w", r.name, sp, err)
 			}
 			if exclude != nil {
 				if ok, _ := exclude.MatchesOrParentMatches(m); ok {
@@ -255,38 +267,38 @@ func (b *builder) copy(ctx context.Context, st *stage, r copyRequest) ([]layer.E
 			switch {
 			case fi.IsDir():
 				if err := b.copyDir(w, src, real, target, fi, exclude); err != nil {
-					return nil, fmt.Errorf("%s %s: %w", r.name, sp, err)
+					return nil, nil, fmt.Errorf("%s %s: %w", r.name, sp, err)
 				}
 			case r.add && r.unpack && fi.Mode().IsRegular() && isArchive(src.fs, real):
 				f, err := src.fs.OpenFile(real)
 				if err != nil {
-					return nil, fmt.Errorf("ADD %s: %w", sp, err)
+					return nil, nil, fmt.Errorf("ADD %s: %w", sp, err)
 				}
 				err = b.extract(w, f, target)
 				f.Close()
 				if err != nil {
-					return nil, fmt.Errorf("ADD %s: %w", sp, err)
+					return nil, nil, fmt.Errorf("ADD %s: %w", sp, err)
 				}
 			default:
 				if !r.parents && destIsDir {
 					target = path.Join(dest, path.Base(m))
 				}
 				if err := land(target, m); err != nil {
-					return nil, err
+					return nil, nil, err
 				}
 				parent, name, err := src.fs.Parent(real)
 				if err != nil {
-					return nil, fmt.Errorf("%s %s: %w", r.name, sp, err)
+					return nil, nil, fmt.Errorf("%s %s: %w", r.name, sp, err)
 				}
 				err = w.copyFrom(parent, name, fi, target)
 				parent.Close()
 				if err != nil {
-					return nil, fmt.Errorf("%s %s: %w", r.name, sp, err)
+					return nil, nil, fmt.Errorf("%s %s: %w", r.name, sp, err)
 				}
 			}
 		}
 	}
-	return w.entries(), nil
+	return w.entries(), w, nil
 }
 
 // copyDir copies the contents of the source directory at the real path
@@ -432,14 +444,14 @@ func (h copyHandler) root(st *stage) (rootNeed, error) {
 
 func (h copyHandler) apply(ctx context.Context, st *stage) error {
 	c := h.c
-	entries, err := h.b.copy(ctx, st, copyRequest{
+	entries, streamed, err := h.b.copy(ctx, st, copyRequest{
 		sources: c.SourcesAndDest, from: c.From, chown: c.Chown, chmod: c.Chmod,
-		exclude: c.ExcludePatterns, parents: c.Parents, name: "COPY",
+		exclude: c.ExcludePatterns, parents: c.Parents, name: "COPY", stream: h.b.streams(st, c),
 	})
 	if err != nil {
 		return err
 	}
-	return h.b.commit(ctx, st, sourceText(c), entries, true)
+	return h.b.commitCopy(ctx, st, sourceText(c), entries, streamed)
 }
 
 // addHandler is ADD.
@@ -485,13 +497,42 @@ func (h addHandler) apply(ctx context.Context, st *stage) error {
 	if c.Unpack != nil {
 		unpack = *c.Unpack
 	}
-	entries, err := h.b.copy(ctx, st, copyRequest{
+	entries, streamed, err := h.b.copy(ctx, st, copyRequest{
 		sources: c.SourcesAndDest, chown: c.Chown, chmod: c.Chmod, exclude: c.ExcludePatterns,
 		checksum: c.Checksum, add: true, unpack: unpack, unpackSet: c.Unpack != nil,
-		keepGitDir: c.KeepGitDir != nil, name: "ADD",
+		keepGitDir: c.KeepGitDir != nil, name: "ADD", stream: h.b.streams(st, c),
 	})
 	if err != nil {
 		return err
 	}
-	return h.b.commit(ctx, st, sourceText(c), entries, true)
+	return h.b.commitCopy(ctx, st, sourceText(c), entries, streamed)
+}
+
+// streams says whether a COPY or ADD reads the files it copies from their
+// source for its layer instead of writing them into the root: where the
+// root may lag behind the stage's layers (not the live "/", not
+// --single-snapshot) and no RUN later in the stage needs them there. The
+// layer then joins the layers not in the root yet, applied when an
+// instruction or a later stage needs them (COPY --from, a COPY that
+// touches them).
+func (b *builder) streams(st *stage, cmd instructions.Command) bool {
+	return st.root.live == nil && !b.o.SingleSnapshot && !runsLater(st, cmd)
+}
+
+// commitCopy commits a COPY or ADD's layer; a layer of streamed files is
+// not in the root, so it joins the layers pending there.
+func (b *builder) commitCopy(ctx context.Context, st *stage, createdBy string, entries []layer.Entry, streamed bool) error {
+	n := len(st.addenda)
+	if err := b.commit(ctx, st, createdBy, entries, true); err != nil {
+		return err
+	}
+	if !streamed || len(st.addenda) == n {
+		return nil
+	}
+	names := make([]string, len(entries))
+	for i, e := range entries {
+		names[i] = e.Header.Name
+	}
+	st.pending = append(st.pending, ownLayer{Layer: st.addenda[len(st.addenda)-1].Layer, names: names})
+	return nil
 }

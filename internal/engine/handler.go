@@ -36,6 +36,9 @@ const (
 	// aheadOfRoot: the instruction writes where no layer not yet unpacked
 	// touches, so it runs before they are (see lazyroot.go).
 	aheadOfRoot
+	// ownAheadOfRoot: as aheadOfRoot once the layers this build made and
+	// did not write into the root (streamed COPYs) are applied.
+	ownAheadOfRoot
 )
 
 // historian is a handler whose history entry is not its Dockerfile text.
@@ -138,6 +141,11 @@ func (h rooted) apply(ctx context.Context, st *stage) error {
 		if err := h.b.materialize(ctx, st); err != nil {
 			return err
 		}
+	case ownAheadOfRoot:
+		if err := h.b.applyOwn(st); err != nil {
+			return err
+		}
+		fallthrough
 	case aheadOfRoot:
 		st.ahead = true
 		h.b.log.Debug("the root is not brought up to date for this instruction: no layer left out touches its destination", "stage", stageLabel(st.ps))

@@ -68,11 +68,17 @@ func (ix *pathIndex) touches(p string) bool {
 	return false
 }
 
-// unapplied indexes the layers not in st's root yet: the base image's
-// when it is not unpacked, then those taken from the cache. The index is
-// kept until the root or the pending layers change.
+// unapplied indexes the layers not in st's root yet that this build did
+// not make: the base image's when it is not unpacked, then those taken
+// from the cache. The index is kept until the root or those layers change.
 func (b *builder) unapplied(st *stage) (*pathIndex, error) {
-	if st.lazy != nil && st.lazyFor == len(st.pending) && st.lazyUnpacked == st.unpacked {
+	others := 0
+	for _, l := range st.pending {
+		if _, own := l.(ownLayer); !own {
+			others++
+		}
+	}
+	if st.lazy != nil && st.lazyFor == others && st.lazyUnpacked == st.unpacked {
 		return st.lazy, nil
 	}
 	defer b.clock(phaseUnpack)()
@@ -85,14 +91,60 @@ func (b *builder) unapplied(st *stage) (*pathIndex, error) {
 		}
 		layers = append(layers, ls...)
 	}
-	layers = append(layers, st.pending...)
+	for _, l := range st.pending {
+		if _, own := l.(ownLayer); !own {
+			layers = append(layers, l)
+		}
+	}
 	for _, l := range layers {
 		if err := indexLayer(ix, l); err != nil {
 			return nil, fmt.Errorf("reading a layer's entries: %w", err)
 		}
 	}
-	st.lazy, st.lazyFor, st.lazyUnpacked = ix, len(st.pending), st.unpacked
+	st.lazy, st.lazyFor, st.lazyUnpacked = ix, others, st.unpacked
 	return ix, nil
+}
+
+// ownLayer is a layer this build made from entries (a streamed COPY) and
+// did not write into the root: its names are known and it needs no
+// checking. It touches nothing a layer before it in the stage holds that
+// is not in the root (it was made with the root up to date, or ahead of
+// them), so it can be applied before them.
+type ownLayer struct {
+	v1.Layer
+	names []string
+}
+
+// ownTouch reports whether a layer this build made that is not in st's
+// root yet touches the image path p.
+func ownTouch(st *stage, p string) bool {
+	ix := &pathIndex{seen: map[string]bool{}}
+	for _, l := range st.pending {
+		if o, ok := l.(ownLayer); ok {
+			for _, n := range o.names {
+				ix.add(n)
+			}
+		}
+	}
+	return len(ix.seen) > 0 && ix.touches(p)
+}
+
+// applyOwn applies the layers this build made that are not in st's root
+// yet, in order, and leaves the others pending.
+func (b *builder) applyOwn(st *stage) error {
+	defer b.clock(phaseUnpack)()
+	var rest []v1.Layer
+	for _, l := range st.pending {
+		if _, own := l.(ownLayer); !own {
+			rest = append(rest, l)
+			continue
+		}
+		if err := b.applyLayer(st, l); err != nil {
+			return err
+		}
+	}
+	st.pending = rest
+	return nil
 }
 
 func indexLayer(ix *pathIndex, l v1.Layer) error {
@@ -150,6 +202,9 @@ func (b *builder) rootFor(st *stage, cmd instructions.Command, dest string, look
 	}
 	if ix.touches(st.Abs(dest)) {
 		return wholeRoot, nil
+	}
+	if ownTouch(st, st.Abs(dest)) {
+		return ownAheadOfRoot, nil
 	}
 	return aheadOfRoot, nil
 }

@@ -44,7 +44,7 @@ func TestPathIndex(t *testing.T) {
 }
 
 // TestLazyRoot: a COPY to a path no base layer touches runs without the
-// base unpacked (the stage root holds the COPY's files alone), the base is
+// base unpacked (the stage root holds at most the COPY's files), the base is
 // unpacked under what it wrote when a later COPY needs it, and a COPY into a
 // directory of the base still finds it there (its layer records the
 // directory as the base has it). A hostile base is refused all the same.
@@ -66,8 +66,12 @@ func TestLazyRoot(t *testing.T) {
 		}
 		return nil
 	})
-	if d := cmp.Diff([]string{"app", "app/a", "app/b"}, inRoot); d != "" {
-		t.Errorf("the stage root holds more than the COPYs wrote, the base was unpacked (-want +got):\n%s", d)
+	// The COPYs' files are read from the context for their layers, not
+	// written into the root (no RUN needs them there): the root gets the
+	// first COPY's layer when WORKDIR /app needs it, never the base's, and
+	// the last COPY's file never.
+	if d := cmp.Diff([]string{"app", "app/a"}, inRoot); d != "" {
+		t.Errorf("the stage root holds more than the layers applied for WORKDIR, the base was unpacked (-want +got):\n%s", d)
 	}
 	broken := imagetest.Image(t, true, nil, []imagetest.File{{Path: "../escape", Type: tar.TypeReg, Mode: 0o644, Content: "x"}})
 	f.push("broken:1", broken)
@@ -128,6 +132,53 @@ func TestLazyRootThroughBaseLinks(t *testing.T) {
 		}
 		if ents, _ := os.ReadDir(outside); len(ents) != 0 {
 			t.Fatalf("%q wrote outside the root: %v", df, ents)
+		}
+	}
+}
+
+// TestStreamedCopy: a COPY that no RUN follows reads its files from the
+// context for its layer and writes only directories into the root; the
+// image is the same, a later stage's COPY --from reads the files (the
+// layer applied over the base, replacing the base's file), and a COPY
+// that replaces what a streamed COPY wrote gets it applied first.
+func TestStreamedCopy(t *testing.T) {
+	f := newFixture(t)
+	f.push("streambase:1", imagetest.Image(t, true, nil, append(imagetest.BusyboxFiles(t),
+		imagetest.Reg("etc/motd", "base motd\n", 0o644, 0, 0))))
+	work := t.TempDir()
+	df := "FROM REG/streambase:1 AS s\nCOPY tree/ /opt/tree/\nCOPY motd /etc/motd\nCOPY again /opt/tree/a\n" +
+		"FROM REG/busybox:1\nCOPY --from=s /opt/tree /etc/motd /got/\n"
+	files := map[string]string{"tree/": "", "tree/a": "A\n", "tree/sub/": "", "tree/sub/b": "B\n", "motd": "new motd\n", "again": "A2\n"}
+	res, err := f.run(buildSpec{dockerfile: df, files: files, opts: func(o *Options) { o.WorkDir = work; o.Target = "s" }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := imagetest.Flatten(t, res.Image)
+	for p, want := range map[string]string{"opt/tree/a": "A2\n", "opt/tree/sub/b": "B\n", "etc/motd": "new motd\n"} {
+		if got[p].Content != want {
+			t.Errorf("image /%s = %q, want %q", p, got[p].Content, want)
+		}
+	}
+	roots, _ := filepath.Glob(filepath.Join(work, "build-*", "stage-0", "root"))
+	if len(roots) != 1 {
+		t.Fatalf("stage roots %v", roots)
+	}
+	// The COPY that replaces /opt/tree/a had the earlier COPYs' layers
+	// applied first (the base was unpacked for the COPY onto its
+	// /etc/motd), and its own file stayed out of the root.
+	for p, want := range map[string]bool{"opt/tree/sub/b": true, "etc/motd": true, "bin/busybox": true} {
+		if _, err := os.Lstat(filepath.Join(roots[0], p)); (err == nil) != want {
+			t.Errorf("/%s in the stage root: %v, want present %v", p, err, want)
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(roots[0], "opt/tree/a")); err != nil || string(b) != "A\n" {
+		t.Errorf("/opt/tree/a in the root: %q %v, want the first COPY's", b, err)
+	}
+
+	fs, _, _ := f.mustRun(buildSpec{dockerfile: df, files: files})
+	for p, want := range map[string]string{"got/a": "A2\n", "got/sub/b": "B\n", "got/motd": "new motd\n"} {
+		if fs[p].Content != want {
+			t.Errorf("/%s read from the streamed stage: %q, want %q", p, fs[p].Content, want)
 		}
 	}
 }

@@ -232,17 +232,25 @@ func (b *builder) materialize(ctx context.Context, st *stage) error {
 	}
 	defer b.clock(phaseUnpack)()
 	for _, l := range st.pending {
-		rc, err := l.Uncompressed()
-		if err != nil {
-			return fmt.Errorf("reading cached layer: %w", err)
-		}
-		err = rootfs.ApplyTar(st.root.dir, rc, st.root.unpackOptions(rootfs.UnpackOptions{Logger: b.log}))
-		rc.Close()
-		if err != nil {
-			return fmt.Errorf("applying cached layer: %w", err)
+		if err := b.applyLayer(st, l); err != nil {
+			return err
 		}
 	}
 	st.pending = nil
+	return nil
+}
+
+// applyLayer applies a layer not in st's root yet (from the cache, or a
+// streamed COPY's) to it.
+func (b *builder) applyLayer(st *stage, l v1.Layer) error {
+	rc, err := l.Uncompressed()
+	if err != nil {
+		return fmt.Errorf("reading a layer to apply: %w", err)
+	}
+	defer rc.Close()
+	if err := rootfs.ApplyTar(st.root.dir, rc, st.root.unpackOptions(rootfs.UnpackOptions{Logger: b.log})); err != nil {
+		return fmt.Errorf("applying a layer: %w", err)
+	}
 	return nil
 }
 

@@ -32,6 +32,11 @@ type writerOptions struct {
 	// preserveOwner keeps source owners (stages, images); otherwise copied
 	// files belong to 0:0, as Docker does for the build context.
 	preserveOwner bool
+	// stream, when set, is the source tree the files copied are read from
+	// for the layer, instead of being written into the root: the layer
+	// then joins the layers not yet in the root (see copyHandler.apply),
+	// and only directories are made in the root.
+	stream *fsroot.Root
 }
 
 // chmodSpec is a COPY/ADD --chmod: an octal mode, or a symbolic one
@@ -95,10 +100,13 @@ type writer struct {
 	createdAny bool
 	canChown   bool
 	// reader opens the files written, for the layer, keeping the last
-	// directory's handle; left counts the openers not called yet, the
-	// last of which releases it.
-	reader *fsroot.EntryOpener
-	left   atomic.Int64
+	// directory's handle (sourceReader the files streamed from the
+	// source); left counts the openers not called yet, the last of which
+	// releases them.
+	reader, sourceReader *fsroot.EntryOpener
+	left                 atomic.Int64
+	// streamed are the image paths of the files left out of the root.
+	streamed map[string]bool
 }
 
 func (b *builder) newWriter(st *stage, o writerOptions) *writer {
@@ -124,10 +132,20 @@ func (w *writer) entries() []layer.Entry {
 			n++
 		}
 	}
-	if w.left.Store(n); n == 0 && w.reader != nil {
-		w.reader.Close()
+	if w.left.Store(n); n == 0 {
+		w.release()
 	}
 	return w.list
+}
+
+// release closes the readers of the layer's contents.
+func (w *writer) release() {
+	if w.reader != nil {
+		w.reader.Close()
+	}
+	if w.sourceReader != nil {
+		w.sourceReader.Close()
+	}
 }
 
 func (w *writer) record(img string, h tar.Header, open func() (*os.File, error)) {
@@ -343,14 +361,41 @@ func (w *writer) opener(img string) func() (*os.File, error) {
 	if w.reader == nil {
 		w.reader = w.root.EntryOpener()
 	}
-	reader := w.reader
+	return w.openerOf(w.reader, img)
+}
+
+func (w *writer) openerOf(reader *fsroot.EntryOpener, p string) func() (*os.File, error) {
 	return func() (*os.File, error) {
-		f, err := reader.Open(img)
+		f, err := reader.Open(p)
 		if w.left.Add(-1) == 0 {
-			reader.Close()
+			w.release()
 		}
 		return f, err
 	}
+}
+
+// streamFile records a regular file at dest whose content the layer reads
+// from the source path src of w.o.stream; the root gets no file (it gets
+// the layer's when it is brought up to date).
+func (w *writer) streamFile(dest, src string, m meta) error {
+	parent, name, img, err := w.target(dest)
+	if err != nil {
+		return err
+	}
+	if fi, err := parent.Lstat(name); err == nil && fi.IsDir() {
+		return fmt.Errorf("cannot replace directory /%s with a file", img)
+	} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	if w.sourceReader == nil {
+		w.sourceReader = w.o.stream.EntryOpener()
+	}
+	if w.streamed == nil {
+		w.streamed = map[string]bool{}
+	}
+	w.streamed[img] = true
+	w.record(img, tar.Header{Typeflag: tar.TypeReg, Mode: m.mode, Uid: m.owner.UID, Gid: m.owner.GID, ModTime: m.mtime}, w.openerOf(w.sourceReader, src))
+	return nil
 }
 
 // file writes r's content as a regular file at dest.
@@ -362,6 +407,7 @@ func (w *writer) file(dest string, r io.Reader, m meta) error {
 	if _, err := w.clear(parent, name, false); err != nil {
 		return err
 	}
+	delete(w.streamed, img)
 	if err := parent.WriteFile(name, r, 0o600); err != nil {
 		return fmt.Errorf("writing %s: %w", dest, err)
 	}
@@ -400,15 +446,13 @@ func (w *writer) hardlink(dest, targetImg string, m meta) error {
 	if err != nil {
 		return err
 	}
-	if _, err := w.clear(parent, name, false); err != nil {
-		return err
-	}
-	td, tname, err := w.root.Parent(targetImg)
-	if err != nil {
-		return err
-	}
-	defer td.Close()
-	if err := parent.Link(td, tname, name); err != nil {
+	if w.streamed[targetImg] {
+		// The file is not in the root: the link is the layer's only.
+		if fi, err := parent.Lstat(name); err == nil && fi.IsDir() {
+			return fmt.Errorf("cannot replace directory /%s with a file", img)
+		}
+		w.streamed[img] = true
+	} else if err := w.linkInRoot(parent, name, targetImg); err != nil {
 		return err
 	}
 	if i, ok := w.index[targetImg]; ok {
@@ -418,6 +462,19 @@ func (w *writer) hardlink(dest, targetImg string, m meta) error {
 	}
 	w.record(img, tar.Header{Typeflag: tar.TypeLink, Linkname: targetImg, Mode: m.mode, Uid: m.owner.UID, Gid: m.owner.GID, ModTime: m.mtime}, nil)
 	return nil
+}
+
+// linkInRoot makes name in parent a hard link to the root's targetImg.
+func (w *writer) linkInRoot(parent *fsroot.Dir, name, targetImg string) error {
+	if _, err := w.clear(parent, name, false); err != nil {
+		return err
+	}
+	td, tname, err := w.root.Parent(targetImg)
+	if err != nil {
+		return err
+	}
+	defer td.Close()
+	return parent.Link(td, tname, name)
 }
 
 // copyFrom copies name in the source directory src (already lstat'ed as
@@ -445,13 +502,20 @@ func (w *writer) copyFrom(src *fsroot.Dir, name string, fi fs.FileInfo, dest str
 				return w.hardlink(dest, first, m)
 			}
 		}
-		f, err := src.Open(name)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := w.file(dest, f, m); err != nil {
-			return err
+		if w.o.stream != nil {
+			if err := w.streamFile(dest, path.Join(src.Path(), name), m); err != nil {
+				return err
+			}
+		} else {
+			f, err := src.Open(name)
+			if err != nil {
+				return err
+			}
+			err = w.file(dest, f, m)
+			f.Close()
+			if err != nil {
+				return err
+			}
 		}
 		if ok && st.Nlink > 1 {
 			_, _, img, err := w.target(dest)
