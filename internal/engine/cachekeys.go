@@ -47,6 +47,7 @@ func (b *builder) readDigest(ctx context.Context, st *stage, from string, source
 	}
 	h := sha256.New()
 	src := &source{fs: b.ctxDir.FS, ctx: b.ctxDir}
+	buf := make([]byte, 64<<10)
 	for _, sp := range sources {
 		pattern := strings.TrimPrefix(path.Clean("/"+strings.ReplaceAll(sp, "/./", "/")), "/")
 		matches := []string{pattern}
@@ -58,7 +59,7 @@ func (b *builder) readDigest(ctx context.Context, st *stage, from string, source
 		}
 		fmt.Fprintf(h, "source %q\n", sp)
 		for _, m := range matches {
-			if err := hashTree(h, src, m, exclude); err != nil {
+			if err := hashTree(h, buf, src, m, exclude); err != nil {
 				return "", err
 			}
 		}
@@ -69,7 +70,7 @@ func (b *builder) readDigest(ctx context.Context, st *stage, from string, source
 // hashTree writes the names, modes, link targets and contents of what
 // the context path rel names (its symlinks followed inside the context),
 // leaving out what .dockerignore excludes.
-func hashTree(w io.Writer, src *source, rel string, exclude []string) error {
+func hashTree(w io.Writer, buf []byte, src *source, rel string, exclude []string) error {
 	real, err := src.fs.Real(rel)
 	if errors.Is(err, fs.ErrNotExist) || (err == nil && (src.excluded(rel) || src.excluded(real))) {
 		fmt.Fprintf(w, "missing %s\n", rel)
@@ -94,7 +95,7 @@ func hashTree(w io.Writer, src *source, rel string, exclude []string) error {
 			if err != nil {
 				return err
 			}
-			_, err = io.Copy(w, f)
+			_, err = io.CopyBuffer(w, struct{ io.Reader }{f}, buf)
 			f.Close()
 			return err
 		}

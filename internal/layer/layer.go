@@ -159,6 +159,9 @@ func hashOf(h hash.Hash) v1.Hash {
 // is set it replaces every entry's times.
 func WriteTar(ctx context.Context, w io.Writer, entries []Entry, modTime *time.Time) error {
 	tw := tar.NewWriter(w)
+	// One buffer for every file: io.Copy from an *os.File goes through its
+	// WriteTo, which allocates 32 KiB per call.
+	buf := make([]byte, 64<<10)
 	for _, e := range entries {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -198,7 +201,7 @@ func WriteTar(ctx context.Context, w io.Writer, entries []Entry, modTime *time.T
 			return fmt.Errorf("layer entry %s: %w", h.Name, err)
 		}
 		if src != nil {
-			n, err := io.Copy(tw, src)
+			n, err := io.CopyBuffer(tw, struct{ io.Reader }{src}, buf)
 			src.Close()
 			if err == nil && n != h.Size {
 				err = fmt.Errorf("file changed size while being read (%d of %d bytes)", n, h.Size)

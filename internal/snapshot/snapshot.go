@@ -354,6 +354,7 @@ func Entries(root string, c Changes) ([]layer.Entry, error) {
 	defer unix.Close(rootFD)
 	dirs := &dirCache{root: rootFD}
 	defer dirs.close()
+	opener := &rootOpener{root: root}
 	var out []layer.Entry
 	seen := map[string]bool{}
 	links := map[[2]uint64]string{}
@@ -363,7 +364,7 @@ func Entries(root string, c Changes) ([]layer.Entry, error) {
 			chain = append(chain, d)
 		}
 		for i := len(chain) - 1; i >= 0; i-- {
-			e, _, err := entry(dirs, root, chain[i], links, c.after)
+			e, _, err := entry(dirs, opener, chain[i], links, c.after)
 			if err != nil {
 				return err
 			}
@@ -409,7 +410,7 @@ func Entries(root string, c Changes) ([]layer.Entry, error) {
 		if seen[it.p] {
 			continue
 		}
-		e, ok, err := entry(dirs, root, it.p, links, c.after)
+		e, ok, err := entry(dirs, opener, it.p, links, c.after)
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
 				continue // gone since the walk
@@ -421,14 +422,49 @@ func Entries(root string, c Changes) ([]layer.Entry, error) {
 			out = append(out, e)
 		}
 	}
+	for _, e := range out {
+		if e.Open != nil {
+			opener.left++
+		}
+	}
 	return out, nil
+}
+
+// rootOpener opens the files of entries below one handle on the root,
+// opened at the first call and closed after the last of left calls.
+type rootOpener struct {
+	root string
+	mu   sync.Mutex
+	f    *os.File
+	left int
+}
+
+func (o *rootOpener) open(p string) (*os.File, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.f == nil {
+		fd, err := openRoot(o.root)
+		if err != nil {
+			return nil, err
+		}
+		o.f = os.NewFile(uintptr(fd), o.root)
+	}
+	fd, err := openBeneath(int(o.f.Fd()), p, unix.O_RDONLY|unix.O_NONBLOCK)
+	if o.left--; o.left <= 0 {
+		o.f.Close()
+		o.f = nil
+	}
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: "/" + p, Err: err}
+	}
+	return os.NewFile(uintptr(fd), "/"+p), nil
 }
 
 // entry builds the layer entry of image path p from the file at p in
 // the root (rootFD): its directory opened beneath the root without
 // following symlinks, p itself never followed. ok is false for files a
 // layer cannot hold (sockets).
-func entry(dirs *dirCache, root, p string, links map[[2]uint64]string, after *Snapshot) (layer.Entry, bool, error) {
+func entry(dirs *dirCache, opener *rootOpener, p string, links map[[2]uint64]string, after *Snapshot) (layer.Entry, bool, error) {
 	dir, base := path.Split(p)
 	dfd, err := dirs.get(dir)
 	if err != nil {
@@ -472,7 +508,7 @@ func entry(dirs *dirCache, root, p string, links map[[2]uint64]string, after *Sn
 			links[key] = p
 		}
 		h.Typeflag = tar.TypeReg
-		e.Open = func() (*os.File, error) { return openFile(root, p) }
+		e.Open = func() (*os.File, error) { return opener.open(p) }
 		e.Sized = true
 	case syscall.S_IFIFO:
 		h.Typeflag = tar.TypeFifo
@@ -572,20 +608,6 @@ func openBeneath(root int, rel string, flags int) (int, error) {
 		return next, err
 	}
 	return cur, nil
-}
-
-// openFile opens the regular file p beneath root for a layer.
-func openFile(root, p string) (*os.File, error) {
-	rfd, err := openRoot(root)
-	if err != nil {
-		return nil, err
-	}
-	defer unix.Close(rfd)
-	fd, err := openBeneath(rfd, p, unix.O_RDONLY|unix.O_NONBLOCK)
-	if err != nil {
-		return nil, &fs.PathError{Op: "open", Path: "/" + p, Err: err}
-	}
-	return os.NewFile(uintptr(fd), "/"+p), nil
 }
 
 func readlinkat(dfd int, name string) (string, error) {
