@@ -511,12 +511,13 @@ func (h addHandler) apply(ctx context.Context, st *stage) error {
 // streams says whether a COPY or ADD reads the files it copies from their
 // source for its layer instead of writing them into the root: where the
 // root may lag behind the stage's layers (not the live "/", not
-// --single-snapshot) and no RUN later in the stage needs them there. The
+// --single-snapshot), the stage has layers (its root is not all that is
+// read of it) and no RUN later in the stage needs them there. The
 // layer then joins the layers not in the root yet, applied when an
 // instruction or a later stage needs them (COPY --from, a COPY that
 // touches them).
 func (b *builder) streams(st *stage, cmd instructions.Command) bool {
-	return st.root.live == nil && !b.o.SingleSnapshot && !runsLater(st, cmd)
+	return st.root.live == nil && !b.o.SingleSnapshot && !st.imageless && !runsLater(st, cmd)
 }
 
 // commitCopy commits a COPY or ADD's layer; a layer of streamed files is

@@ -182,3 +182,32 @@ func TestStreamedCopy(t *testing.T) {
 		}
 	}
 }
+
+// TestImagelessStage: a stage that only COPY --from reads makes no layer
+// (nor snapshots): the build writes the target's layers alone, and the
+// target still gets the stage's files. A stage a later one starts FROM
+// keeps its layers.
+func TestImagelessStage(t *testing.T) {
+	f := newFixture(t)
+	for _, tt := range []struct {
+		df     string
+		layers int
+	}{
+		{"FROM REG/busybox:1 AS b\nRUN echo built > /f && mkdir /d && echo two > /d/g\nFROM REG/busybox:1\nCOPY --from=b /f /d /out/\n", 1},
+		{"FROM REG/busybox:1 AS b\nRUN echo built > /f && mkdir /d && echo two > /d/g\nFROM b\nCOPY --from=b /f /d /out/\n", 2},
+	} {
+		work := t.TempDir()
+		res, err := f.run(buildSpec{dockerfile: tt.df, opts: func(o *Options) { o.WorkDir = work }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		made, _ := filepath.Glob(filepath.Join(work, "build-*", "layer-*.tar*"))
+		if len(made) != tt.layers {
+			t.Errorf("%q: %d layer files written, want %d: %v", tt.df, len(made), tt.layers, made)
+		}
+		fs := imagetest.Flatten(t, res.Image)
+		if fs["out/f"].Content != "built\n" || fs["out/g"].Content != "two\n" {
+			t.Errorf("%q: the target's copy of the stage's files: %q %q", tt.df, fs["out/f"].Content, fs["out/g"].Content)
+		}
+	}
+}

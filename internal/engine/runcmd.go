@@ -189,7 +189,7 @@ func (h runHandler) apply(ctx context.Context, st *stage) error {
 
 	snapOpts := b.snapshotOptions(st)
 	before := st.snapshot
-	if before == nil {
+	if before == nil && !st.imageless {
 		stop := b.clock(phaseSnapshot)
 		before, err = snapshot.Take(ctx, st.root.dir, snapOpts)
 		stop()
@@ -229,6 +229,9 @@ func (h runHandler) apply(ctx context.Context, st *stage) error {
 			return fmt.Errorf("RUN %s: %w", strings.Join(argv, " "), ee)
 		}
 		return fmt.Errorf("RUN: %w", err)
+	}
+	if st.imageless {
+		return b.commit(ctx, st, runHistory(st, argv), nil, true)
 	}
 	stop := b.clock(phaseSnapshot)
 	changes, after, err := before.Diff(ctx, snapOpts)

@@ -56,10 +56,37 @@ type stage struct {
 	// snapshot is the root's state after the last RUN, while nothing else
 	// has written to the root since.
 	snapshot *snapshot.Snapshot
+	// imageless says nothing reads the stage's image, only its root
+	// (COPY --from, RUN --mount): it makes no snapshots and no layers.
+	imageless bool
+}
+
+// imageNeeded says whether stage ps's image is read: it is a target, a
+// later stage starts FROM it, the layer cache stores its layers, or (in
+// place) its image is unpacked to keep it. A stage that only COPY --from
+// or RUN --mount reads is needed as a root alone.
+func (b *builder) imageNeeded(ps *dockerfile.Stage) bool {
+	if ps.Index == b.plan.Target || b.cache {
+		return true
+	}
+	if _, live := b.iso.(liveRoot); live {
+		return true
+	}
+	for _, name := range b.o.AlsoBuild {
+		if b.df.StageIndex(strings.TrimSpace(name), len(b.df.Stages)) == ps.Index {
+			return true
+		}
+	}
+	for _, other := range b.plan.Stages {
+		if other.Build && other.BaseStage == ps.Index {
+			return true
+		}
+	}
+	return false
 }
 
 func (b *builder) buildStage(ctx context.Context, ps *dockerfile.Stage) (*stage, error) {
-	st := &stage{ps: ps, State: instruction.State{Args: &dockerfile.Env{}}, platform: b.platform}
+	st := &stage{ps: ps, State: instruction.State{Args: &dockerfile.Env{}}, platform: b.platform, imageless: !b.imageNeeded(ps)}
 	if ps.Platform != "" {
 		p, err := ParsePlatform(ps.Platform)
 		if err != nil {
@@ -145,7 +172,7 @@ func (b *builder) buildStage(ctx context.Context, ps *dockerfile.Stage) (*stage,
 		}
 	}
 	var start *snapshot.Snapshot
-	if b.o.SingleSnapshot {
+	if b.o.SingleSnapshot && !st.imageless {
 		if err := b.materialize(ctx, st); err != nil {
 			return nil, err
 		}
@@ -486,9 +513,10 @@ func (st *stage) finish(now time.Time) error {
 // layers and history align as Docker's do; metadata instructions record
 // an empty-layer history entry.
 func (b *builder) commit(ctx context.Context, st *stage, createdBy string, entries []layer.Entry, withLayer bool) error {
-	if !withLayer || b.o.SingleSnapshot {
+	if !withLayer || b.o.SingleSnapshot || st.imageless {
 		// With --single-snapshot the stage's one layer is the difference
-		// between its start and its end, taken in buildStage.
+		// between its start and its end, taken in buildStage; a stage
+		// whose image nothing reads has no layers.
 		st.history = append(st.history, v1.History{
 			Created: v1.Time{Time: b.now}, CreatedBy: createdBy, Comment: historyComment, EmptyLayer: true,
 		})
