@@ -125,6 +125,9 @@ type Options struct {
 	binfmtDir   string
 	// fetched is the remote context, fetched once for every platform.
 	fetched *fetched
+	// keepRoots leaves the stage roots in place until Close, for tests
+	// that look at them.
+	keepRoots bool
 	// SnapshotMode is how RUN changes are detected; "" is full.
 	SnapshotMode snapshot.Mode
 	// Secrets are the build secrets RUN --mount=type=secret can use, by id.
@@ -225,6 +228,10 @@ func (b *builder) finish(ctx context.Context) (*Result, error) {
 		b.cleanup()
 		return nil, err
 	}
+	// The roots are not read again: remove them alongside the output.
+	if !b.o.keepRoots {
+		b.rootsGone = b.workDir.removeRoots(b.log)
+	}
 	res.cleanup, res.platform = b.cleanup, b.platform
 	return res, nil
 }
@@ -263,6 +270,8 @@ type builder struct {
 	started   time.Time
 	// iso is the build's isolation: where stage roots are, how RUN runs.
 	iso isolation
+	// rootsGone waits for the roots' removal started when the build ended.
+	rootsGone func()
 	// userns, in chroot isolation, is the user namespace RUN runs in;
 	// nil runs it with the host's ids. usernsDone says it was decided.
 	userns     *sandbox.UserNS
@@ -521,6 +530,9 @@ func (b *builder) cleanup() {
 	}
 	b.roots = nil
 	b.ctxDir.Close()
+	if b.rootsGone != nil {
+		b.rootsGone()
+	}
 	if err := b.workDir.remove(); err != nil {
 		b.log.Warn("removing work directory", "dir", b.work, "error", err)
 	}

@@ -52,7 +52,7 @@ func TestLazyRoot(t *testing.T) {
 	f := newFixture(t)
 	work := t.TempDir()
 	if _, err := f.run(buildSpec{dockerfile: "FROM REG/busybox:1\nCOPY a /app/a\nWORKDIR /app\nCOPY a b\n", files: map[string]string{"a": "A"},
-		opts: func(o *Options) { o.WorkDir = work }}); err != nil {
+		opts: func(o *Options) { o.WorkDir = work; o.keepRoots = true }}); err != nil {
 		t.Fatal(err)
 	}
 	roots, _ := filepath.Glob(filepath.Join(work, "build-*", "stage-0", "root"))
@@ -149,7 +149,7 @@ func TestStreamedCopy(t *testing.T) {
 	df := "FROM REG/streambase:1 AS s\nCOPY tree/ /opt/tree/\nCOPY motd /etc/motd\nCOPY again /opt/tree/a\n" +
 		"FROM REG/busybox:1\nCOPY --from=s /opt/tree /etc/motd /got/\n"
 	files := map[string]string{"tree/": "", "tree/a": "A\n", "tree/sub/": "", "tree/sub/b": "B\n", "motd": "new motd\n", "again": "A2\n"}
-	res, err := f.run(buildSpec{dockerfile: df, files: files, opts: func(o *Options) { o.WorkDir = work; o.Target = "s" }})
+	res, err := f.run(buildSpec{dockerfile: df, files: files, opts: func(o *Options) { o.WorkDir = work; o.Target = "s"; o.keepRoots = true }})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,7 +7,9 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -86,4 +88,50 @@ func reclaim(parent string, log *slog.Logger) {
 		os.Remove(l)
 		f.Close()
 	}
+}
+
+// removeRoots starts removing the stage and image roots under the work
+// directory, which a finished build no longer reads (its layers are files
+// of their own), alongside whatever comes next (the push); the returned
+// function waits for it. Each root's top-level entries are removed in
+// parallel.
+func (w *workDir) removeRoots(log *slog.Logger) (wait func()) {
+	var dirs []string
+	for _, pattern := range []string{"stage-*", "image-*"} {
+		m, _ := filepath.Glob(filepath.Join(w.path, pattern))
+		dirs = append(dirs, m...)
+	}
+	var subs []string
+	for _, d := range dirs {
+		root := filepath.Join(d, "root") // a stage's; an image's root is d
+		if _, err := os.Lstat(root); err != nil {
+			root = d
+		}
+		ents, _ := os.ReadDir(root)
+		for _, e := range ents {
+			subs = append(subs, filepath.Join(root, e.Name()))
+		}
+	}
+	work := make(chan string)
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), max(len(subs), 1)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for p := range work {
+				if err := os.RemoveAll(p); err != nil {
+					log.Debug("removing a root's files", "path", p, "error", err)
+				}
+			}
+		}()
+	}
+	go func() {
+		// What is left (the roots' directories) goes with the work
+		// directory.
+		for _, p := range subs {
+			work <- p
+		}
+		close(work)
+	}()
+	return wg.Wait
 }

@@ -65,3 +65,36 @@ func TestStaleWorkDirsReclaimed(t *testing.T) {
 		t.Errorf("left after both builds: %v", ents)
 	}
 }
+
+// TestRemoveRoots: the roots a finished build leaves are emptied in the
+// background, symlinks removed and never followed, and its layer files
+// kept for the output.
+func TestRemoveRoots(t *testing.T) {
+	outside := t.TempDir()
+	os.WriteFile(filepath.Join(outside, "keep"), []byte("keep"), 0o644)
+	w, err := newWorkDir(t.TempDir(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.remove()
+	for _, root := range []string{filepath.Join(w.path, "stage-0", "root"), filepath.Join(w.path, "image-0")} {
+		os.MkdirAll(filepath.Join(root, "usr", "lib", "deep"), 0o755)
+		os.WriteFile(filepath.Join(root, "usr", "lib", "deep", "f"), []byte("x"), 0o644)
+		os.Symlink(outside, filepath.Join(root, "link"))
+		os.Symlink(outside, filepath.Join(root, "usr", "out"))
+	}
+	layer := filepath.Join(w.path, "layer-1.tar.gz")
+	os.WriteFile(layer, []byte("layer"), 0o644)
+	w.removeRoots(slog.New(slog.DiscardHandler))()
+	for _, root := range []string{filepath.Join(w.path, "stage-0", "root"), filepath.Join(w.path, "image-0")} {
+		if ents, err := os.ReadDir(root); err != nil || len(ents) != 0 {
+			t.Errorf("%s after removal: %v %v", root, ents, err)
+		}
+	}
+	if _, err := os.Stat(layer); err != nil {
+		t.Errorf("the layer file: %v", err)
+	}
+	if b, err := os.ReadFile(filepath.Join(outside, "keep")); err != nil || string(b) != "keep" {
+		t.Errorf("what a root's symlink points to: %q %v", b, err)
+	}
+}
