@@ -8,12 +8,14 @@ import (
 	"path"
 	"regexp"
 	"strings"
+	"sync"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 
 	"github.com/kilnbuild/kiln/internal/dockerfile"
 	"github.com/kilnbuild/kiln/internal/fsroot"
+	"github.com/kilnbuild/kiln/internal/layer"
 	"github.com/kilnbuild/kiln/internal/rootfs"
 )
 
@@ -96,9 +98,26 @@ func (b *builder) unapplied(st *stage) (*pathIndex, error) {
 			layers = append(layers, l)
 		}
 	}
-	for _, l := range layers {
-		if err := indexLayer(ix, l); err != nil {
-			return nil, fmt.Errorf("reading a layer's entries: %w", err)
+	// Each layer is read on its own (a registry's in parallel downloads).
+	parts := make([]*pathIndex, len(layers))
+	errs := make([]error, len(layers))
+	var wg sync.WaitGroup
+	for i, l := range layers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			parts[i] = &pathIndex{seen: map[string]bool{}}
+			errs[i] = indexLayer(parts[i], l)
+		}()
+	}
+	wg.Wait()
+	for i, part := range parts {
+		if errs[i] != nil {
+			return nil, fmt.Errorf("reading a layer's entries: %w", errs[i])
+		}
+		ix.all = ix.all || part.all
+		for p := range part.seen {
+			ix.seen[p] = true
 		}
 	}
 	st.lazy, st.lazyFor, st.lazyUnpacked = ix, others, st.unpacked
@@ -148,21 +167,21 @@ func (b *builder) applyOwn(st *stage) error {
 }
 
 func indexLayer(ix *pathIndex, l v1.Layer) error {
-	rc, err := l.Uncompressed()
+	r, finish, err := layer.OpenTar(l)
 	if err != nil {
 		return err
 	}
-	defer rc.Close()
-	tr := tar.NewReader(rc)
+	tr := tar.NewReader(r)
 	for {
 		h, err := tr.Next()
 		if errors.Is(err, io.EOF) {
-			return nil
+			return finish()
+		}
+		if err == nil {
+			err = rootfs.CheckHeader(h)
 		}
 		if err != nil {
-			return err
-		}
-		if err := rootfs.CheckHeader(h); err != nil {
+			finish()
 			return err
 		}
 		ix.add(h.Name)

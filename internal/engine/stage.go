@@ -270,12 +270,15 @@ func (b *builder) materialize(ctx context.Context, st *stage) error {
 // applyLayer applies a layer not in st's root yet (from the cache, or a
 // streamed COPY's) to it.
 func (b *builder) applyLayer(st *stage, l v1.Layer) error {
-	rc, err := l.Uncompressed()
+	r, finish, err := layer.OpenTar(l)
 	if err != nil {
 		return fmt.Errorf("reading a layer to apply: %w", err)
 	}
-	defer rc.Close()
-	if err := rootfs.ApplyTar(st.root.dir, rc, st.root.unpackOptions(rootfs.UnpackOptions{Logger: b.log})); err != nil {
+	err = rootfs.ApplyTar(st.root.dir, r, st.root.unpackOptions(rootfs.UnpackOptions{Logger: b.log}))
+	if ferr := finish(); err == nil && ferr != nil {
+		err = ferr
+	}
+	if err != nil {
 		return fmt.Errorf("applying a layer: %w", err)
 	}
 	return nil

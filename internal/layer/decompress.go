@@ -6,6 +6,7 @@ import (
 	"compress/bzip2"
 	"io"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
@@ -40,4 +41,30 @@ func Decompress(r io.Reader) (_ io.Reader, done func(), _ error) {
 		return zr, zr.Close, nil
 	}
 	return br, func() {}, nil
+}
+
+// OpenTar opens a layer's tar stream: its compressed bytes decompressed
+// here (klauspost's gzip and zstd, faster than ggcr's Uncompressed).
+// finish reads the rest (a registry layer's verifying reader checks its
+// digest at the end) and closes it; its error says the layer was not
+// what its digest names.
+func OpenTar(l v1.Layer) (r io.Reader, finish func() error, err error) {
+	rc, err := l.Compressed()
+	if err != nil {
+		return nil, nil, err
+	}
+	r, done, err := Decompress(rc)
+	if err != nil {
+		rc.Close()
+		return nil, nil, err
+	}
+	return r, func() error {
+		defer rc.Close()
+		defer done()
+		if _, err := io.Copy(io.Discard, r); err != nil {
+			return err
+		}
+		_, err := io.Copy(io.Discard, rc)
+		return err
+	}, nil
 }
