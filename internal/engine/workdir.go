@@ -93,15 +93,16 @@ func reclaim(parent string, log *slog.Logger) {
 // removeRoots starts removing the stage and image roots under the work
 // directory, which a finished build no longer reads (its layers are files
 // of their own), alongside whatever comes next (the push); the returned
-// function waits for it. Each root's top-level entries are removed in
-// parallel.
+// function waits for it. The entries two levels below each root (/usr/lib,
+// /data/d0001) are removed in parallel, then those one level below: one
+// large directory is removed by several workers too.
 func (w *workDir) removeRoots(log *slog.Logger) (wait func()) {
 	var dirs []string
 	for _, pattern := range []string{"stage-*", "image-*"} {
 		m, _ := filepath.Glob(filepath.Join(w.path, pattern))
 		dirs = append(dirs, m...)
 	}
-	var subs []string
+	var inner, top []string
 	for _, d := range dirs {
 		root := filepath.Join(d, "root") // a stage's; an image's root is d
 		if _, err := os.Lstat(root); err != nil {
@@ -109,12 +110,30 @@ func (w *workDir) removeRoots(log *slog.Logger) (wait func()) {
 		}
 		ents, _ := os.ReadDir(root)
 		for _, e := range ents {
-			subs = append(subs, filepath.Join(root, e.Name()))
+			p := filepath.Join(root, e.Name())
+			if e.IsDir() {
+				below, _ := os.ReadDir(p)
+				for _, f := range below {
+					inner = append(inner, filepath.Join(p, f.Name()))
+				}
+			}
+			top = append(top, p)
 		}
 	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		removeAll(inner, log)
+		removeAll(top, log)
+	}()
+	return func() { <-done }
+}
+
+// removeAll removes the paths, in parallel; nothing is followed.
+func removeAll(paths []string, log *slog.Logger) {
 	work := make(chan string)
 	var wg sync.WaitGroup
-	for range min(runtime.GOMAXPROCS(0), max(len(subs), 1)) {
+	for range min(runtime.GOMAXPROCS(0), max(len(paths), 1)) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -125,13 +144,9 @@ func (w *workDir) removeRoots(log *slog.Logger) (wait func()) {
 			}
 		}()
 	}
-	go func() {
-		// What is left (the roots' directories) goes with the work
-		// directory.
-		for _, p := range subs {
-			work <- p
-		}
-		close(work)
-	}()
-	return wg.Wait
+	for _, p := range paths {
+		work <- p
+	}
+	close(work)
+	wg.Wait()
 }
