@@ -27,6 +27,12 @@ import (
 // them, and they are unpacked under what it wrote when a later instruction
 // (a RUN, or a COPY that does touch them) needs the whole root. A COPY of
 // one file onto a large base, or after a cached RUN, then unpacks nothing.
+//
+// A COPY or ADD that no RUN in its stage follows does not even write its
+// files into the root: they are read from their source for its layer
+// (copy.go, streams), which joins the layers not in the root as an
+// ownLayer, applied only when a later instruction or stage needs it there.
+// A stage whose image nothing reads (imageNeeded) makes no layers at all.
 
 // pathIndex is what the layers not yet in a stage's root touch: every
 // path they hold (a whiteout as the path it deletes, an opaque marker as
