@@ -115,7 +115,7 @@ func isGit(s string) bool {
 // some of them are not in the root (streamed from the source).
 func (b *builder) copy(ctx context.Context, st *stage, r copyRequest) ([]layer.Entry, bool, error) {
 	entries, w, err := b.copyWith(ctx, st, r)
-	return entries, w != nil && len(w.streamed) > 0, err
+	return entries, w != nil && w.streamedAny, err
 }
 
 func (b *builder) copyWith(ctx context.Context, st *stage, r copyRequest) ([]layer.Entry, *writer, error) {

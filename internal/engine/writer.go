@@ -105,8 +105,10 @@ type writer struct {
 	// releases them.
 	reader, sourceReader *fsroot.EntryOpener
 	left                 atomic.Int64
-	// streamed are the image paths of the files left out of the root.
-	streamed map[string]bool
+	// streamedAny says files were left out of the root; streamedLinks are
+	// the image paths of those other names link to.
+	streamedAny   bool
+	streamedLinks map[string]bool
 }
 
 func (b *builder) newWriter(st *stage, o writerOptions) *writer {
@@ -377,7 +379,7 @@ func (w *writer) openerOf(reader *fsroot.EntryOpener, p string) func() (*os.File
 // streamFile records a regular file at dest whose content the layer reads
 // from the source path src of w.o.stream; the root gets no file (it gets
 // the layer's when it is brought up to date).
-func (w *writer) streamFile(dest, src string, m meta) error {
+func (w *writer) streamFile(dest, src string, m meta, linked bool) error {
 	parent, name, img, err := w.target(dest)
 	if err != nil {
 		return err
@@ -390,10 +392,13 @@ func (w *writer) streamFile(dest, src string, m meta) error {
 	if w.sourceReader == nil {
 		w.sourceReader = w.o.stream.EntryOpener()
 	}
-	if w.streamed == nil {
-		w.streamed = map[string]bool{}
+	w.streamedAny = true
+	if linked {
+		if w.streamedLinks == nil {
+			w.streamedLinks = map[string]bool{}
+		}
+		w.streamedLinks[img] = true
 	}
-	w.streamed[img] = true
 	w.record(img, tar.Header{Typeflag: tar.TypeReg, Mode: m.mode, Uid: m.owner.UID, Gid: m.owner.GID, ModTime: m.mtime}, w.openerOf(w.sourceReader, src))
 	return nil
 }
@@ -407,7 +412,7 @@ func (w *writer) file(dest string, r io.Reader, m meta) error {
 	if _, err := w.clear(parent, name, false); err != nil {
 		return err
 	}
-	delete(w.streamed, img)
+	delete(w.streamedLinks, img)
 	if err := parent.WriteFile(name, r, 0o600); err != nil {
 		return fmt.Errorf("writing %s: %w", dest, err)
 	}
@@ -446,12 +451,11 @@ func (w *writer) hardlink(dest, targetImg string, m meta) error {
 	if err != nil {
 		return err
 	}
-	if w.streamed[targetImg] {
+	if w.streamedLinks[targetImg] {
 		// The file is not in the root: the link is the layer's only.
 		if fi, err := parent.Lstat(name); err == nil && fi.IsDir() {
 			return fmt.Errorf("cannot replace directory /%s with a file", img)
 		}
-		w.streamed[img] = true
 	} else if err := w.linkInRoot(parent, name, targetImg); err != nil {
 		return err
 	}
@@ -503,7 +507,7 @@ func (w *writer) copyFrom(src *fsroot.Dir, name string, fi fs.FileInfo, dest str
 			}
 		}
 		if w.o.stream != nil {
-			if err := w.streamFile(dest, path.Join(src.Path(), name), m); err != nil {
+			if err := w.streamFile(dest, path.Join(src.Path(), name), m, ok && st.Nlink > 1); err != nil {
 				return err
 			}
 		} else {

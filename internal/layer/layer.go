@@ -224,20 +224,20 @@ func openWith(open func() (*os.File, error)) (*os.File, int64, error) {
 	if err != nil {
 		return nil, 0, err
 	}
-	fi, err := f.Stat()
-	if err != nil {
+	var st unix.Stat_t // not f.Stat: no FileInfo to allocate per file
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
 		f.Close()
-		return nil, 0, err
+		return nil, 0, &os.PathError{Op: "fstat", Path: f.Name(), Err: err}
 	}
-	if !fi.Mode().IsRegular() {
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
 		f.Close()
 		return nil, 0, fmt.Errorf("%s is no longer a regular file", f.Name())
 	}
-	if fi.Size() == 0 {
+	if st.Size == 0 {
 		f.Close()
 		return nil, 0, nil
 	}
-	return f, fi.Size(), nil
+	return f, st.Size, nil
 }
 
 // openSource opens a regular file's content for a layer, without following
