@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"hash"
 	"io"
@@ -156,15 +157,27 @@ func hashOf(h hash.Hash) v1.Hash {
 }
 
 // WriteTar writes entries as an uncompressed tar stream to w. When modTime
-// is set it replaces every entry's times.
+// is set it replaces every entry's times. The files are opened (and the
+// small ones read) by a goroutine running ahead of the writer, in order,
+// so that opening and reading overlap compressing.
 func WriteTar(ctx context.Context, w io.Writer, entries []Entry, modTime *time.Time) error {
+	ctx, cancel := context.WithCancel(ctx)
+	contents := make(chan content, prefetchAhead)
+	go prefetch(ctx, entries, contents)
+	defer func() {
+		cancel()
+		for c := range contents { // the ones opened ahead, after a failure
+			c.close()
+		}
+	}()
 	tw := tar.NewWriter(w)
 	// One buffer for every file: io.Copy from an *os.File goes through its
 	// WriteTo, which allocates 32 KiB per call.
 	buf := make([]byte, 64<<10)
 	for _, e := range entries {
-		if err := ctx.Err(); err != nil {
-			return err
+		c, ok := <-contents
+		if !ok {
+			return ctx.Err()
 		}
 		h := e.Header
 		h.Name = strings.TrimPrefix(h.Name, "/")
@@ -180,41 +193,102 @@ func WriteTar(ctx context.Context, w io.Writer, entries []Entry, modTime *time.T
 		if h.Typeflag == tar.TypeLink {
 			h.Linkname = strings.TrimPrefix(h.Linkname, "/")
 		}
-		var src *os.File
-		knownEmpty := e.Sized && e.Header.Size == 0
-		h.Size = 0
-		if h.Typeflag == tar.TypeReg && e.Open != nil && !knownEmpty {
-			var err error
-			if src, h.Size, err = openWith(e.Open); err != nil {
-				return fmt.Errorf("layer entry %s: %w", h.Name, err)
-			}
-		} else if h.Typeflag == tar.TypeReg && e.Source != "" && !knownEmpty {
-			var err error
-			if src, h.Size, err = openSource(e.Source); err != nil {
-				return fmt.Errorf("layer entry %s: %w", h.Name, err)
-			}
+		if c.err != nil {
+			return fmt.Errorf("layer entry %s: %w", h.Name, c.err)
 		}
+		h.Size = c.size
 		if err := tw.WriteHeader(&h); err != nil {
-			if src != nil {
-				src.Close()
-			}
+			c.close()
 			return fmt.Errorf("layer entry %s: %w", h.Name, err)
 		}
-		if src != nil {
-			n, err := io.CopyBuffer(tw, struct{ io.Reader }{src}, buf)
-			src.Close()
+		var err error
+		switch {
+		case c.data != nil:
+			_, err = tw.Write(c.data)
+		case c.f != nil:
+			var n int64
+			n, err = io.CopyBuffer(tw, struct{ io.Reader }{c.f}, buf)
+			c.close()
 			if err == nil && n != h.Size {
 				err = fmt.Errorf("file changed size while being read (%d of %d bytes)", n, h.Size)
 			}
-			if err != nil {
-				return fmt.Errorf("layer entry %s: %w", h.Name, err)
-			}
+		}
+		if err != nil {
+			return fmt.Errorf("layer entry %s: %w", h.Name, err)
 		}
 	}
 	if err := tw.Close(); err != nil {
 		return fmt.Errorf("closing layer tar: %w", err)
 	}
 	return nil
+}
+
+// prefetchAhead bounds the entries opened ahead of the writer, and
+// smallFile the files read whole ahead (at most 64 x 64 KiB in memory).
+const (
+	prefetchAhead = 64
+	smallFile     = 64 << 10
+)
+
+// content is a regular file's content for its entry: read (data), open
+// (f, streamed by the writer) or empty; size is its size.
+type content struct {
+	f    *os.File
+	data []byte
+	size int64
+	err  error
+}
+
+func (c content) close() {
+	if c.f != nil {
+		c.f.Close()
+	}
+}
+
+// prefetch opens each entry's content in order and sends it to out,
+// which it closes at the end or when ctx is done.
+func prefetch(ctx context.Context, entries []Entry, out chan<- content) {
+	defer close(out)
+	for _, e := range entries {
+		var c content
+		if err := ctx.Err(); err != nil {
+			c.err = err
+		} else if e.Header.Typeflag == tar.TypeReg && !(e.Sized && e.Header.Size == 0) {
+			switch {
+			case e.Open != nil:
+				c.f, c.size, c.err = openWith(e.Open)
+			case e.Source != "":
+				c.f, c.size, c.err = openSource(e.Source)
+			}
+			if c.f != nil && c.size <= smallFile {
+				c.data, c.err = readAll(c.f, c.size)
+				c.f.Close()
+				c.f = nil
+			}
+		}
+		select {
+		case out <- c:
+		case <-ctx.Done():
+			c.close()
+			return
+		}
+		if c.err != nil {
+			return
+		}
+	}
+}
+
+// readAll reads a file of size bytes whole, refusing one that changed size.
+func readAll(f *os.File, size int64) ([]byte, error) {
+	data := make([]byte, size+1) // one more: a file that grew is seen
+	n, err := io.ReadFull(f, data)
+	switch {
+	case int64(n) == size && errors.Is(err, io.ErrUnexpectedEOF):
+		return data[:n], nil
+	case err == nil || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF):
+		return nil, fmt.Errorf("file changed size while being read (%d of %d bytes)", n, size)
+	}
+	return nil, err
 }
 
 // openWith opens a regular file's content with open; empty files are

@@ -14,6 +14,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/google/go-containerregistry/pkg/v1/validate"
+	"golang.org/x/sys/unix"
 )
 
 func TestNew(t *testing.T) {
@@ -130,5 +131,84 @@ func TestParseCompression(t *testing.T) {
 	}
 	if _, err := ParseCompression("lz4"); err == nil || !strings.Contains(err.Error(), "--compression") {
 		t.Errorf("lz4: %v", err)
+	}
+}
+
+// TestWriteTarContents: files opened ahead of the writer land in order
+// with their contents, small and large, and a file whose size changed
+// between its open and its read, or that is not a regular file any more,
+// fails the layer naming the entry, leaving no descriptor open.
+func TestWriteTarContents(t *testing.T) {
+	dir := t.TempDir()
+	var entries []Entry
+	want := map[string]string{}
+	for i := 0; i < 300; i++ { // more than run ahead
+		name := filepath.Join(dir, "f"+strings.Repeat("x", i%7)+string(rune('a'+i%26))+"-"+time.Duration(i).String())
+		data := strings.Repeat("y", i*37)
+		if i == 150 {
+			data = strings.Repeat("big", smallFile) // streamed, not read ahead
+		}
+		os.WriteFile(name, []byte(data), 0o644)
+		img := filepath.Base(name)
+		entries = append(entries, Entry{Header: tar.Header{Name: img, Typeflag: tar.TypeReg, Mode: 0o644}, Source: name})
+		want[img] = data
+	}
+	var buf strings.Builder
+	if err := WriteTar(context.Background(), &buf, entries, nil); err != nil {
+		t.Fatal(err)
+	}
+	tr := tar.NewReader(strings.NewReader(buf.String()))
+	for i := 0; ; i++ {
+		h, err := tr.Next()
+		if err == io.EOF {
+			if i != len(entries) {
+				t.Errorf("%d entries, want %d", i, len(entries))
+			}
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.Name != entries[i].Header.Name {
+			t.Fatalf("entry %d is %s, want %s", i, h.Name, entries[i].Header.Name)
+		}
+		if b, _ := io.ReadAll(tr); string(b) != want[h.Name] {
+			t.Errorf("%s: %d bytes, want %d", h.Name, len(b), len(want[h.Name]))
+		}
+	}
+
+	fifo := filepath.Join(dir, "fifo")
+	if err := unix.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fds := func() int { ents, _ := os.ReadDir("/proc/self/fd"); return len(ents) }
+	before := fds()
+	for _, bad := range []Entry{
+		{Header: tar.Header{Name: "fifo", Typeflag: tar.TypeReg}, Source: fifo},
+		{Header: tar.Header{Name: "gone", Typeflag: tar.TypeReg}, Source: filepath.Join(dir, "gone")},
+	} {
+		err := WriteTar(context.Background(), io.Discard, append(append([]Entry{}, entries[:100]...), bad), nil)
+		if err == nil || !strings.Contains(err.Error(), bad.Header.Name) {
+			t.Errorf("%s: %v, want an error naming it", bad.Header.Name, err)
+		}
+	}
+	// A file read ahead whose size is not the one its fstat gave.
+	four := filepath.Join(dir, "four")
+	os.WriteFile(four, []byte("four"), 0o644)
+	for _, size := range []int64{3, 5} {
+		f, _ := os.Open(four)
+		if _, err := readAll(f, size); err == nil || !strings.Contains(err.Error(), "changed size") {
+			t.Errorf("4 bytes read as %d: %v", size, err)
+		}
+		f.Close()
+	}
+	if f, _ := os.Open(four); f != nil {
+		if b, err := readAll(f, 4); err != nil || string(b) != "four" {
+			t.Errorf("readAll: %q %v", b, err)
+		}
+		f.Close()
+	}
+	if after := fds(); after > before {
+		t.Errorf("%d descriptors open after failed layers, %d before", after, before)
 	}
 }
