@@ -696,8 +696,7 @@ func (b *builder) build(ctx context.Context) (*Result, error) {
 	if err := b.iso.end(ctx, last); err != nil {
 		return nil, err
 	}
-	// Cache pushes ran alongside the build; let the last ones finish.
-	b.cacheWG.Wait()
+	// Cache pushes go on alongside the output; Close waits for them.
 	if unused := b.args.Unused(); len(unused) > 0 {
 		b.log.Warn("build args were not consumed", "args", strings.Join(unused, ","))
 	}
