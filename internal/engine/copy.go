@@ -530,10 +530,12 @@ func (b *builder) commitCopy(ctx context.Context, st *stage, createdBy string, e
 	if !streamed || len(st.addenda) == n {
 		return nil
 	}
-	names := make([]string, len(entries))
-	for i, e := range entries {
-		names[i] = e.Header.Name
+	if st.own == nil {
+		st.own = &pathIndex{seen: map[string]bool{}}
 	}
-	st.pending = append(st.pending, ownLayer{Layer: st.addenda[len(st.addenda)-1].Layer, names: names})
+	for _, e := range entries {
+		st.own.add(e.Header.Name)
+	}
+	st.pending = append(st.pending, ownLayer{st.addenda[len(st.addenda)-1].Layer})
 	return nil
 }

@@ -131,28 +131,11 @@ func (b *builder) unapplied(st *stage) (*pathIndex, error) {
 }
 
 // ownLayer is a layer this build made from entries (a streamed COPY) and
-// did not write into the root: its names are known and it needs no
-// checking. It touches nothing a layer before it in the stage holds that
-// is not in the root (it was made with the root up to date, or ahead of
-// them), so it can be applied before them.
-type ownLayer struct {
-	v1.Layer
-	names []string
-}
-
-// ownTouch reports whether a layer this build made that is not in st's
-// root yet touches the image path p.
-func ownTouch(st *stage, p string) bool {
-	ix := &pathIndex{seen: map[string]bool{}}
-	for _, l := range st.pending {
-		if o, ok := l.(ownLayer); ok {
-			for _, n := range o.names {
-				ix.add(n)
-			}
-		}
-	}
-	return len(ix.seen) > 0 && ix.touches(p)
-}
+// did not write into the root: it needs no checking, and its paths are in
+// the stage's own index. It touches nothing a layer before it in the stage
+// holds that is not in the root (it was made with the root up to date, or
+// ahead of them), so it can be applied before them.
+type ownLayer struct{ v1.Layer }
 
 // applyOwn applies the layers this build made that are not in st's root
 // yet, in order, and leaves the others pending.
@@ -168,7 +151,7 @@ func (b *builder) applyOwn(st *stage) error {
 			return err
 		}
 	}
-	st.pending = rest
+	st.pending, st.own = rest, nil
 	return nil
 }
 
@@ -228,7 +211,7 @@ func (b *builder) rootFor(st *stage, cmd instructions.Command, dest string, look
 	if ix.touches(st.Abs(dest)) {
 		return wholeRoot, nil
 	}
-	if ownTouch(st, st.Abs(dest)) {
+	if st.own != nil && st.own.touches(st.Abs(dest)) {
 		return ownAheadOfRoot, nil
 	}
 	return aheadOfRoot, nil

@@ -17,21 +17,30 @@ import (
 // before anything is built (layers are fetched when unpacked).
 func (b *builder) resolveBases(ctx context.Context) error {
 	for _, ps := range b.plan.Stages {
-		if !ps.Build || ps.BaseStage >= 0 || strings.EqualFold(ps.Base, "scratch") {
+		if !ps.Build {
 			continue
 		}
-		platform, err := b.stagePlatform(ps)
-		if err != nil {
-			return err
-		}
 		b.timesOf(ps.Index)
-		_, err = b.baseImage(ctx, ps, platform)
+		_, err := b.registryBase(ctx, ps)
 		b.curTimes = nil
 		if err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// registryBase is the image a stage's FROM pulls, for its platform, fetched
+// once per build; nil for a stage FROM another stage or scratch.
+func (b *builder) registryBase(ctx context.Context, ps *dockerfile.Stage) (v1.Image, error) {
+	if ps.BaseStage >= 0 || strings.EqualFold(ps.Base, "scratch") {
+		return nil, nil
+	}
+	platform, err := b.stagePlatform(ps)
+	if err != nil {
+		return nil, err
+	}
+	return b.baseImage(ctx, ps, platform)
 }
 
 // checkEmulation refuses, before anything is built, a stage whose RUN

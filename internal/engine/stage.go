@@ -59,17 +59,17 @@ type stage struct {
 	// imageless says nothing reads the stage's image, only its root
 	// (COPY --from, RUN --mount): it makes no snapshots and no layers.
 	imageless bool
+	// own indexes the paths of the pending layers this build made and
+	// did not write into the root (streamed COPYs); nil when none.
+	own *pathIndex
 }
 
 // imageNeeded says whether stage ps's image is read: it is a target, a
-// later stage starts FROM it, the layer cache stores its layers, or (in
-// place) its image is unpacked to keep it. A stage that only COPY --from
-// or RUN --mount reads is needed as a root alone.
+// later stage starts FROM it, or the layer cache stores its layers. A
+// stage that only COPY --from or RUN --mount reads is needed as a root
+// alone.
 func (b *builder) imageNeeded(ps *dockerfile.Stage) bool {
 	if ps.Index == b.plan.Target || b.cache {
-		return true
-	}
-	if _, live := b.iso.(liveRoot); live {
 		return true
 	}
 	for _, name := range b.o.AlsoBuild {
@@ -86,15 +86,11 @@ func (b *builder) imageNeeded(ps *dockerfile.Stage) bool {
 }
 
 func (b *builder) buildStage(ctx context.Context, ps *dockerfile.Stage) (*stage, error) {
-	st := &stage{ps: ps, State: instruction.State{Args: &dockerfile.Env{}}, platform: b.platform, imageless: !b.imageNeeded(ps)}
-	if ps.Platform != "" {
-		p, err := ParsePlatform(ps.Platform)
-		if err != nil {
-			return nil, &dockerfile.Error{File: b.df.Name, Line: ps.Line, Err: fmt.Errorf("FROM --platform: %w", err)}
-		}
-		st.platform = p
+	platform, err := b.stagePlatform(ps)
+	if err != nil {
+		return nil, err
 	}
-	var err error
+	st := &stage{ps: ps, State: instruction.State{Args: &dockerfile.Env{}}, platform: platform}
 	switch {
 	case ps.BaseStage >= 0:
 		prev, ok := b.stages[ps.BaseStage]
@@ -163,6 +159,9 @@ func (b *builder) buildStage(ctx context.Context, ps *dockerfile.Stage) (*stage,
 	if st.root, err = b.iso.stageRoot(ps.Index); err != nil {
 		return nil, err
 	}
+	// In place a stage's image is what keeps it once the next stage
+	// empties the live root.
+	st.imageless = st.root.live == nil && !b.imageNeeded(ps)
 	// Unpacking waits for the first instruction that needs the files (see
 	// lazyroot.go), unless the isolation wants the base at once: a stage
 	// of COPYs onto a fresh path unpacks nothing.
@@ -263,7 +262,7 @@ func (b *builder) materialize(ctx context.Context, st *stage) error {
 			return err
 		}
 	}
-	st.pending = nil
+	st.pending, st.own = nil, nil
 	return nil
 }
 
@@ -344,16 +343,15 @@ func (b *builder) requireOnbuildStages(ctx context.Context) error {
 	for changed := true; changed; {
 		changed = false
 		for _, ps := range b.plan.Stages {
-			if !ps.Build || ps.BaseStage >= 0 || strings.EqualFold(ps.Base, "scratch") {
+			if !ps.Build {
 				continue
 			}
-			platform, err := b.stagePlatform(ps)
+			img, err := b.registryBase(ctx, ps)
 			if err != nil {
 				return err
 			}
-			img, err := b.baseImage(ctx, ps, platform)
-			if err != nil {
-				return err
+			if img == nil {
+				continue
 			}
 			cf, err := img.ConfigFile()
 			if err != nil {

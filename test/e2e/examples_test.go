@@ -161,6 +161,56 @@ func readYAML(t *testing.T, path string, into any) {
 	}
 }
 
+// argoWorkflow is what the Argo tests read of a WorkflowTemplate.
+type argoWorkflow struct {
+	Spec struct {
+		Arguments struct {
+			Parameters []struct{ Name, Value string } `json:"parameters"`
+		} `json:"arguments"`
+		Templates []argoTemplate `json:"templates"`
+	} `json:"spec"`
+}
+
+// argoTemplate is one template of a WorkflowTemplate.
+type argoTemplate struct {
+	Name         string            `json:"name"`
+	NodeSelector map[string]string `json:"nodeSelector"`
+	DAG          struct {
+		Tasks []struct {
+			Name      string `json:"name"`
+			Template  string `json:"template"`
+			WithParam string `json:"withParam"`
+			Depends   string `json:"depends"`
+			Arguments struct {
+				Parameters []struct{ Name, Value string } `json:"parameters"`
+			} `json:"arguments"`
+		} `json:"tasks"`
+	} `json:"dag"`
+	InitContainers []argoContainer `json:"initContainers"`
+	Container      argoContainer   `json:"container"`
+	Outputs        struct {
+		Parameters []struct {
+			Name      string                `json:"name"`
+			ValueFrom struct{ Path string } `json:"valueFrom"`
+		} `json:"parameters"`
+	} `json:"outputs"`
+}
+
+// argoContainer is a template's container or init container.
+type argoContainer struct {
+	Image   string   `json:"image"`
+	Command []string `json:"command"`
+	Args    []string `json:"args"`
+	Env     []struct {
+		Name      string `json:"name"`
+		Value     string `json:"value"`
+		ValueFrom *struct {
+			SecretKeyRef struct{ Name, Key string } `json:"secretKeyRef"`
+		} `json:"valueFrom"`
+	} `json:"env"`
+	VolumeMounts []struct{ Name, MountPath string } `json:"volumeMounts"`
+}
+
 // TestKanikoReadmeInRunc runs kaniko's README pod as it is written, from
 // kiln's build image (drop-in issue, items 1 and 3): the image's own
 // entrypoint (/kaniko/executor), credentials mounted at
@@ -410,34 +460,7 @@ esac
 // build container in the build image (no shell) with the registry
 // credentials mounted; the digest output parameter is read back.
 func TestExampleArgo(t *testing.T) {
-	type ctr struct {
-		Image   string   `json:"image"`
-		Command []string `json:"command"`
-		Args    []string `json:"args"`
-		Env     []struct {
-			Name      string `json:"name"`
-			Value     string `json:"value"`
-			ValueFrom *struct {
-				SecretKeyRef struct{ Name, Key string } `json:"secretKeyRef"`
-			} `json:"valueFrom"`
-		} `json:"env"`
-		VolumeMounts []struct{ Name, MountPath string } `json:"volumeMounts"`
-	}
-	var wt struct {
-		Spec struct {
-			Templates []struct {
-				Name           string `json:"name"`
-				InitContainers []ctr  `json:"initContainers"`
-				Container      ctr    `json:"container"`
-				Outputs        struct {
-					Parameters []struct {
-						Name      string                `json:"name"`
-						ValueFrom struct{ Path string } `json:"valueFrom"`
-					} `json:"parameters"`
-				} `json:"outputs"`
-			} `json:"templates"`
-		} `json:"spec"`
-	}
+	var wt argoWorkflow
 	readYAML(t, "../../examples/argo/workflowtemplate.yaml", &wt)
 	if len(wt.Spec.Templates) != 1 || len(wt.Spec.Templates[0].InitContainers) != 1 {
 		t.Fatalf("want one template with a fetch-context init container: %+v", wt.Spec.Templates)
@@ -460,7 +483,7 @@ func TestExampleArgo(t *testing.T) {
 	secrets := map[string]string{"git-credentials/token": token}
 	work := t.TempDir()
 	vols := map[string]string{"work": work, "registry-credentials": d.dockerConfig(t, d.user, d.password)}
-	subst := func(c ctr, local bool) ([]string, []string) {
+	subst := func(c argoContainer, local bool) ([]string, []string) {
 		var args, env []string
 		for _, a := range append(append([]string(nil), c.Command...), c.Args...) {
 			for k, v := range params {

@@ -361,45 +361,9 @@ func TestExampleGitLabMultiPlatform(t *testing.T) {
 // a JSON list, and joins them. Every build pod asks for a node of its
 // architecture.
 func TestExampleArgoMultiPlatform(t *testing.T) {
-	type ctr struct {
-		Image        string                             `json:"image"`
-		Command      []string                           `json:"command"`
-		Args         []string                           `json:"args"`
-		VolumeMounts []struct{ Name, MountPath string } `json:"volumeMounts"`
-	}
-	type tmpl struct {
-		Name         string            `json:"name"`
-		NodeSelector map[string]string `json:"nodeSelector"`
-		DAG          struct {
-			Tasks []struct {
-				Name      string `json:"name"`
-				Template  string `json:"template"`
-				WithParam string `json:"withParam"`
-				Depends   string `json:"depends"`
-				Arguments struct {
-					Parameters []struct{ Name, Value string } `json:"parameters"`
-				} `json:"arguments"`
-			} `json:"tasks"`
-		} `json:"dag"`
-		InitContainers []ctr `json:"initContainers"`
-		Container      ctr   `json:"container"`
-		Outputs        struct {
-			Parameters []struct {
-				Name      string                `json:"name"`
-				ValueFrom struct{ Path string } `json:"valueFrom"`
-			} `json:"parameters"`
-		} `json:"outputs"`
-	}
-	var wt struct {
-		Spec struct {
-			Arguments struct {
-				Parameters []struct{ Name, Value string } `json:"parameters"`
-			} `json:"arguments"`
-			Templates []tmpl `json:"templates"`
-		} `json:"spec"`
-	}
+	var wt argoWorkflow
 	readYAML(t, "../../examples/argo/multiplatform.yaml", &wt)
-	templates := map[string]tmpl{}
+	templates := map[string]argoTemplate{}
 	for _, tp := range wt.Spec.Templates {
 		templates[tp.Name] = tp
 	}
