@@ -2,6 +2,7 @@ package engine
 
 import (
 	"archive/tar"
+	"context"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -10,7 +11,9 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/kilnbuild/kiln/internal/fsroot"
 	"github.com/kilnbuild/kiln/internal/imagetest"
+	"github.com/kilnbuild/kiln/internal/layer"
 )
 
 func TestPathIndex(t *testing.T) {
@@ -209,5 +212,73 @@ func TestImagelessStage(t *testing.T) {
 		if fs["out/f"].Content != "built\n" || fs["out/g"].Content != "two\n" {
 			t.Errorf("%q: the target's copy of the stage's files: %q %q", tt.df, fs["out/f"].Content, fs["out/g"].Content)
 		}
+	}
+}
+
+// TestStreamedCopySourceSwap: a streamed COPY reads its files from the
+// source when the layer is written, not when it walked them. A directory
+// or a file of the source swapped for a symlink out of it in between
+// (absolute, or climbing with ..) never has the layer read outside: the
+// file is opened inside the source, its last element not followed.
+func TestStreamedCopySourceSwap(t *testing.T) {
+	outside := t.TempDir()
+	os.MkdirAll(filepath.Join(outside, "sub"), 0o755)
+	os.WriteFile(filepath.Join(outside, "sub", "f"), []byte("SECRET"), 0o644)
+	os.WriteFile(filepath.Join(outside, "f"), []byte("SECRET"), 0o644)
+	for _, swap := range []struct {
+		name   string
+		target string // what sub (or sub/f) becomes a symlink to
+		file   bool
+	}{
+		{"directory, absolute", outside, false},
+		{"directory, climbing", "../../../../../../../../" + strings.TrimPrefix(outside, "/"), false},
+		{"file, absolute", filepath.Join(outside, "f"), true},
+	} {
+		t.Run(swap.name, func(t *testing.T) {
+			ctxDir := t.TempDir()
+			os.MkdirAll(filepath.Join(ctxDir, "sub"), 0o755)
+			os.WriteFile(filepath.Join(ctxDir, "sub", "f"), []byte("inside"), 0o644)
+			src, err := fsroot.Open(ctxDir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer src.Close()
+			dst, err := fsroot.Open(t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer dst.Close()
+			b := &builder{}
+			w := b.newWriter(&stage{root: &stageRoot{fs: dst}}, writerOptions{stream: src})
+			defer w.close()
+			d, err := src.OpenDir("sub")
+			if err != nil {
+				t.Fatal(err)
+			}
+			fi, err := d.Lstat("f")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := w.copyFrom(d, "f", fi, "/app/f"); err != nil {
+				t.Fatal(err)
+			}
+			d.Close()
+			entries := w.entries()
+			if swap.file {
+				os.Remove(filepath.Join(ctxDir, "sub", "f"))
+				os.Symlink(swap.target, filepath.Join(ctxDir, "sub", "f"))
+			} else {
+				os.Rename(filepath.Join(ctxDir, "sub"), filepath.Join(ctxDir, "moved"))
+				os.Symlink(swap.target, filepath.Join(ctxDir, "sub"))
+			}
+			var buf strings.Builder
+			err = layer.WriteTar(context.Background(), &buf, entries, nil)
+			if strings.Contains(buf.String(), "SECRET") {
+				t.Fatalf("the layer holds a file from outside the source (err %v)", err)
+			}
+			if err == nil {
+				t.Errorf("a swapped source wrote a layer without error")
+			}
+		})
 	}
 }

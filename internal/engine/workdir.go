@@ -12,6 +12,8 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kilnbuild/kiln/internal/fsroot"
 )
 
 // lockSuffix names the lock file beside a build's work directory: the
@@ -97,55 +99,88 @@ func reclaim(parent string, log *slog.Logger) {
 // /data/d0001) are removed in parallel, then those one level below: one
 // large directory is removed by several workers too.
 func (w *workDir) removeRoots(log *slog.Logger) (wait func()) {
-	var dirs []string
-	for _, pattern := range []string{"stage-*", "image-*"} {
-		m, _ := filepath.Glob(filepath.Join(w.path, pattern))
-		dirs = append(dirs, m...)
-	}
-	var inner, top []string
-	for _, d := range dirs {
-		root := filepath.Join(d, "root") // a stage's; an image's root is d
-		if _, err := os.Lstat(root); err != nil {
-			root = d
-		}
-		ents, _ := os.ReadDir(root)
-		for _, e := range ents {
-			p := filepath.Join(root, e.Name())
-			if e.IsDir() {
-				below, _ := os.ReadDir(p)
-				for _, f := range below {
-					inner = append(inner, filepath.Join(p, f.Name()))
-				}
-			}
-			top = append(top, p)
-		}
-	}
+	inner, top, release := w.rootEntries(log)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
+		defer release()
 		removeAll(inner, log)
 		removeAll(top, log)
 	}()
 	return func() { <-done }
 }
 
-// removeAll removes the paths, in parallel; nothing is followed.
-func removeAll(paths []string, log *slog.Logger) {
-	work := make(chan string)
+// rootEntry is a name in a directory held open: removed through the
+// handle, what stands at the path by then never matters.
+type rootEntry struct {
+	dir  *fsroot.Dir
+	name string
+}
+
+// rootEntries lists, through handles opened without following anything,
+// the entries one and two levels below each root; release closes the
+// handles.
+func (w *workDir) rootEntries(log *slog.Logger) (inner, top []rootEntry, release func()) {
+	var dirs []string
+	for _, pattern := range []string{"stage-*", "image-*"} {
+		m, _ := filepath.Glob(filepath.Join(w.path, pattern))
+		dirs = append(dirs, m...)
+	}
+	var held []*fsroot.Root
+	var subs []*fsroot.Dir
+	release = func() {
+		for _, d := range subs {
+			d.Close()
+		}
+		for _, r := range held {
+			r.Close()
+		}
+	}
+	for _, d := range dirs {
+		root := filepath.Join(d, "root") // a stage's; an image's root is d
+		if _, err := os.Lstat(root); err != nil {
+			root = d
+		}
+		r, err := fsroot.Open(root)
+		if err != nil {
+			log.Debug("opening a root to remove", "dir", root, "error", err)
+			continue
+		}
+		held = append(held, r)
+		names, _ := r.Dir().ReadDir()
+		for _, n := range names {
+			top = append(top, rootEntry{r.Dir(), n})
+			sub, err := r.Dir().OpenDirAt(n) // not a symlink's target
+			if err != nil {
+				continue
+			}
+			subs = append(subs, sub)
+			below, _ := sub.ReadDir()
+			for _, m := range below {
+				inner = append(inner, rootEntry{sub, m})
+			}
+		}
+	}
+	return inner, top, release
+}
+
+// removeAll removes the entries, in parallel; nothing is followed.
+func removeAll(entries []rootEntry, log *slog.Logger) {
+	work := make(chan rootEntry)
 	var wg sync.WaitGroup
-	for range min(runtime.GOMAXPROCS(0), max(len(paths), 1)) {
+	for range min(runtime.GOMAXPROCS(0), max(len(entries), 1)) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for p := range work {
-				if err := os.RemoveAll(p); err != nil {
-					log.Debug("removing a root's files", "path", p, "error", err)
+			for e := range work {
+				if err := e.dir.RemoveAll(e.name); err != nil {
+					log.Debug("removing a root's files", "name", e.name, "error", err)
 				}
 			}
 		}()
 	}
-	for _, p := range paths {
-		work <- p
+	for _, e := range entries {
+		work <- e
 	}
 	close(work)
 	wg.Wait()

@@ -98,3 +98,46 @@ func TestRemoveRoots(t *testing.T) {
 		t.Errorf("what a root's symlink points to: %q %v", b, err)
 	}
 }
+
+// TestRemoveRootsAfterSwap: a directory of a root swapped for a symlink to
+// outside between the listing and the removal (a build's root is never
+// written by then, but removal goes through handles all the same) leads
+// the removal nowhere: the entries below it are removed from the directory
+// listed, where it went, and the symlink itself is removed.
+func TestRemoveRootsAfterSwap(t *testing.T) {
+	outside := t.TempDir()
+	os.MkdirAll(filepath.Join(outside, "lib", "deep"), 0o755)
+	os.WriteFile(filepath.Join(outside, "lib", "deep", "f"), []byte("keep"), 0o644)
+	os.WriteFile(filepath.Join(outside, "lib", "g"), []byte("keep"), 0o644)
+	log := slog.New(slog.DiscardHandler)
+	w, err := newWorkDir(t.TempDir(), log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.remove()
+	root := filepath.Join(w.path, "stage-0", "root")
+	os.MkdirAll(filepath.Join(root, "usr", "lib", "deep"), 0o755)
+	os.WriteFile(filepath.Join(root, "usr", "lib", "deep", "f"), []byte("x"), 0o644)
+	os.WriteFile(filepath.Join(root, "usr", "g"), []byte("x"), 0o644)
+	inner, top, release := w.rootEntries(log)
+	if err := os.Rename(filepath.Join(root, "usr"), filepath.Join(root, "moved")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(outside, filepath.Join(root, "usr")); err != nil {
+		t.Fatal(err)
+	}
+	removeAll(inner, log)
+	removeAll(top, log)
+	release()
+	for _, p := range []string{"lib/deep/f", "lib/g"} {
+		if b, err := os.ReadFile(filepath.Join(outside, p)); err != nil || string(b) != "keep" {
+			t.Errorf("outside %s after the removal: %q %v", p, b, err)
+		}
+	}
+	if _, err := os.Lstat(filepath.Join(root, "usr")); err == nil {
+		t.Error("the symlink put in the root is still there")
+	}
+	if ents, _ := os.ReadDir(filepath.Join(root, "moved")); len(ents) != 0 {
+		t.Errorf("the listed directory still holds %v", ents)
+	}
+}
