@@ -142,20 +142,6 @@ func idmapTree(src string, userns int, readOnly bool) (int, error) {
 	return fd, nil
 }
 
-// idmapMount mounts src on target, id-mapped with the user namespace
-// userns.
-func idmapMount(src, target string, userns int, readOnly bool) error {
-	fd, err := idmapTree(src, userns, readOnly)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	if err := unix.MoveMount(fd, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
-		return fmt.Errorf("mounting %s id-mapped on %s: %w", src, target, err)
-	}
-	return nil
-}
-
 // holdMain is the holder process: it keeps its user namespace alive until
 // its parent, having opened the namespace, closes stdin.
 func holdMain() int {
