@@ -113,12 +113,12 @@ func isGit(s string) bool {
 
 // copy runs COPY or ADD and returns the entries it changed, and whether
 // some of them are not in the root (streamed from the source).
-func (b *builder) copy(ctx context.Context, st *stage, r copyRequest) ([]layer.Entry, bool, error) {
+func (b *builder) copy(ctx context.Context, st *stage, r copyRequest) (*layer.List, bool, error) {
 	entries, w, err := b.copyWith(ctx, st, r)
 	return entries, w != nil && w.streamedAny, err
 }
 
-func (b *builder) copyWith(ctx context.Context, st *stage, r copyRequest) ([]layer.Entry, *writer, error) {
+func (b *builder) copyWith(ctx context.Context, st *stage, r copyRequest) (*layer.List, *writer, error) {
 	src, err := b.copySource(ctx, st, r.from)
 	if err != nil {
 		return nil, nil, err
@@ -522,7 +522,7 @@ func (b *builder) streams(st *stage, cmd instructions.Command) bool {
 
 // commitCopy commits a COPY or ADD's layer; a layer of streamed files is
 // not in the root, so it joins the layers pending there.
-func (b *builder) commitCopy(ctx context.Context, st *stage, createdBy string, entries []layer.Entry, streamed bool) error {
+func (b *builder) commitCopy(ctx context.Context, st *stage, createdBy string, entries *layer.List, streamed bool) error {
 	n := len(st.addenda)
 	if err := b.commit(ctx, st, createdBy, entries, true); err != nil {
 		return err
@@ -533,7 +533,7 @@ func (b *builder) commitCopy(ctx context.Context, st *stage, createdBy string, e
 	if st.own == nil {
 		st.own = &pathIndex{seen: map[string]bool{}}
 	}
-	for _, e := range entries {
+	for e := range entries.All() {
 		st.own.add(e.Header.Name)
 	}
 	st.pending = append(st.pending, ownLayer{st.addenda[len(st.addenda)-1].Layer})

@@ -213,7 +213,7 @@ func (b *builder) buildStage(ctx context.Context, ps *dockerfile.Stage) (*stage,
 		if err != nil {
 			return nil, err
 		}
-		if len(entries) > 0 {
+		if entries.Len() > 0 {
 			if err := b.addLayer(ctx, st, "single snapshot of stage "+stageLabel(ps), entries); err != nil {
 				return nil, err
 			}
@@ -513,7 +513,7 @@ func (st *stage) finish(now time.Time) error {
 // WORKDIR other than / commit a layer (withLayer), empty or not, so that
 // layers and history align as Docker's do; metadata instructions record
 // an empty-layer history entry.
-func (b *builder) commit(ctx context.Context, st *stage, createdBy string, entries []layer.Entry, withLayer bool) error {
+func (b *builder) commit(ctx context.Context, st *stage, createdBy string, entries *layer.List, withLayer bool) error {
 	if !withLayer || b.o.SingleSnapshot || st.imageless {
 		// With --single-snapshot the stage's one layer is the difference
 		// between its start and its end, taken in buildStage; a stage
@@ -523,14 +523,14 @@ func (b *builder) commit(ctx context.Context, st *stage, createdBy string, entri
 		})
 		return nil
 	}
-	if len(entries) > 0 {
+	if entries.Len() > 0 {
 		st.snapshot = nil
 	}
 	return b.addLayer(ctx, st, createdBy, entries)
 }
 
 // addLayer appends a layer of entries with its history entry.
-func (b *builder) addLayer(ctx context.Context, st *stage, createdBy string, entries []layer.Entry) error {
+func (b *builder) addLayer(ctx context.Context, st *stage, createdBy string, entries *layer.List) error {
 	h := historyEntry(b.now, createdBy)
 	mt := types.DockerLayer
 	if st.oci {
@@ -617,7 +617,7 @@ func (h workdirHandler) apply(ctx context.Context, st *stage) error {
 	if _, err := w.mkdirAll(wd); err != nil {
 		return fmt.Errorf("WORKDIR %s: %w", p, err)
 	}
-	var entries []layer.Entry
+	var entries *layer.List
 	if w.createdAny {
 		entries = w.entries()
 	}

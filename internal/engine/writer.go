@@ -93,7 +93,7 @@ type writer struct {
 	root       *fsroot.Root
 	o          writerOptions
 	now        time.Time
-	list       []layer.Entry
+	list       layer.List
 	index      map[string]int
 	links      map[fileKey]string // source inode -> image path copied to
 	dirs       map[string]*fsroot.Dir
@@ -127,9 +127,9 @@ func (w *writer) close() {
 }
 
 // entries returns the recorded changes.
-func (w *writer) entries() []layer.Entry {
+func (w *writer) entries() *layer.List {
 	n := int64(0)
-	for _, e := range w.list {
+	for e := range w.list.All() {
 		if e.Open != nil {
 			n++
 		}
@@ -137,7 +137,7 @@ func (w *writer) entries() []layer.Entry {
 	if w.left.Store(n); n == 0 {
 		w.release()
 	}
-	return w.list
+	return &w.list
 }
 
 // release closes the readers of the layer's contents.
@@ -150,15 +150,14 @@ func (w *writer) release() {
 	}
 }
 
-func (w *writer) record(img string, h tar.Header, open func() (*os.File, error)) {
+func (w *writer) record(img string, h layer.Header, open func() (*os.File, error)) {
 	h.Name = img
 	e := layer.Entry{Header: h, Open: open}
 	if i, ok := w.index[img]; ok {
-		w.list[i] = e
+		*w.list.At(i) = e
 		return
 	}
-	w.index[img] = len(w.list)
-	w.list = append(w.list, e)
+	w.index[img] = w.list.Append(e)
 }
 
 // tarMode converts an fs.FileMode's permission and special bits to tar's.
@@ -212,7 +211,7 @@ func (w *writer) mkdirAll(dir string) (*fsroot.Dir, error) {
 		if err := w.setMeta(p, name, tar.TypeDir, owner, dm, w.now); err != nil {
 			return err
 		}
-		w.record(path.Join(p.Path(), name), tar.Header{Typeflag: tar.TypeDir, Mode: dm, Uid: owner.UID, Gid: owner.GID, ModTime: w.now}, nil)
+		w.record(path.Join(p.Path(), name), layer.Header{Typeflag: tar.TypeDir, Mode: dm, Uid: owner.UID, Gid: owner.GID, ModTime: w.now}, nil)
 		w.createdAny = true
 		return nil
 	}})
@@ -235,7 +234,7 @@ func (w *writer) mkdirAll(dir string) (*fsroot.Dir, error) {
 			return nil, err
 		}
 		ids := ownerOf(fi)
-		w.record(cur, tar.Header{Typeflag: tar.TypeDir, Mode: tarMode(fi.Mode()), Uid: ids.UID, Gid: ids.GID, ModTime: fi.ModTime()}, nil)
+		w.record(cur, layer.Header{Typeflag: tar.TypeDir, Mode: tarMode(fi.Mode()), Uid: ids.UID, Gid: ids.GID, ModTime: fi.ModTime()}, nil)
 	}
 	w.cache(d)
 	if clean != d.Path() {
@@ -351,7 +350,7 @@ func (w *writer) dir(dest string, m meta) error {
 	if err := w.setMeta(parent, name, tar.TypeDir, m.owner, m.mode, m.mtime); err != nil {
 		return err
 	}
-	w.record(img, tar.Header{Typeflag: tar.TypeDir, Mode: m.mode, Uid: m.owner.UID, Gid: m.owner.GID, ModTime: m.mtime}, nil)
+	w.record(img, layer.Header{Typeflag: tar.TypeDir, Mode: m.mode, Uid: m.owner.UID, Gid: m.owner.GID, ModTime: m.mtime}, nil)
 	if d, err := parent.OpenDirAt(name); err == nil {
 		w.cache(d)
 	}
@@ -399,7 +398,7 @@ func (w *writer) streamFile(dest, src string, m meta, linked bool) error {
 		}
 		w.streamedLinks[img] = true
 	}
-	w.record(img, tar.Header{Typeflag: tar.TypeReg, Mode: m.mode, Uid: m.owner.UID, Gid: m.owner.GID, ModTime: m.mtime}, w.openerOf(w.sourceReader, src))
+	w.record(img, layer.Header{Typeflag: tar.TypeReg, Mode: m.mode, Uid: m.owner.UID, Gid: m.owner.GID, ModTime: m.mtime}, w.openerOf(w.sourceReader, src))
 	return nil
 }
 
@@ -419,7 +418,7 @@ func (w *writer) file(dest string, r io.Reader, m meta) error {
 	if err := w.setMeta(parent, name, tar.TypeReg, m.owner, m.mode, m.mtime); err != nil {
 		return err
 	}
-	w.record(img, tar.Header{Typeflag: tar.TypeReg, Mode: m.mode, Uid: m.owner.UID, Gid: m.owner.GID, ModTime: m.mtime}, w.opener(img))
+	w.record(img, layer.Header{Typeflag: tar.TypeReg, Mode: m.mode, Uid: m.owner.UID, Gid: m.owner.GID, ModTime: m.mtime}, w.opener(img))
 	return nil
 }
 
@@ -438,7 +437,7 @@ func (w *writer) symlink(dest, linkTarget string, m meta) error {
 	if err := w.setMeta(parent, name, tar.TypeSymlink, m.owner, 0o777, m.mtime); err != nil {
 		return err
 	}
-	w.record(img, tar.Header{Typeflag: tar.TypeSymlink, Linkname: linkTarget, Mode: 0o777, Uid: m.owner.UID, Gid: m.owner.GID, ModTime: m.mtime}, nil)
+	w.record(img, layer.Header{Typeflag: tar.TypeSymlink, Linkname: linkTarget, Mode: 0o777, Uid: m.owner.UID, Gid: m.owner.GID, ModTime: m.mtime}, nil)
 	return nil
 }
 
@@ -461,10 +460,10 @@ func (w *writer) hardlink(dest, targetImg string, m meta) error {
 	}
 	if i, ok := w.index[targetImg]; ok {
 		// The file as this writer wrote it.
-		t := w.list[i].Header
+		t := w.list.At(i).Header
 		m = meta{mode: t.Mode, owner: rootfs.IDs{UID: t.Uid, GID: t.Gid}, mtime: t.ModTime}
 	}
-	w.record(img, tar.Header{Typeflag: tar.TypeLink, Linkname: targetImg, Mode: m.mode, Uid: m.owner.UID, Gid: m.owner.GID, ModTime: m.mtime}, nil)
+	w.record(img, layer.Header{Typeflag: tar.TypeLink, Linkname: targetImg, Mode: m.mode, Uid: m.owner.UID, Gid: m.owner.GID, ModTime: m.mtime}, nil)
 	return nil
 }
 

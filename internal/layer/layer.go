@@ -27,7 +27,7 @@ import (
 type Entry struct {
 	// Header describes the entry. Name is the image path without a leading
 	// slash; directories need no trailing slash. Size is taken from Source.
-	Header tar.Header
+	Header Header
 	// Source is the file holding a regular file's content; empty means no
 	// content (whiteouts).
 	Source string
@@ -37,6 +37,34 @@ type Entry struct {
 	// Sized says Header.Size is the size Source had when the entry was
 	// made (from a snapshot), so an empty file need not be looked at again.
 	Sized bool
+}
+
+// Header is what a layer keeps of an entry's tar header: the fields
+// kiln writes (owners are numeric, access and change times are never
+// written), in half the memory of a tar.Header, which a layer of many
+// files holds one of per file until it is written.
+type Header struct {
+	Name, Linkname     string
+	Size, Mode         int64
+	Uid, Gid           int
+	ModTime            time.Time
+	Devmajor, Devminor int64
+	// PAXRecords are extended records (xattrs); they make the entry PAX.
+	PAXRecords map[string]string
+	Typeflag   byte
+}
+
+// tarHeader is h as the tar header written.
+func (h *Header) tarHeader() tar.Header {
+	t := tar.Header{
+		Typeflag: h.Typeflag, Name: h.Name, Linkname: h.Linkname, Size: h.Size, Mode: h.Mode,
+		Uid: h.Uid, Gid: h.Gid, ModTime: h.ModTime, Devmajor: h.Devmajor, Devminor: h.Devminor,
+		PAXRecords: h.PAXRecords,
+	}
+	if len(h.PAXRecords) > 0 {
+		t.Format = tar.FormatPAX
+	}
+	return t
 }
 
 // Compression names a layer compression.
@@ -73,7 +101,7 @@ func ParseCompression(s string) (Compression, error) {
 
 // New writes entries as a compressed layer file in dir and returns it as a
 // v1.Layer. The file is removed when the build's work dir is.
-func New(ctx context.Context, dir string, entries []Entry, o Options) (v1.Layer, error) {
+func New(ctx context.Context, dir string, entries *List, o Options) (v1.Layer, error) {
 	f, err := os.CreateTemp(dir, "layer-*.tar")
 	if err != nil {
 		return nil, fmt.Errorf("creating layer file: %w", err)
@@ -100,7 +128,7 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-func write(ctx context.Context, f *os.File, entries []Entry, o Options) (*File, error) {
+func write(ctx context.Context, f *os.File, entries *List, o Options) (*File, error) {
 	digest := sha256.New()
 	cw := &countingWriter{w: io.MultiWriter(f, digest)}
 	var zw io.WriteCloser
@@ -160,7 +188,7 @@ func hashOf(h hash.Hash) v1.Hash {
 // is set it replaces every entry's times. The files are opened (and the
 // small ones read) by a goroutine running ahead of the writer, in order,
 // so that opening and reading overlap compressing.
-func WriteTar(ctx context.Context, w io.Writer, entries []Entry, modTime *time.Time) error {
+func WriteTar(ctx context.Context, w io.Writer, entries *List, modTime *time.Time) error {
 	ctx, cancel := context.WithCancel(ctx)
 	contents := make(chan content, prefetchAhead)
 	go prefetch(ctx, entries, contents)
@@ -174,18 +202,16 @@ func WriteTar(ctx context.Context, w io.Writer, entries []Entry, modTime *time.T
 	// One buffer for every file: io.Copy from an *os.File goes through its
 	// WriteTo, which allocates 32 KiB per call.
 	buf := make([]byte, 64<<10)
-	for _, e := range entries {
+	for e := range entries.All() {
 		c, ok := <-contents
 		if !ok {
 			return ctx.Err()
 		}
-		h := e.Header
+		h := e.Header.tarHeader()
 		h.Name = strings.TrimPrefix(h.Name, "/")
 		if h.Typeflag == tar.TypeDir && !strings.HasSuffix(h.Name, "/") {
 			h.Name += "/"
 		}
-		h.Uname, h.Gname = "", ""
-		h.AccessTime, h.ChangeTime = time.Time{}, time.Time{}
 		h.ModTime = h.ModTime.Truncate(time.Second)
 		if modTime != nil {
 			h.ModTime = *modTime
@@ -247,9 +273,9 @@ func (c content) close() {
 
 // prefetch opens each entry's content in order and sends it to out,
 // which it closes at the end or when ctx is done.
-func prefetch(ctx context.Context, entries []Entry, out chan<- content) {
+func prefetch(ctx context.Context, entries *List, out chan<- content) {
 	defer close(out)
-	for _, e := range entries {
+	for e := range entries.All() {
 		var c content
 		if err := ctx.Err(); err != nil {
 			c.err = err

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -24,15 +25,15 @@ func TestNew(t *testing.T) {
 	long := strings.Repeat("d", 120) + "/" + strings.Repeat("f", 120)
 	mt := time.Unix(1700000000, 500)
 	entries := []Entry{
-		{Header: tar.Header{Name: "dir", Typeflag: tar.TypeDir, Mode: 0o2755, Uid: 1000, Gid: 1001, ModTime: mt}},
-		{Header: tar.Header{Name: "dir/suid", Typeflag: tar.TypeReg, Mode: 0o4755, ModTime: mt, Uname: "ignored"}, Source: content},
-		{Header: tar.Header{Name: "dir/link", Typeflag: tar.TypeLink, Linkname: "/dir/suid"}},
-		{Header: tar.Header{Name: "dir/sym", Typeflag: tar.TypeSymlink, Linkname: "suid", Mode: 0o777}},
-		{Header: tar.Header{Name: long, Typeflag: tar.TypeReg, Mode: 0o1644}, Source: content},
+		{Header: Header{Name: "dir", Typeflag: tar.TypeDir, Mode: 0o2755, Uid: 1000, Gid: 1001, ModTime: mt}},
+		{Header: Header{Name: "dir/suid", Typeflag: tar.TypeReg, Mode: 0o4755, ModTime: mt}, Source: content},
+		{Header: Header{Name: "dir/link", Typeflag: tar.TypeLink, Linkname: "/dir/suid"}},
+		{Header: Header{Name: "dir/sym", Typeflag: tar.TypeSymlink, Linkname: "suid", Mode: 0o777}},
+		{Header: Header{Name: long, Typeflag: tar.TypeReg, Mode: 0o1644}, Source: content},
 	}
 	for _, comp := range []Compression{Gzip, Zstd} {
 		t.Run(string(comp), func(t *testing.T) {
-			l, err := New(context.Background(), dir, entries, Options{Compression: comp, Level: 3})
+			l, err := New(context.Background(), dir, ListOf(entries...), Options{Compression: comp, Level: 3})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -93,7 +94,7 @@ func TestReproducibleTimes(t *testing.T) {
 	dir := t.TempDir()
 	epoch := time.Unix(0, 0)
 	digest := func(mt time.Time) string {
-		l, err := New(context.Background(), dir, []Entry{{Header: tar.Header{Name: "d", Typeflag: tar.TypeDir, Mode: 0o755, ModTime: mt}}}, Options{ModTime: &epoch})
+		l, err := New(context.Background(), dir, ListOf(Entry{Header: Header{Name: "d", Typeflag: tar.TypeDir, Mode: 0o755, ModTime: mt}}), Options{ModTime: &epoch})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -150,11 +151,11 @@ func TestWriteTarContents(t *testing.T) {
 		}
 		os.WriteFile(name, []byte(data), 0o644)
 		img := filepath.Base(name)
-		entries = append(entries, Entry{Header: tar.Header{Name: img, Typeflag: tar.TypeReg, Mode: 0o644}, Source: name})
+		entries = append(entries, Entry{Header: Header{Name: img, Typeflag: tar.TypeReg, Mode: 0o644}, Source: name})
 		want[img] = data
 	}
 	var buf strings.Builder
-	if err := WriteTar(context.Background(), &buf, entries, nil); err != nil {
+	if err := WriteTar(context.Background(), &buf, ListOf(entries...), nil); err != nil {
 		t.Fatal(err)
 	}
 	tr := tar.NewReader(strings.NewReader(buf.String()))
@@ -184,10 +185,10 @@ func TestWriteTarContents(t *testing.T) {
 	fds := func() int { ents, _ := os.ReadDir("/proc/self/fd"); return len(ents) }
 	before := fds()
 	for _, bad := range []Entry{
-		{Header: tar.Header{Name: "fifo", Typeflag: tar.TypeReg}, Source: fifo},
-		{Header: tar.Header{Name: "gone", Typeflag: tar.TypeReg}, Source: filepath.Join(dir, "gone")},
+		{Header: Header{Name: "fifo", Typeflag: tar.TypeReg}, Source: fifo},
+		{Header: Header{Name: "gone", Typeflag: tar.TypeReg}, Source: filepath.Join(dir, "gone")},
 	} {
-		err := WriteTar(context.Background(), io.Discard, append(append([]Entry{}, entries[:100]...), bad), nil)
+		err := WriteTar(context.Background(), io.Discard, ListOf(append(append([]Entry{}, entries[:100]...), bad)...), nil)
 		if err == nil || !strings.Contains(err.Error(), bad.Header.Name) {
 			t.Errorf("%s: %v, want an error naming it", bad.Header.Name, err)
 		}
@@ -210,5 +211,43 @@ func TestWriteTarContents(t *testing.T) {
 	}
 	if after := fds(); after > before {
 		t.Errorf("%d descriptors open after failed layers, %d before", after, before)
+	}
+}
+
+func TestList(t *testing.T) {
+	for _, n := range []int{0, 1, listChunk - 1, listChunk, listChunk + 1, 3*listChunk + 7} {
+		l := &List{}
+		for i := 0; i < n; i++ {
+			if got := l.Append(Entry{Header: Header{Name: fmt.Sprint(i)}}); got != i {
+				t.Fatalf("n=%d: Append returned %d, want %d", n, got, i)
+			}
+		}
+		if l.Len() != n {
+			t.Fatalf("n=%d: Len %d", n, l.Len())
+		}
+		if n > 0 {
+			l.At(n - 1).Header.Name = "last"
+		}
+		i := 0
+		for e := range l.All() {
+			want := fmt.Sprint(i)
+			if i == n-1 {
+				want = "last"
+			}
+			if e.Header.Name != want || l.At(i).Header.Name != want {
+				t.Fatalf("n=%d: entry %d is %q/%q, want %q", n, i, e.Header.Name, l.At(i).Header.Name, want)
+			}
+			i++
+		}
+		if i != n {
+			t.Fatalf("n=%d: All yielded %d", n, i)
+		}
+	}
+	var nilList *List
+	if nilList.Len() != 0 {
+		t.Error("a nil List has entries")
+	}
+	for range nilList.All() {
+		t.Error("a nil List yields")
 	}
 }

@@ -83,7 +83,12 @@ type Options struct {
 
 // Take records the state of everything under root.
 func Take(ctx context.Context, root string, o Options) (*Snapshot, error) {
-	s := &Snapshot{root: root, mode: o.Mode, files: make(map[string]state, 1024)}
+	return take(ctx, root, o, 1024)
+}
+
+// take is Take of a root expected to hold about size paths.
+func take(ctx context.Context, root string, o Options, size int) (*Snapshot, error) {
+	s := &Snapshot{root: root, mode: o.Mode, files: make(map[string]state, size)}
 	if s.mode == "" {
 		s.mode = Full
 	}
@@ -92,7 +97,7 @@ func Take(ctx context.Context, root string, o Options) (*Snapshot, error) {
 		return nil, fmt.Errorf("snapshotting %s: %w", root, err)
 	}
 	defer unix.Close(rootFD)
-	results, err := parallelWalk(ctx, rootFD, o.Ignore)
+	results, err := parallelWalk(ctx, rootFD, o.Ignore, size)
 	if err != nil {
 		return nil, fmt.Errorf("snapshotting %s: %w", root, err)
 	}
@@ -112,7 +117,7 @@ type walked struct {
 // parallelWalk stats everything under root with several workers (the
 // walk is bound by system calls, which block), each directory listed by
 // one worker. It returns the workers' results.
-func parallelWalk(ctx context.Context, root int, ignore func(string) bool) ([][]walked, error) {
+func parallelWalk(ctx context.Context, root int, ignore func(string) bool, size int) ([][]walked, error) {
 	workers := 2 * runtime.GOMAXPROCS(0)
 	if workers < 4 {
 		workers = 4
@@ -125,6 +130,9 @@ func parallelWalk(ctx context.Context, root int, ignore func(string) bool) ([][]
 		firstErr error
 	)
 	results := make([][]walked, workers)
+	for w := range results {
+		results[w] = make([]walked, 0, size/workers+size/(4*workers)+16)
+	}
 	var wg sync.WaitGroup
 	for w := 0; w < workers; w++ {
 		wg.Add(1)
@@ -299,7 +307,7 @@ func (s *Snapshot) changed(before, after state) bool {
 
 // Diff compares s (before) with the root as it is now.
 func (s *Snapshot) Diff(ctx context.Context, o Options) (Changes, *Snapshot, error) {
-	after, err := Take(ctx, s.root, Options{Mode: s.mode, Ignore: o.Ignore})
+	after, err := take(ctx, s.root, Options{Mode: s.mode, Ignore: o.Ignore}, len(s.files)+len(s.files)/8)
 	if err != nil {
 		return Changes{}, nil, err
 	}
@@ -346,7 +354,7 @@ func (s *Snapshot) Diff(ctx context.Context, o Options) (Changes, *Snapshot, err
 // directories of every change (with their current metadata), whiteouts,
 // opaque markers, and each changed path; files that share an inode are
 // written once and then as hard links. Sockets are skipped.
-func Entries(root string, c Changes) ([]layer.Entry, error) {
+func Entries(root string, c Changes) (*layer.List, error) {
 	rootFD, err := openRoot(root)
 	if err != nil {
 		return nil, err
@@ -355,8 +363,8 @@ func Entries(root string, c Changes) ([]layer.Entry, error) {
 	dirs := &dirCache{root: rootFD}
 	defer dirs.close()
 	opener := &rootOpener{root: root}
-	var out []layer.Entry
-	seen := map[string]bool{}
+	out := &layer.List{}
+	seen := make(map[string]bool, len(c.Changed))
 	links := map[[2]uint64]string{}
 	addParents := func(p string) error {
 		var chain []string
@@ -369,7 +377,7 @@ func Entries(root string, c Changes) ([]layer.Entry, error) {
 				return err
 			}
 			seen[chain[i]] = true
-			out = append(out, e)
+			out.Append(e)
 		}
 		return nil
 	}
@@ -377,7 +385,7 @@ func Entries(root string, c Changes) ([]layer.Entry, error) {
 		p    string
 		kind int // 0 change, 1 whiteout, 2 opaque marker
 	}
-	var items []item
+	items := make([]item, 0, len(c.Changed)+len(c.Deleted)+len(c.Opaque))
 	for _, p := range c.Changed {
 		items = append(items, item{p, 0})
 	}
@@ -404,7 +412,7 @@ func Entries(root string, c Changes) ([]layer.Entry, error) {
 			return nil, err
 		}
 		if it.kind != 0 {
-			out = append(out, layer.Entry{Header: tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644, ModTime: time.Unix(0, 0)}})
+			out.Append(layer.Entry{Header: layer.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644, ModTime: time.Unix(0, 0)}})
 			continue
 		}
 		if seen[it.p] {
@@ -419,10 +427,10 @@ func Entries(root string, c Changes) ([]layer.Entry, error) {
 		}
 		seen[it.p] = true
 		if ok {
-			out = append(out, e)
+			out.Append(e)
 		}
 	}
-	for _, e := range out {
+	for e := range out.All() {
 		if e.Open != nil {
 			opener.left++
 		}
@@ -484,7 +492,7 @@ func entry(dirs *dirCache, opener *rootOpener, p string, links map[[2]uint64]str
 		}
 		st = stateOf(&sx)
 	}
-	h := tar.Header{
+	h := layer.Header{
 		Name: p, Uid: int(st.uid), Gid: int(st.gid), Mode: int64(st.rawMode & 0o7777),
 		ModTime: time.Unix(0, st.mtime), Size: st.size,
 	}
@@ -523,7 +531,6 @@ func entry(dirs *dirCache, opener *rootOpener, p string, links map[[2]uint64]str
 	}
 	if x := xattrsAt(dfd, base); len(x) > 0 {
 		h.PAXRecords = x
-		h.Format = tar.FormatPAX
 	}
 	e.Header = h
 	return e, true, nil

@@ -11,6 +11,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"golang.org/x/sys/unix"
+
+	"github.com/kilnbuild/kiln/internal/layer"
 )
 
 func mkfile(t *testing.T, root, p, content string) {
@@ -68,9 +70,9 @@ func TestDiff(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := map[string]tar.Header{}
+	got := map[string]layer.Header{}
 	var order []string
-	for _, e := range entries {
+	for e := range entries.All() {
 		got[e.Header.Name] = e.Header
 		order = append(order, e.Header.Name)
 	}
@@ -146,8 +148,8 @@ func TestIgnoreAndXattrs(t *testing.T) {
 		t.Errorf("changed:\n%s", d)
 	}
 	entries, _ := Entries(root, c)
-	if v := entries[len(entries)-1].Header.PAXRecords["SCHILY.xattr.user.kiln"]; v != "v" {
-		t.Errorf("xattr not recorded: %+v", entries[len(entries)-1].Header)
+	if v := entries.At(entries.Len() - 1).Header.PAXRecords["SCHILY.xattr.user.kiln"]; v != "v" {
+		t.Errorf("xattr not recorded: %+v", entries.At(entries.Len()-1).Header)
 	}
 	if _, err := ParseMode("fast"); err == nil {
 		t.Error("ParseMode accepted fast")

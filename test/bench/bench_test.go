@@ -77,7 +77,7 @@ func runInstruction(b *testing.B, root, work, script string) int {
 	if _, err := l.Digest(); err != nil {
 		b.Fatal(err)
 	}
-	return len(entries)
+	return entries.Len()
 }
 
 // tarGzip is the baseline: GNU tar with gzip over dir.
