@@ -132,3 +132,38 @@ func BenchmarkRunChangeOne(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkSnapshotUnchanged is the snapshot after a RUN that changed
+// nothing in a 100k-file root: the walk and the comparison with the
+// snapshot before it, which is all of kiln's work such a RUN costs.
+func BenchmarkSnapshotUnchanged(b *testing.B) {
+	const n = 100000
+	ctx := context.Background()
+	root := newRoot(b, n)
+	work := b.TempDir()
+	b.Run(fmt.Sprintf("files=%d/kiln", n), func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			b.StopTimer()
+			before, err := snapshot.Take(ctx, root, snapshot.Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := sandbox.Run(ctx, sandbox.Spec{Root: root, Args: []string{"/bin/sh", "-c", "true"}, Env: []string{"PATH=/bin"}, Dir: "/"}, sandbox.Options{WorkDir: work}); err != nil {
+				b.Fatal(err)
+			}
+			b.StartTimer()
+			changes, _, err := before.Diff(ctx, snapshot.Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			if len(changes.Changed)+len(changes.Deleted) != 0 {
+				b.Fatalf("a RUN of true changed %v, deleted %v", changes.Changed, changes.Deleted)
+			}
+		}
+	})
+	b.Run(fmt.Sprintf("files=%d/tar", n), func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			tarGzip(b, root, filepath.Join(work, "baseline.tgz"))
+		}
+	})
+}
