@@ -9,12 +9,14 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/moby/patternmatcher"
 	"github.com/moby/patternmatcher/ignorefile"
 
 	"github.com/kilnbuild/kiln/internal/fsroot"
+	"github.com/kilnbuild/kiln/internal/option"
 )
 
 // Context is a build context directory with its ignore rules.
@@ -48,24 +50,24 @@ func Open(source, dockerfile string) (*Context, error) {
 	dir := source
 	if scheme, rest, ok := strings.Cut(source, "://"); ok {
 		if scheme != "dir" {
-			return nil, fmt.Errorf("--context %q: the %s:// context source is not supported yet (use a local directory or dir://)", source, scheme)
+			return nil, option.Errorf("Context", strconv.Quote(source), "the %s:// context source is not supported yet (use a local directory or dir://)", scheme)
 		}
 		dir = rest
 	}
 	fi, err := os.Stat(dir)
 	if err != nil {
-		return nil, fmt.Errorf("--context %q: %w", source, err)
+		return nil, option.New("Context", strconv.Quote(source), err)
 	}
 	if !fi.IsDir() {
-		return nil, fmt.Errorf("--context %q: not a directory", source)
+		return nil, option.Errorf("Context", strconv.Quote(source), "not a directory")
 	}
 	abs, err := filepath.Abs(dir)
 	if err != nil {
-		return nil, fmt.Errorf("--context %q: %w", source, err)
+		return nil, option.New("Context", strconv.Quote(source), err)
 	}
 	c := &Context{Dir: abs}
 	if c.FS, err = fsroot.Open(abs); err != nil {
-		return nil, fmt.Errorf("--context %q: %w", source, err)
+		return nil, option.New("Context", strconv.Quote(source), err)
 	}
 	candidates := []string{filepath.Join(abs, ".dockerignore")}
 	if dockerfile != "" {

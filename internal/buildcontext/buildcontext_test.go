@@ -70,7 +70,7 @@ func TestOpenErrors(t *testing.T) {
 		{file, "not a directory"},
 		{"s3://bucket/ctx.tgz", "not supported yet"},
 	} {
-		if _, err := Open(tc.src, ""); err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "--context") {
+		if _, err := Open(tc.src, ""); err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "option Context") {
 			t.Errorf("Open(%q) = %v, want %q", tc.src, err, tc.want)
 		}
 	}

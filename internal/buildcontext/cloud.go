@@ -18,6 +18,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/kilnbuild/kiln/internal/logging"
+	"github.com/kilnbuild/kiln/internal/option"
 )
 
 // isAzureBlob reports an Azure Blob Storage URL: https on
@@ -82,7 +83,7 @@ func fetchObject(ctx context.Context, o FetchOptions, dir string, rec *Record, o
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("--context %s: %w", Redact(o.Source), err)
+		return option.New("Context", Redact(o.Source), err)
 	}
 	if wantSHA256 != "" {
 		if _, err := f.Seek(0, io.SeekStart); err != nil {
@@ -93,7 +94,7 @@ func fetchObject(ctx context.Context, o FetchOptions, dir string, rec *Record, o
 			return err
 		}
 		if got := hex.EncodeToString(h.Sum(nil)); got != wantSHA256 {
-			return fmt.Errorf("--context %s: sha256 mismatch: want %s, got %s", Redact(o.Source), wantSHA256, got)
+			return option.Errorf("Context", Redact(o.Source), "sha256 mismatch: want %s, got %s", wantSHA256, got)
 		}
 	}
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
@@ -199,7 +200,7 @@ func azureBlob(o FetchOptions, src string) objectReader {
 func splitBucket(src, rest string) (string, string, error) {
 	bucket, key, ok := strings.Cut(rest, "/")
 	if !ok || bucket == "" || key == "" {
-		return "", "", fmt.Errorf("--context %s: want scheme://bucket/path/to/context.tar.gz", Redact(src))
+		return "", "", option.Errorf("Context", Redact(src), "want scheme://bucket/path/to/context.tar.gz")
 	}
 	return bucket, key, nil
 }

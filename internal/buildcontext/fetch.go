@@ -16,11 +16,13 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/kilnbuild/kiln/internal/fsroot"
 	"github.com/kilnbuild/kiln/internal/layer"
+	"github.com/kilnbuild/kiln/internal/option"
 )
 
 // Record describes a fetched context, for provenance.
@@ -60,7 +62,7 @@ func ParseGitOptions(s string) (GitOptions, error) {
 	for _, kv := range strings.Split(s, ",") {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok {
-			return g, fmt.Errorf("--git %q: want key=value pairs", s)
+			return g, option.Errorf("Git", strconv.Quote(s), "want key=value pairs")
 		}
 		switch k {
 		case "branch":
@@ -73,10 +75,10 @@ func ParseGitOptions(s string) (GitOptions, error) {
 			g.InsecureSkipTLS = v == "true"
 		case "depth":
 			if _, err := fmt.Sscan(v, &g.Depth); err != nil || g.Depth < 0 {
-				return g, fmt.Errorf("--git depth=%s: want a number", v)
+				return g, option.Errorf("Git", "depth="+v, "want a number")
 			}
 		default:
-			return g, fmt.Errorf("--git %q: unknown option %q", s, k)
+			return g, option.Errorf("Git", strconv.Quote(s), "unknown option %q", k)
 		}
 	}
 	return g, nil
@@ -137,7 +139,7 @@ func Fetch(ctx context.Context, o FetchOptions) (*Record, error) {
 		return nil, err
 	}
 	if err := CheckLinks(tmp); err != nil {
-		return nil, fmt.Errorf("--context %s: %w", Redact(o.Source), err)
+		return nil, option.New("Context", Redact(o.Source), err)
 	}
 	if o.SubPath != "" {
 		if _, err := SubDir(tmp, o.SubPath); err != nil {
@@ -164,16 +166,16 @@ func Fetch(ctx context.Context, o FetchOptions) (*Record, error) {
 func SubDir(dir, sub string) (string, error) {
 	clean := path.Clean(filepath.ToSlash(sub))
 	if path.IsAbs(clean) || clean == ".." || strings.HasPrefix(clean, "../") {
-		return "", fmt.Errorf("--context-sub-path %q: must be a path inside the context", sub)
+		return "", option.Errorf("ContextSubPath", strconv.Quote(sub), "must be a path inside the context")
 	}
 	root, err := fsroot.Open(dir)
 	if err != nil {
-		return "", fmt.Errorf("--context-sub-path %q: %w", sub, err)
+		return "", option.New("ContextSubPath", strconv.Quote(sub), err)
 	}
 	defer root.Close()
 	d, err := root.OpenDir(clean)
 	if err != nil {
-		return "", fmt.Errorf("--context-sub-path %q: not a directory in the context", sub)
+		return "", option.Errorf("ContextSubPath", strconv.Quote(sub), "not a directory in the context")
 	}
 	defer d.Close()
 	return filepath.Join(dir, filepath.FromSlash(d.Path())), nil
@@ -230,7 +232,7 @@ func fetchInto(ctx context.Context, o FetchOptions, dir string, rec *Record) err
 		} else {
 			f, err := os.Open(rest)
 			if err != nil {
-				return fmt.Errorf("--context %s: %w", src, err)
+				return option.New("Context", src, err)
 			}
 			defer f.Close()
 			r = f
@@ -255,7 +257,7 @@ func fetchInto(ctx context.Context, o FetchOptions, dir string, rec *Record) err
 		}
 		return fetchObject(ctx, o, dir, rec, gcsObject(bucket, key), "")
 	}
-	return fmt.Errorf("--context %s: unknown context scheme %q", Redact(src), scheme)
+	return option.Errorf("Context", Redact(src), "unknown context scheme %q", scheme)
 }
 
 // IsGit reports whether a context URI names a git repository: git://, or
@@ -288,10 +290,10 @@ func copyDir(src, dir string, lim Limits, hasScheme bool, orig string) error {
 	}
 	fi, err := os.Stat(src)
 	if err != nil {
-		return fmt.Errorf("--context %s: %w", orig, err)
+		return option.New("Context", orig, err)
 	}
 	if !fi.IsDir() {
-		return fmt.Errorf("--context %s: not a directory", orig)
+		return option.Errorf("Context", orig, "not a directory")
 	}
 	pr, pw := io.Pipe()
 	go func() {

@@ -184,7 +184,7 @@ func TestContextLinksAndSubPath(t *testing.T) {
 		t.Errorf("SubDir(back) = %q, %v", got, err)
 	}
 	for _, sub := range []string{"../..", "/etc", "x/../../..", "missing"} {
-		if _, err := SubDir(dest, sub); err == nil || !strings.Contains(err.Error(), "--context-sub-path") {
+		if _, err := SubDir(dest, sub); err == nil || !strings.Contains(err.Error(), "option ContextSubPath") {
 			t.Errorf("SubDir(%q): %v", sub, err)
 		}
 		d2 := filepath.Join(t.TempDir(), "ctx")

@@ -22,6 +22,8 @@ import (
 	"github.com/go-git/go-git/v5/plumbing/transport"
 	githttp "github.com/go-git/go-git/v5/plumbing/transport/http"
 	"github.com/go-git/go-git/v5/storage/filesystem"
+
+	"github.com/kilnbuild/kiln/internal/option"
 )
 
 // gitSource is a parsed git context URI: repo#ref#commit.
@@ -34,7 +36,7 @@ type gitSource struct {
 func parseGit(src string) (gitSource, error) {
 	parts := strings.Split(src, "#")
 	if len(parts) > 3 {
-		return gitSource{}, fmt.Errorf("--context %s: want repo#ref#commit", Redact(src))
+		return gitSource{}, option.Errorf("Context", Redact(src), "want repo#ref#commit")
 	}
 	g := gitSource{url: parts[0]}
 	if len(parts) > 1 {
@@ -47,13 +49,13 @@ func parseGit(src string) (gitSource, error) {
 		g.url = "https://" + rest
 	}
 	if err := checkRef(g.ref); err != nil {
-		return gitSource{}, fmt.Errorf("--context %s: ref %w", Redact(src), err)
+		return gitSource{}, option.Errorf("Context", Redact(src), "ref %w", err)
 	}
 	if g.commit != "" && !commitHash.MatchString(g.commit) {
-		return gitSource{}, fmt.Errorf("--context %s: commit %q is not a commit hash (4 to 64 hex digits)", Redact(src), g.commit)
+		return gitSource{}, option.Errorf("Context", Redact(src), "commit %q is not a commit hash (4 to 64 hex digits)", g.commit)
 	}
 	if strings.HasPrefix(g.url, "-") {
-		return gitSource{}, fmt.Errorf("--context %s: the repository URL may not begin with \"-\"", Redact(src))
+		return gitSource{}, option.Errorf("Context", Redact(src), "the repository URL may not begin with \"-\"")
 	}
 	return g, nil
 }
@@ -103,7 +105,7 @@ const gitContextRef = plumbing.ReferenceName("refs/kiln/context")
 // or https repositories.
 func fetchGit(ctx context.Context, o FetchOptions, dir string, rec *Record) error {
 	if strings.HasPrefix(o.Source, "git@") {
-		return fmt.Errorf("--context %s: git over ssh is not supported; use git://, https:// or http:// (as kaniko)", Redact(o.Source))
+		return option.Errorf("Context", Redact(o.Source), "git over ssh is not supported; use git://, https:// or http:// (as kaniko)")
 	}
 	g, err := parseGit(o.Source)
 	if err != nil {
@@ -114,11 +116,11 @@ func fetchGit(ctx context.Context, o FetchOptions, dir string, rec *Record) erro
 	}
 	u, err := url.Parse(g.url)
 	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-		return fmt.Errorf("--context %s: a git context is an https or http repository URL", Redact(o.Source))
+		return option.Errorf("Context", Redact(o.Source), "a git context is an https or http repository URL")
 	}
 	if g.ref == "" {
 		if err := checkRef(o.Git.Branch); err != nil {
-			return fmt.Errorf("--git branch=: %w", err)
+			return option.New("Git", "branch=", err)
 		}
 		g.ref = o.Git.Branch
 	}
@@ -154,21 +156,21 @@ func fetchGit(ctx context.Context, o FetchOptions, dir string, rec *Record) erro
 			}
 		}
 		if _, err := repo.CommitObject(want); err != nil {
-			return fmt.Errorf("--context %s: commit %s is not in %s's history", Redact(o.Source), g.commit, ref)
+			return option.Errorf("Context", Redact(o.Source), "commit %s is not in %s's history", g.commit, ref)
 		}
 	case g.commit != "":
 		if err := c.fetch(repo, g.url, spec, o.Git.Depth); err != nil {
 			return err
 		}
 		if want, err = abbreviatedCommit(repo, g.commit); err != nil {
-			return fmt.Errorf("--context %s: %w", Redact(o.Source), err)
+			return option.New("Context", Redact(o.Source), err)
 		}
 	default:
 		if err := c.fetch(repo, g.url, spec, o.Git.Depth); err != nil {
 			return err
 		}
 		if want, err = refCommit(repo, gitContextRef); err != nil {
-			return fmt.Errorf("--context %s: %s: %w", Redact(o.Source), ref, err)
+			return option.Errorf("Context", Redact(o.Source), "%s: %w", ref, err)
 		}
 	}
 	wt, err := repo.Worktree()
@@ -176,7 +178,7 @@ func fetchGit(ctx context.Context, o FetchOptions, dir string, rec *Record) erro
 		return err
 	}
 	if err := wt.Checkout(&git.CheckoutOptions{Hash: want, Force: true}); err != nil {
-		return fmt.Errorf("--context %s: checking out %s: %w", Redact(o.Source), want, err)
+		return option.Errorf("Context", Redact(o.Source), "checking out %s: %w", want, err)
 	}
 	if o.Git.RecurseSubmodules {
 		if err := c.submodules(wt, g.url, o.Git.Depth, git.DefaultSubmoduleRecursionDepth); err != nil {

@@ -6,6 +6,8 @@ import (
 	"io"
 	"net/http"
 	"strings"
+
+	"github.com/kilnbuild/kiln/internal/option"
 )
 
 // fetchHTTP downloads an https tarball (optionally pinned with
@@ -16,7 +18,7 @@ func fetchHTTP(ctx context.Context, o FetchOptions, dir string, rec *Record) err
 	if pin != "" {
 		v, ok := strings.CutPrefix(pin, "sha256=")
 		if !ok || len(v) != 64 {
-			return fmt.Errorf("--context %s: the pin must be #sha256=<64 hex digits>", Redact(o.Source))
+			return option.Errorf("Context", Redact(o.Source), "the pin must be #sha256=<64 hex digits>")
 		}
 		want = strings.ToLower(v)
 	}

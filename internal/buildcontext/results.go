@@ -23,12 +23,12 @@ func FetchAndRecord(ctx context.Context, o FetchOptions, record, resultsDir stri
 		return err
 	}
 	var b output.Batch
-	if err := b.Add(record, "--record", string(data)+"\n"); err != nil {
+	if err := b.Add(record, "Record", string(data)+"\n"); err != nil {
 		return err
 	}
 	if resultsDir != "" && rec.ChainsGitCommit != "" {
 		for name, v := range map[string]string{"CHAINS-GIT_URL": rec.ChainsGitURL, "CHAINS-GIT_COMMIT": rec.ChainsGitCommit} {
-			if err := b.Add(filepath.Join(resultsDir, name), "--results-dir", v); err != nil {
+			if err := b.Add(filepath.Join(resultsDir, name), "ResultsDir", v); err != nil {
 				b.Abort()
 				return err
 			}

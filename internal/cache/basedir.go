@@ -36,7 +36,7 @@ const lockDir = ".warmer-locks"
 var entryName = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
 
 // ErrExpired is returned for an entry older than the directory's TTL.
-var ErrExpired = errors.New("stored image is older than --cache-ttl")
+var ErrExpired = errors.New("stored image is older than the cache TTL")
 
 // BaseDir is a cache directory of base images in kaniko's format, as
 // kaniko's warmer and kiln's warm-cache write it: one entry per image
@@ -65,7 +65,7 @@ func (d BaseDir) ByDigest(h v1.Hash) (v1.Image, error) {
 		return nil, fmt.Errorf("%s: %w", h, ErrMiss)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("--cache-dir %s: %w", d.Path, err)
+		return nil, fmt.Errorf("base image cache %s: %w", d.Path, err)
 	}
 	if expired(st.ModTime(), d.TTL, now(d.Now)) {
 		return nil, fmt.Errorf("%s stored %s: %w", h, st.ModTime().UTC().Format(time.RFC3339), ErrExpired)
@@ -80,7 +80,7 @@ func (d BaseDir) ByDigest(h v1.Hash) (v1.Image, error) {
 		err = errors.New("neither an OCI layout nor a tarball")
 	}
 	if err != nil {
-		return nil, fmt.Errorf("--cache-dir entry %s: %w", p, err)
+		return nil, fmt.Errorf("base image cache entry %s: %w", p, err)
 	}
 	return verified(img, h)
 }
@@ -95,7 +95,7 @@ func (d BaseDir) ByName(ref string, p v1.Platform) (v1.Image, time.Time, error) 
 		return nil, time.Time{}, fmt.Errorf("%s: %w", ref, ErrMiss)
 	}
 	if err != nil {
-		return nil, time.Time{}, fmt.Errorf("--cache-dir %s: %w", d.Path, err)
+		return nil, time.Time{}, fmt.Errorf("base image cache %s: %w", d.Path, err)
 	}
 	type found struct {
 		h  v1.Hash

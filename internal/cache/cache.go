@@ -166,7 +166,7 @@ func (r *Registry) Get(ctx context.Context, key string) (*Entry, error) {
 		return nil, fmt.Errorf("%w: %v", ErrMiss, err)
 	}
 	if expired(e.Created, r.TTL, now(r.Now)) {
-		return nil, fmt.Errorf("%w: entry from %s is older than --cache-ttl", ErrMiss, e.Created.Format(time.RFC3339))
+		return nil, fmt.Errorf("%w: entry from %s is older than the cache TTL", ErrMiss, e.Created.Format(time.RFC3339))
 	}
 	return e, nil
 }
@@ -243,7 +243,7 @@ func (l *Layout) Get(_ context.Context, key string) (*Entry, error) {
 		return nil, ErrMiss
 	}
 	if expired(best.Created, l.TTL, now(l.Now)) {
-		return nil, fmt.Errorf("%w: entry from %s is older than --cache-ttl", ErrMiss, best.Created.Format(time.RFC3339))
+		return nil, fmt.Errorf("%w: entry from %s is older than the cache TTL", ErrMiss, best.Created.Format(time.RFC3339))
 	}
 	return best, nil
 }

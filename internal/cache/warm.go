@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kilnbuild/kiln/internal/dockerfile"
+	"github.com/kilnbuild/kiln/internal/option"
 )
 
 // WarmOptions configure Warm.
@@ -53,7 +54,7 @@ func Warm(ctx context.Context, o WarmOptions) error {
 		log = slog.New(slog.DiscardHandler)
 	}
 	if err := os.MkdirAll(o.Dir.Path, 0o755); err != nil {
-		return fmt.Errorf("--cache-dir %s: %w", o.Dir.Path, err)
+		return fmt.Errorf("base image cache %s: %w", o.Dir.Path, err)
 	}
 	var errs []error
 	tried := 0
@@ -70,7 +71,7 @@ func Warm(ctx context.Context, o WarmOptions) error {
 		}
 		refs = dedupe(refs)
 		if len(refs) == 0 {
-			return errors.New("no image to warm: give --image or --dockerfile")
+			return errors.New("no image to warm: give option Images or option Dockerfile")
 		}
 		for _, ref := range refs {
 			tried++
@@ -105,7 +106,7 @@ func dedupe(refs []string) []string {
 func warmOne(ctx context.Context, o WarmOptions, log *slog.Logger, ref string) error {
 	r, err := name.ParseReference(ref, name.WeakValidation)
 	if err != nil {
-		return fmt.Errorf("--image %s: %w", ref, err)
+		return option.New("Images", ref, err)
 	}
 	if d, ok := r.(name.Digest); ok && !o.Force {
 		if h, err := v1.NewHash(d.DigestStr()); err == nil {
@@ -117,11 +118,11 @@ func warmOne(ctx context.Context, o WarmOptions, log *slog.Logger, ref string) e
 	}
 	img, err := o.Pull.PullPlatform(ctx, ref, o.Platform)
 	if err != nil {
-		return fmt.Errorf("--image %s: %w", ref, err)
+		return option.New("Images", ref, err)
 	}
 	h, err := img.Digest()
 	if err != nil {
-		return fmt.Errorf("--image %s: %w", ref, err)
+		return option.New("Images", ref, err)
 	}
 	fresh := func() bool { _, err := o.Dir.ByDigest(h); return err == nil }
 	if !o.Force && fresh() {
@@ -139,12 +140,12 @@ func warmOne(ctx context.Context, o WarmOptions, log *slog.Logger, ref string) e
 	}
 	tmp, err := os.MkdirTemp(o.Dir.Path, ".warming-")
 	if err != nil {
-		return fmt.Errorf("--cache-dir %s: %w", o.Dir.Path, err)
+		return fmt.Errorf("base image cache %s: %w", o.Dir.Path, err)
 	}
 	defer os.RemoveAll(tmp)
 	p, err := layout.Write(tmp, empty.Index)
 	if err != nil {
-		return fmt.Errorf("--cache-dir %s: %w", o.Dir.Path, err)
+		return fmt.Errorf("base image cache %s: %w", o.Dir.Path, err)
 	}
 	if err := p.AppendImage(img, layout.WithAnnotations(map[string]string{refAnnotation: r.Name()})); err != nil {
 		return fmt.Errorf("storing %s: %w", ref, err)
@@ -185,15 +186,15 @@ func replace(tmp, dst string) error {
 func lockEntry(dir, digest string) (func(), error) {
 	ld := filepath.Join(dir, lockDir)
 	if err := os.MkdirAll(ld, 0o755); err != nil {
-		return nil, fmt.Errorf("--cache-dir %s: %w", dir, err)
+		return nil, fmt.Errorf("base image cache %s: %w", dir, err)
 	}
 	f, err := os.OpenFile(filepath.Join(ld, digest+".lock"), os.O_RDWR|os.O_CREATE|unix.O_NOFOLLOW, 0o644)
 	if err != nil {
-		return nil, fmt.Errorf("--cache-dir %s: %w", dir, err)
+		return nil, fmt.Errorf("base image cache %s: %w", dir, err)
 	}
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
 		f.Close()
-		return nil, fmt.Errorf("--cache-dir %s: locking %s: %w", dir, digest, err)
+		return nil, fmt.Errorf("base image cache %s: locking %s: %w", dir, digest, err)
 	}
 	return func() { f.Close() }, nil
 }
@@ -202,7 +203,7 @@ func lockEntry(dir, digest string) (func(), error) {
 func dockerfileBases(o WarmOptions) ([]string, error) {
 	f, err := os.Open(o.Dockerfile)
 	if err != nil {
-		return nil, fmt.Errorf("--dockerfile: %w", err)
+		return nil, option.New("Dockerfile", "", err)
 	}
 	defer f.Close()
 	df, err := dockerfile.Parse(o.Dockerfile, f)

@@ -69,8 +69,8 @@ COPY --from=0 /b /b
 			wantBases: []string{"debian:latest", "build"},
 			wantBuild: []bool{true, true},
 		},
-		{name: "unknown target", opts: PlanOptions{Target: "nope"}, wantErr: `--target "nope"`},
-		{name: "numeric target is not a name", opts: PlanOptions{Target: "1"}, wantErr: `--target "1"`},
+		{name: "unknown target", opts: PlanOptions{Target: "nope"}, wantErr: `option Target "nope"`},
+		{name: "numeric target is not a name", opts: PlanOptions{Target: "1"}, wantErr: `option Target "1"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,11 +1,13 @@
 package dockerfile
 
 import (
-	"fmt"
+	"strconv"
 	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+
+	"github.com/kilnbuild/kiln/internal/option"
 )
 
 // PlanOptions says what to build.
@@ -107,7 +109,7 @@ func (d *Dockerfile) Plan(o PlanOptions) (*Plan, error) {
 	if o.Target != "" {
 		p.Target = d.StageIndex(o.Target, len(d.Stages))
 		if p.Target < 0 || !strings.EqualFold(d.Stages[p.Target].Name, o.Target) {
-			return nil, &Error{File: d.Name, Err: fmt.Errorf("--target %q: no stage with that name", o.Target)}
+			return nil, &Error{File: d.Name, Err: option.Errorf("Target", strconv.Quote(o.Target), "no stage with that name")}
 		}
 		// BuildKit's predefined TARGETSTAGE: the target's name, "default"
 		// without --target.
@@ -118,7 +120,7 @@ func (d *Dockerfile) Plan(o PlanOptions) (*Plan, error) {
 	for _, name := range o.AlsoBuild {
 		j := d.StageIndex(name, len(d.Stages))
 		if j < 0 || !strings.EqualFold(d.Stages[j].Name, name) {
-			return nil, &Error{File: d.Name, Err: fmt.Errorf("--target %q: no stage with that name", name)}
+			return nil, &Error{File: d.Name, Err: option.Errorf("Target", strconv.Quote(name), "no stage with that name")}
 		}
 		also = append(also, j)
 		last = max(last, j)

@@ -30,6 +30,7 @@ import (
 	"github.com/kilnbuild/kiln/internal/dockerfile"
 	"github.com/kilnbuild/kiln/internal/fsroot"
 	"github.com/kilnbuild/kiln/internal/layer"
+	"github.com/kilnbuild/kiln/internal/option"
 	"github.com/kilnbuild/kiln/internal/record"
 	"github.com/kilnbuild/kiln/internal/registry"
 	"github.com/kilnbuild/kiln/internal/rootfs"
@@ -328,16 +329,15 @@ func newBuilder(o Options) (*builder, error) {
 	}
 	var err error
 	if b.platform, err = ParsePlatform(o.Platform); err != nil {
-		return nil, err
+		return nil, option.New("Platform", "", err)
 	}
 	if o.WorkDir == "" {
 		return nil, errors.New("build: no work directory")
 	}
 	if o.Cache && o.CacheStore == nil {
-		return nil, errors.New("--cache: no cache store")
+		return nil, option.Errorf("Cache", "", "no cache store")
 	}
-	if o.Cache && o.SingleSnapshot {
-		b.log.Warn("--single-snapshot builds one layer per stage: the layer cache is not used")
+	if o.Cache && o.SingleSnapshot { // the option layer warns
 		b.cache = false
 	}
 	if err := os.MkdirAll(o.WorkDir, 0o700); err != nil {
@@ -382,7 +382,7 @@ func (b *builder) setIsolation() error {
 		// own container by surprise.
 		inPlace = b.isContainer() && !sandbox.CanChroot() && stepImage()
 	default:
-		return fmt.Errorf("--isolation %q: want auto, chroot or in-place", string(b.o.Isolation))
+		return option.Errorf("Isolation", strconv.Quote(string(b.o.Isolation)), "want auto, chroot or in-place")
 	}
 	if err := b.setNetwork(inPlace); err != nil {
 		return err
@@ -392,10 +392,10 @@ func (b *builder) setIsolation() error {
 		return nil
 	}
 	if b.o.UserNS.chosen() && b.o.UserNS.Mode != UserNSNone {
-		return fmt.Errorf("--userns %s needs chroot isolation", b.o.UserNS)
+		return option.Errorf("UserNS", b.o.UserNS.String(), "needs chroot isolation")
 	}
 	if !b.o.Force && !b.isContainer() {
-		return errors.New("in-place isolation replaces the file system it runs on and this does not look like a container: refusing (pass --force to do it anyway, or use --isolation=chroot)")
+		return option.Errorf("Isolation", string(IsolationInPlace), "it replaces the file system it runs on and this does not look like a container: refusing (force it with option Force, or use chroot isolation)")
 	}
 	if b.root == "" {
 		b.root = "/"
@@ -455,7 +455,7 @@ func (b *builder) setNetwork(inPlace bool) error {
 			b.network = sandbox.NetworkHost
 			return nil
 		}
-		return fmt.Errorf("--run-network %s needs chroot isolation: in place, RUN has this container's network", mode)
+		return option.Errorf("RunNetwork", string(mode), "needs chroot isolation: in place, RUN has this container's network")
 	}
 	switch mode {
 	case "", RunNetworkAuto:
@@ -471,11 +471,11 @@ func (b *builder) setNetwork(inPlace bool) error {
 	case RunNetworkSlirp:
 		p, err := exec.LookPath("slirp4netns")
 		if err != nil {
-			return fmt.Errorf("--run-network slirp4netns: %w", err)
+			return option.New("RunNetwork", string(RunNetworkSlirp), err)
 		}
 		b.network, b.slirp = sandbox.NetworkSlirp, p
 	default:
-		return fmt.Errorf("--run-network %q: want auto, host, private or slirp4netns", string(mode))
+		return option.Errorf("RunNetwork", strconv.Quote(string(mode)), "want auto, host, private or slirp4netns")
 	}
 	return nil
 }
@@ -513,7 +513,7 @@ func (b *builder) newUserNS() (*sandbox.UserNS, error) {
 	}
 	if err != nil {
 		if b.o.UserNS.chosen() {
-			return nil, fmt.Errorf("--userns %s: %w", b.o.UserNS, err)
+			return nil, option.New("UserNS", b.o.UserNS.String(), err)
 		}
 		b.log.Warn("chroot isolation without a user namespace: this kernel or file system does not allow one here, so root in a RUN is the host's root with Docker's default capabilities, confined by the sandbox's namespaces; pass --userns=required to refuse to build without one", "reason", err.Error())
 		return nil, nil
@@ -743,7 +743,7 @@ func (b *builder) finalImage(img v1.Image) (v1.Image, error) {
 	var err error
 	if b.o.ImageFormat != "" {
 		if img, err = convertFormat(img, b.o.ImageFormat); err != nil {
-			return nil, fmt.Errorf("--image-format %s: %w", b.o.ImageFormat, err)
+			return nil, option.New("ImageFormat", string(b.o.ImageFormat), err)
 		}
 	}
 	if len(b.o.Annotations) > 0 {
@@ -778,7 +778,7 @@ func (b *builder) readDockerfile(ctx context.Context) (string, []byte, error) {
 	if strings.HasPrefix(df, "http://") || strings.HasPrefix(df, "https://") {
 		data, err := b.download(ctx, df, 1<<20)
 		if err != nil {
-			return "", nil, fmt.Errorf("--dockerfile %s: %w", df, err)
+			return "", nil, option.New("Dockerfile", df, err)
 		}
 		return df, data, nil
 	}
@@ -791,13 +791,13 @@ func (b *builder) readDockerfile(ctx context.Context) (string, []byte, error) {
 		if fi, err := os.Stat(c); err == nil && !fi.IsDir() {
 			data, err := os.ReadFile(c)
 			if err != nil {
-				return "", nil, fmt.Errorf("--dockerfile %s: %w", c, err)
+				return "", nil, option.New("Dockerfile", c, err)
 			}
 			abs, _ := filepath.Abs(c)
 			return abs, data, nil
 		}
 	}
-	return "", nil, fmt.Errorf("--dockerfile %s: no such file (looked in the working directory and the context %s)", df, b.ctxPath)
+	return "", nil, option.Errorf("Dockerfile", df, "no such file (looked in the working directory and the context %s)", b.ctxPath)
 }
 
 // download fetches url, refusing bodies over limit bytes.

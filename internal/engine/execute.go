@@ -12,6 +12,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/kilnbuild/kiln/internal/imageindex"
+	"github.com/kilnbuild/kiln/internal/option"
 	"github.com/kilnbuild/kiln/internal/output"
 	"github.com/kilnbuild/kiln/internal/record"
 )
@@ -94,7 +95,7 @@ func Execute(ctx context.Context, j Job) (*Result, error) {
 	if !j.Output.NoPush && !j.SkipPushPermissionCheck && j.Build.Registry != nil && !j.Build.DryRun {
 		for _, d := range j.Output.Destinations {
 			if err := j.Build.Registry.CheckPush(ctx, d); err != nil {
-				return nil, fmt.Errorf("--destination %s: %w", d, err)
+				return nil, option.New("Destinations", d.String(), err)
 			}
 		}
 	}
@@ -173,11 +174,11 @@ func buildPlatforms(ctx context.Context, o Options, platforms []string) (_ *Resu
 		po.Logger = log.With("platform", p)
 		b, err := newBuilder(po)
 		if err != nil {
-			return nil, fmt.Errorf("--custom-platform %s: %w", p, err)
+			return nil, option.New("Platforms", p, err)
 		}
 		builders = append(builders, b)
 		if err := b.prepare(ctx); err != nil {
-			return nil, fmt.Errorf("--custom-platform %s: %w", p, err)
+			return nil, option.New("Platforms", p, err)
 		}
 	}
 	for len(builders) > 0 {
@@ -186,7 +187,7 @@ func buildPlatforms(ctx context.Context, o Options, platforms []string) (_ *Resu
 		b.log.Info("building for platform", "platform", platformString(b.platform))
 		r, err := b.finish(ctx) // cleans b up when it fails
 		if err != nil {
-			return nil, fmt.Errorf("--custom-platform %s: %w", platformString(b.platform), err)
+			return nil, option.New("Platforms", platformString(b.platform), err)
 		}
 		res.Platforms = append(res.Platforms, r)
 	}
@@ -202,7 +203,7 @@ func buildPlatforms(ctx context.Context, o Options, platforms []string) (_ *Resu
 	res.Materials = record.SortMaterials(mats)
 	var entries []imageindex.Entry
 	for _, r := range res.Platforms {
-		entries = append(entries, imageindex.Entry{Image: r.Image, From: "--custom-platform " + platformString(r.platform)})
+		entries = append(entries, imageindex.Entry{Image: r.Image, From: "platform " + platformString(r.platform)})
 	}
 	if res.Index, res.Manifests, err = imageindex.Join(entries, o.Annotations); err != nil {
 		return nil, err

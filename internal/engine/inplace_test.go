@@ -53,7 +53,7 @@ func TestInPlaceRefusedOutsideContainers(t *testing.T) {
 		o.Isolation, o.Root = "in-place", t.TempDir()
 		o.inContainer = func() bool { return false }
 	}})
-	if err == nil || !strings.Contains(err.Error(), "--force") {
+	if err == nil || !strings.Contains(err.Error(), "option Isolation in-place") || !strings.Contains(err.Error(), "option Force") {
 		t.Errorf("err = %v", err)
 	}
 	// auto outside a container is chroot: the real "/" is never touched.

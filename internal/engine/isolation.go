@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 
 	"github.com/kilnbuild/kiln/internal/fsroot"
+	"github.com/kilnbuild/kiln/internal/option"
 	"github.com/kilnbuild/kiln/internal/rootfs"
 	"github.com/kilnbuild/kiln/internal/sandbox"
 )
@@ -132,7 +133,7 @@ func (l liveRoot) begin() error {
 		return nil
 	}
 	if err := l.root.clear(); err != nil {
-		return fmt.Errorf("--pre-cleanup: %w", err)
+		return option.New("PreCleanup", "", err)
 	}
 	return nil
 }
@@ -141,12 +142,12 @@ func (l liveRoot) begin() error {
 func (l liveRoot) end(ctx context.Context, last *stage) error {
 	if l.b.o.Materialize && last.root == l.root {
 		if err := l.b.materialize(ctx, last); err != nil {
-			return fmt.Errorf("--materialize: %w", err)
+			return option.New("Materialize", "", err)
 		}
 	}
 	if l.b.o.Cleanup {
 		if err := l.root.clear(); err != nil {
-			return fmt.Errorf("--cleanup: %w", err)
+			return option.New("Cleanup", "", err)
 		}
 	}
 	return nil

@@ -365,7 +365,7 @@ func TestRunUserNamespaceFallback(t *testing.T) {
 			t.Fatal(err)
 		}
 		_, err = f.run(buildSpec{dockerfile: df, opts: func(o *Options) { o.WorkDir = work; o.UserNS = u }})
-		if err == nil || !strings.Contains(err.Error(), "--userns "+userns) || !strings.Contains(err.Error(), "id-mapping") {
+		if err == nil || !strings.Contains(err.Error(), "option UserNS "+userns) || !strings.Contains(err.Error(), "id-mapping") {
 			t.Errorf("--userns %s on ramfs: %v", userns, err)
 		}
 	}

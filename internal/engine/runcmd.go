@@ -384,7 +384,7 @@ func (b *builder) runMounts(ctx context.Context, st *stage, c *instructions.RunC
 			sec, ok := b.o.Secrets[id]
 			if !ok {
 				if m.Required {
-					return nil, cleanup, fmt.Errorf("secret %q is required but was not given (--secret id=%s,...)", id, id)
+					return nil, cleanup, fmt.Errorf("secret %q is required but was not given (give it with option Secrets id=%s,...)", id, id)
 				}
 				continue
 			}

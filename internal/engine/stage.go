@@ -21,6 +21,7 @@ import (
 	"github.com/kilnbuild/kiln/internal/dockerfile"
 	"github.com/kilnbuild/kiln/internal/instruction"
 	"github.com/kilnbuild/kiln/internal/layer"
+	"github.com/kilnbuild/kiln/internal/option"
 	"github.com/kilnbuild/kiln/internal/rootfs"
 	"github.com/kilnbuild/kiln/internal/snapshot"
 )
@@ -121,7 +122,7 @@ func (b *builder) buildStage(ctx context.Context, ps *dockerfile.Stage) (*stage,
 	st.oci = mt != types.DockerManifestSchema2
 	if !st.oci && b.o.Compression == layer.Zstd {
 		return nil, &dockerfile.Error{File: b.df.Name, Line: ps.Line,
-			Err: fmt.Errorf("--compression=zstd needs an OCI base image; %s uses Docker media types", ps.Base)}
+			Err: option.Errorf("Compression", string(layer.Zstd), "needs an OCI base image; %s uses Docker media types", ps.Base)}
 	}
 	cf, err := st.base.ConfigFile()
 	if err != nil {

@@ -276,7 +276,7 @@ func TestTargetAndSkipUnused(t *testing.T) {
 	if cf.Config.Labels["after"] != "" {
 		t.Error("stage after the target was built")
 	}
-	if _, err := f.run(buildSpec{dockerfile: df, files: files, opts: func(o *Options) { o.Target = "nosuch" }}); err == nil || !strings.Contains(err.Error(), `--target "nosuch"`) {
+	if _, err := f.run(buildSpec{dockerfile: df, files: files, opts: func(o *Options) { o.Target = "nosuch" }}); err == nil || !strings.Contains(err.Error(), `option Target "nosuch"`) {
 		t.Errorf("unknown target: err = %v", err)
 	}
 }

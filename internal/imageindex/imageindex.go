@@ -22,6 +22,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"github.com/kilnbuild/kiln/internal/option"
 	"github.com/kilnbuild/kiln/internal/output"
 	"github.com/kilnbuild/kiln/internal/record"
 )
@@ -87,7 +88,7 @@ func Push(ctx context.Context, o Options) (*Result, error) {
 		return nil, err
 	}
 	if len(srcs) == 0 {
-		return nil, errors.New("no image to join: name them with --image REF@DIGEST, as arguments, or with --build-record")
+		return nil, errors.New("no image to join: name them with option Images REF@DIGEST, as arguments, or with option BuildRecord")
 	}
 	var entries []Entry
 	var materials []record.Material
@@ -237,7 +238,7 @@ func (o Options) sources() ([]source, error) {
 			// A JSON list, as Argo aggregates a fan-out's output parameters.
 			var list []string
 			if err := json.Unmarshal([]byte(s), &list); err != nil {
-				return nil, fmt.Errorf("--image %s: a list must be a JSON array of strings: %w", s, err)
+				return nil, option.Errorf("Images", s, "a list must be a JSON array of strings: %w", err)
 			}
 			for _, e := range list {
 				out = append(out, source{ref: strings.TrimSpace(e), from: "--image " + e})
@@ -255,24 +256,24 @@ func (o Options) sources() ([]source, error) {
 		// A pattern, as CI artifacts of a matrix arrive (platforms/*.json).
 		matches, err := filepath.Glob(path)
 		if err != nil || len(matches) == 0 {
-			return nil, fmt.Errorf("--build-record %s: no file matches", path)
+			return nil, option.Errorf("BuildRecord", path, "no file matches")
 		}
 		records = append(records, matches...)
 	}
 	for _, path := range records {
 		data, err := os.ReadFile(path)
 		if err != nil {
-			return nil, fmt.Errorf("--build-record %s: %w", path, err)
+			return nil, option.New("BuildRecord", path, err)
 		}
 		var r record.Build
 		if err := json.Unmarshal(data, &r); err != nil {
-			return nil, fmt.Errorf("--build-record %s: %w", path, err)
+			return nil, option.New("BuildRecord", path, err)
 		}
 		if !r.Pushed || len(r.Images) == 0 {
-			return nil, fmt.Errorf("--build-record %s: the build pushed no image (--no-push), so there is none in a registry to join", path)
+			return nil, option.Errorf("BuildRecord", path, "the build pushed no image (--no-push), so there is none in a registry to join")
 		}
 		if r.Digest == "" {
-			return nil, fmt.Errorf("--build-record %s: no digest", path)
+			return nil, option.Errorf("BuildRecord", path, "no digest")
 		}
 		out = append(out, source{ref: r.Images[0].Ref, digest: r.Digest, from: "--build-record " + path})
 	}
@@ -284,7 +285,7 @@ func (o Options) digestRef(s source) (name.Digest, error) {
 	ref := s.ref
 	if strings.HasPrefix(ref, "sha256:") {
 		if len(o.Output.Destinations) == 0 {
-			return name.Digest{}, fmt.Errorf("%s: a bare digest needs a --destination whose repository holds it", s.from)
+			return name.Digest{}, fmt.Errorf("%s: a bare digest needs option Destinations naming a repository that holds it", s.from)
 		}
 		ref = o.Output.Destinations[0].Context().Name() + "@" + ref
 	}

@@ -13,6 +13,7 @@ import (
 	"hash"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -21,6 +22,8 @@ import (
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sys/unix"
+
+	"github.com/kilnbuild/kiln/internal/option"
 )
 
 // Entry is one tar entry of a layer.
@@ -88,7 +91,7 @@ type Options struct {
 	ModTime *time.Time
 }
 
-// ParseCompression checks a --compression value.
+// ParseCompression checks a compression name.
 func ParseCompression(s string) (Compression, error) {
 	switch c := Compression(strings.ToLower(s)); c {
 	case "", Gzip:
@@ -96,7 +99,7 @@ func ParseCompression(s string) (Compression, error) {
 	case Zstd:
 		return Zstd, nil
 	}
-	return "", fmt.Errorf("--compression %q: want gzip or zstd", s)
+	return "", option.Errorf("Compression", strconv.Quote(s), "want gzip or zstd")
 }
 
 // New writes entries as a compressed layer file in dir and returns it as a

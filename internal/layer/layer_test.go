@@ -130,7 +130,7 @@ func TestParseCompression(t *testing.T) {
 			t.Errorf("%q: %v %v", in, got, err)
 		}
 	}
-	if _, err := ParseCompression("lz4"); err == nil || !strings.Contains(err.Error(), "--compression") {
+	if _, err := ParseCompression("lz4"); err == nil || !strings.Contains(err.Error(), `option Compression "lz4"`) {
 		t.Errorf("lz4: %v", err)
 	}
 }

@@ -7,8 +7,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/kilnbuild/kiln/internal/option"
 )
 
 // LevelTrace is below slog.LevelDebug, for kaniko's "trace" verbosity.
@@ -57,7 +60,7 @@ func ParseLevel(s string) (slog.Level, error) {
 	case "trace":
 		return LevelTrace, nil
 	}
-	return 0, fmt.Errorf("--verbosity %q: want one of panic, fatal, error, warn, info, debug, trace", s)
+	return 0, option.Errorf("Verbosity", strconv.Quote(s), "want one of panic, fatal, error, warn, info, debug, trace")
 }
 
 // New returns a logger writing to w as the options say.
@@ -92,7 +95,7 @@ func New(w io.Writer, o Options) (*slog.Logger, error) {
 	case "", "color":
 		return slog.New(&colorHandler{w: w, level: level, timestamp: o.Timestamp, color: o.Color, mu: &sync.Mutex{}}), nil
 	}
-	return nil, fmt.Errorf("--log-format %q: want one of text, color, json", o.Format)
+	return nil, option.Errorf("LogFormat", strconv.Quote(o.Format), "want one of text, color, json")
 }
 
 // colorHandler prints "LEVEL message key=value ..." with the level coloured,

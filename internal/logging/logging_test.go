@@ -19,8 +19,8 @@ func TestNew(t *testing.T) {
 		{name: "color", opts: Options{Format: "color", Color: true}, want: "INFO\x1b[0m hello k=\x1b[36mv"},
 		{name: "color without a terminal", opts: Options{Format: "color"}, want: "INFO hello k=v\n"},
 		{name: "trace", opts: Options{Format: "text", Verbosity: "trace"}, wantDebug: true, want: "msg=hello"},
-		{name: "bad format", opts: Options{Format: "xml"}, wantErr: "--log-format"},
-		{name: "bad level", opts: Options{Verbosity: "loud"}, wantErr: "--verbosity"},
+		{name: "bad format", opts: Options{Format: "xml"}, wantErr: `option LogFormat "xml"`},
+		{name: "bad level", opts: Options{Verbosity: "loud"}, wantErr: `option Verbosity "loud"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -72,6 +72,7 @@ type exitCoder interface{ ExitCode() int }
 // behaviour, which GitLab's allow_failure:exit_codes and Argo's retry rules
 // rely on), else 1.
 func Fail(log *slog.Logger, step string, err error) int {
+	err = Named(err)
 	log.Error(step+" failed", "error", err.Error())
 	var ec exitCoder
 	if errors.As(err, &ec) {
@@ -85,6 +86,7 @@ func Fail(log *slog.Logger, step string, err error) int {
 // Refuse reports bad flags or settings (exit code 2): through the logger
 // once it exists, so a JSON log stays JSON, else on stderr.
 func Refuse(log *slog.Logger, stderr io.Writer, step string, err error) int {
+	err = Named(err)
 	if log != nil {
 		log.Error(step + ": " + err.Error())
 	} else {

@@ -23,6 +23,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/kilnbuild/kiln/internal/option"
 )
 
 // Options says where the image goes.
@@ -125,7 +127,7 @@ func Write(ctx context.Context, a Artifact, o Options, p Pusher, log *slog.Logge
 	}
 	if o.TarPath != "" {
 		if isIndex {
-			return fmt.Errorf("--tar-path %s: %w", o.TarPath, ErrTarIndex)
+			return option.New("TarPath", o.TarPath, ErrTarIndex)
 		}
 		if err := stage(stageTarball(img, o.TarPath, o.Destinations)); err != nil {
 			return err
@@ -137,7 +139,7 @@ func Write(ctx context.Context, a Artifact, o Options, p Pusher, log *slog.Logge
 		}
 	}
 	if o.DigestFile != "" {
-		if err := stage(stageFile(o.DigestFile, "--digest-file", digest.String())); err != nil {
+		if err := stage(stageFile(o.DigestFile, "DigestFile", digest.String())); err != nil {
 			return err
 		}
 	}
@@ -146,7 +148,7 @@ func Write(ctx context.Context, a Artifact, o Options, p Pusher, log *slog.Logge
 		for _, d := range o.Destinations {
 			b.WriteString(d.Context().Name() + "@" + digest.String() + "\n")
 		}
-		if err := stage(stageFile(o.ImageNameWithDigestFile, "--image-name-with-digest-file", b.String())); err != nil {
+		if err := stage(stageFile(o.ImageNameWithDigestFile, "ImageNameWithDigestFile", b.String())); err != nil {
 			return err
 		}
 	}
@@ -155,17 +157,17 @@ func Write(ctx context.Context, a Artifact, o Options, p Pusher, log *slog.Logge
 		for _, d := range o.Destinations {
 			b.WriteString(d.Context().Name() + ":" + d.Identifier() + "@" + digest.String() + "\n")
 		}
-		if err := stage(stageFile(o.ImageNameTagWithDigestFile, "--image-name-tag-with-digest-file", b.String())); err != nil {
+		if err := stage(stageFile(o.ImageNameTagWithDigestFile, "ImageNameTagWithDigestFile", b.String())); err != nil {
 			return err
 		}
 	}
 	if o.BuildRecord != "" {
-		if err := stage(stageFile(o.BuildRecord, "--build-record", string(o.BuildRecordData))); err != nil {
+		if err := stage(stageFile(o.BuildRecord, "BuildRecord", string(o.BuildRecordData))); err != nil {
 			return err
 		}
 	}
 	if o.BuilderOutput != "" && !o.NoPush && len(o.Destinations) > 0 {
-		if err := stage(stageFile(filepath.Join(o.BuilderOutput, "images"), "$BUILDER_OUTPUT", builderImages(o.Destinations, digest))); err != nil {
+		if err := stage(stageFile(filepath.Join(o.BuilderOutput, "images"), "BuilderOutput", builderImages(o.Destinations, digest))); err != nil {
 			return err
 		}
 	}
@@ -259,7 +261,7 @@ type staged struct {
 // directory, or, while that does not exist yet (a layout about to be
 // renamed into place), in the nearest directory that does. Nothing is
 // created at the target's path before the commit.
-func tempBeside(target, flag string) (*os.File, error) {
+func tempBeside(target, opt string) (*os.File, error) {
 	dir := filepath.Dir(target)
 	for {
 		if fi, err := os.Stat(dir); err == nil && fi.IsDir() {
@@ -273,7 +275,7 @@ func tempBeside(target, flag string) (*os.File, error) {
 	}
 	f, err := os.CreateTemp(dir, "."+filepath.Base(target)+".kiln-*")
 	if err != nil {
-		return nil, fmt.Errorf("%s %s: %w", flag, target, err)
+		return nil, option.New(opt, target, err)
 	}
 	return f, nil
 }
@@ -281,13 +283,13 @@ func tempBeside(target, flag string) (*os.File, error) {
 // renameStage commits tmp by renaming it to target; what target held
 // before is kept aside until every output is in place, and put back if a
 // later one fails.
-func renameStage(tmp, target, flag string) *staged {
+func renameStage(tmp, target, opt string) *staged {
 	backup := ""
 	var inPlace []byte // a mounted file's old content, written over in place
 	return &staged{
 		commit: func() error {
 			if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
-				return fmt.Errorf("%s %s: %w", flag, target, err)
+				return option.New(opt, target, err)
 			}
 			if _, err := os.Lstat(target); err == nil {
 				backup = tmp + ".old"
@@ -296,11 +298,11 @@ func renameStage(tmp, target, flag string) *staged {
 					// A file mounted on its own (Kubernetes' /dev/termination-
 					// log) cannot be renamed: write it in place.
 					backup = ""
-					return writeInPlace(tmp, target, flag, &inPlace)
+					return writeInPlace(tmp, target, opt, &inPlace)
 				}
 				if err != nil {
 					backup = ""
-					return fmt.Errorf("%s %s: %w", flag, target, err)
+					return option.New(opt, target, err)
 				}
 			}
 			if err := os.Rename(tmp, target); err != nil {
@@ -308,7 +310,7 @@ func renameStage(tmp, target, flag string) *staged {
 					os.Rename(backup, target)
 					backup = ""
 				}
-				return fmt.Errorf("%s %s: %w", flag, target, err)
+				return option.New(opt, target, err)
 			}
 			return nil
 		},
@@ -329,10 +331,10 @@ func renameStage(tmp, target, flag string) *staged {
 
 // writeInPlace writes tmp's content over the file target, keeping the
 // old content in *old for a rollback, and removes tmp.
-func writeInPlace(tmp, target, flag string, old *[]byte) error {
+func writeInPlace(tmp, target, opt string, old *[]byte) error {
 	prev, err := os.ReadFile(target)
 	if err != nil {
-		return fmt.Errorf("%s %s: %w", flag, target, err)
+		return option.New(opt, target, err)
 	}
 	data, err := os.ReadFile(tmp)
 	if err == nil {
@@ -340,7 +342,7 @@ func writeInPlace(tmp, target, flag string, old *[]byte) error {
 	}
 	os.Remove(tmp)
 	if err != nil {
-		return fmt.Errorf("%s %s: %w", flag, target, err)
+		return option.New(opt, target, err)
 	}
 	*old = prev
 	return nil
@@ -348,19 +350,19 @@ func writeInPlace(tmp, target, flag string, old *[]byte) error {
 
 // checkTarget refuses a file output whose path names a directory, before
 // anything is built or pushed.
-func checkTarget(target, flag string) error {
+func checkTarget(target, opt string) error {
 	if fi, err := os.Stat(target); err == nil && fi.IsDir() {
-		return fmt.Errorf("%s %s: is a directory", flag, target)
+		return option.Errorf(opt, target, "is a directory")
 	}
 	return nil
 }
 
 // stageFile prepares a small text file.
-func stageFile(target, flag, content string) (*staged, error) {
-	if err := checkTarget(target, flag); err != nil {
+func stageFile(target, opt, content string) (*staged, error) {
+	if err := checkTarget(target, opt); err != nil {
 		return nil, err
 	}
-	f, err := tempBeside(target, flag)
+	f, err := tempBeside(target, opt)
 	if err != nil {
 		return nil, err
 	}
@@ -373,17 +375,17 @@ func stageFile(target, flag, content string) (*staged, error) {
 	}
 	if err != nil {
 		os.Remove(f.Name())
-		return nil, fmt.Errorf("%s %s: %w", flag, target, err)
+		return nil, option.New(opt, target, err)
 	}
-	return renameStage(f.Name(), target, flag), nil
+	return renameStage(f.Name(), target, opt), nil
 }
 
 // stageTarball prepares a docker tarball tagged with every destination.
 func stageTarball(img v1.Image, target string, dests []name.Reference) (*staged, error) {
-	if err := checkTarget(target, "--tar-path"); err != nil {
+	if err := checkTarget(target, "TarPath"); err != nil {
 		return nil, err
 	}
-	f, err := tempBeside(target, "--tar-path")
+	f, err := tempBeside(target, "TarPath")
 	if err != nil {
 		return nil, err
 	}
@@ -400,33 +402,33 @@ func stageTarball(img v1.Image, target string, dests []name.Reference) (*staged,
 	}
 	if err := tarball.MultiRefWriteToFile(f.Name(), refs); err != nil {
 		os.Remove(f.Name())
-		return nil, fmt.Errorf("--tar-path %s: %w", target, err)
+		return nil, option.New("TarPath", target, err)
 	}
 	os.Chmod(f.Name(), 0o644)
-	return renameStage(f.Name(), target, "--tar-path"), nil
+	return renameStage(f.Name(), target, "TarPath"), nil
 }
 
 // ErrTarIndex refuses --tar-path for an image index: the docker tarball
 // `docker load` reads holds images, one platform each.
-var ErrTarIndex = errors.New("a docker tarball cannot hold an image index (several platforms): use --oci-layout-path, or build one --custom-platform per tarball")
+var ErrTarIndex = errors.New("a docker tarball cannot hold an image index (several platforms): use option OCILayoutPath, or build one platform per tarball")
 
 // stageLayout prepares an OCI layout holding a (an image or an index). A
 // new layout directory is renamed into place; an existing one gets the
 // blobs first and its index.json replaced last, by rename.
 func stageLayout(a Artifact, target string, dests []name.Reference) (*staged, error) {
-	const flag = "--oci-layout-path"
+	const opt = "OCILayoutPath"
 	parent := filepath.Dir(target)
 	if err := os.MkdirAll(parent, 0o755); err != nil {
-		return nil, fmt.Errorf("%s %s: %w", flag, target, err)
+		return nil, option.New(opt, target, err)
 	}
 	tmp, err := os.MkdirTemp(parent, "."+filepath.Base(target)+".kiln-*")
 	if err != nil {
-		return nil, fmt.Errorf("%s %s: %w", flag, target, err)
+		return nil, option.New(opt, target, err)
 	}
 	os.Chmod(tmp, 0o755)
 	fail := func(err error) (*staged, error) {
 		os.RemoveAll(tmp)
-		return nil, fmt.Errorf("%s %s: %w", flag, target, err)
+		return nil, option.New(opt, target, err)
 	}
 	p, err := layout.Write(tmp, empty.Index)
 	if err != nil {
@@ -450,7 +452,7 @@ func stageLayout(a Artifact, target string, dests []name.Reference) (*staged, er
 	fi, err := os.Stat(target)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		return renameStage(tmp, target, flag), nil
+		return renameStage(tmp, target, opt), nil
 	case err != nil:
 		return fail(err)
 	case !fi.IsDir():
@@ -471,7 +473,7 @@ func stageLayout(a Artifact, target string, dests []name.Reference) (*staged, er
 		commit: func() error {
 			defer os.RemoveAll(tmp)
 			if err := mergeLayout(tmp, target); err != nil {
-				return fmt.Errorf("%s %s: %w", flag, target, err)
+				return option.New(opt, target, err)
 			}
 			return nil
 		},
@@ -560,9 +562,9 @@ type Batch struct {
 	pending []*staged
 }
 
-// Add prepares a file; flag names it in errors.
-func (b *Batch) Add(path, flag, content string) error {
-	s, err := stageFile(path, flag, content)
+// Add prepares a file; opt names its option in errors.
+func (b *Batch) Add(path, opt, content string) error {
+	s, err := stageFile(path, opt, content)
 	if err != nil {
 		return err
 	}

@@ -187,7 +187,7 @@ func TestLayoutPathNotALayout(t *testing.T) {
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "unrelated"), nil, 0o644)
 	err := Write(context.Background(), img, Options{OCILayoutPath: dir, NoPush: true, DigestFile: filepath.Join(t.TempDir(), "d")}, nil, nil)
-	if err == nil || !strings.Contains(err.Error(), "--oci-layout-path") {
+	if err == nil || !strings.Contains(err.Error(), "option OCILayoutPath") {
 		t.Errorf("err = %v", err)
 	}
 }
@@ -204,7 +204,7 @@ func TestWriteLateFailureRollsBack(t *testing.T) {
 	os.WriteFile(filepath.Join(out, "blocker"), nil, 0o644)
 	o := Options{NoPush: true, TarPath: tarPath, OCILayoutPath: filepath.Join(out, "layout"), DigestFile: digestFile,
 		ImageNameWithDigestFile: filepath.Join(out, "blocker", "names")}
-	if err := Write(context.Background(), img, o, nil, nil); err == nil || !strings.Contains(err.Error(), "--image-name-with-digest-file") {
+	if err := Write(context.Background(), img, o, nil, nil); err == nil || !strings.Contains(err.Error(), "option ImageNameWithDigestFile") {
 		t.Fatalf("err = %v", err)
 	}
 	if b, _ := os.ReadFile(tarPath); string(b) != "old tarball" {

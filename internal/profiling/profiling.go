@@ -4,11 +4,12 @@ package profiling
 
 import (
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+
+	"github.com/kilnbuild/kiln/internal/option"
 )
 
 // Start begins a CPU profile into dir/cpu.pprof (dir is created); the
@@ -19,15 +20,15 @@ func Start(dir string) (stop func() error, err error) {
 		return func() error { return nil }, nil
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("--profile %s: %w", dir, err)
+		return nil, option.New("Profile", dir, err)
 	}
 	cpu, err := os.Create(filepath.Join(dir, "cpu.pprof"))
 	if err != nil {
-		return nil, fmt.Errorf("--profile %s: %w", dir, err)
+		return nil, option.New("Profile", dir, err)
 	}
 	if err := pprof.StartCPUProfile(cpu); err != nil {
 		cpu.Close()
-		return nil, fmt.Errorf("--profile %s: %w", dir, err)
+		return nil, option.New("Profile", dir, err)
 	}
 	return func() error {
 		pprof.StopCPUProfile()
@@ -40,7 +41,7 @@ func Start(dir string) (stop func() error, err error) {
 			errs = append(errs, err)
 		}
 		if err := errors.Join(errs...); err != nil {
-			return fmt.Errorf("--profile %s: %w", dir, err)
+			return option.New("Profile", dir, err)
 		}
 		return nil
 	}, nil

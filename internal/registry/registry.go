@@ -25,6 +25,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 
 	"github.com/kilnbuild/kiln/internal/logging"
+	"github.com/kilnbuild/kiln/internal/option"
 )
 
 // Options configures a Client. The zero value talks TLS to every registry
@@ -158,25 +159,25 @@ func (o Options) transport(skipVerifyAll bool) (http.RoundTripper, error) {
 	for reg, file := range o.Certificates {
 		pem, err := os.ReadFile(file)
 		if err != nil {
-			return nil, fmt.Errorf("--registry-certificate %s=%s: %w", reg, file, err)
+			return nil, option.New("Certificates", reg+"="+file, err)
 		}
 		pool, err := x509.SystemCertPool()
 		if err != nil || pool == nil {
 			pool = x509.NewCertPool()
 		}
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("--registry-certificate %s=%s: no PEM certificate in the file", reg, file)
+			return nil, option.Errorf("Certificates", reg+"="+file, "no PEM certificate in the file")
 		}
 		get(reg).TLSClientConfig.RootCAs = pool
 	}
 	for reg, pair := range o.ClientCertificates {
 		certFile, keyFile, ok := strings.Cut(pair, ",")
 		if !ok {
-			return nil, fmt.Errorf("--registry-client-cert %s=%s: want registry=cert.pem,key.pem", reg, pair)
+			return nil, option.Errorf("ClientCertificates", reg+"="+pair, "want registry=cert.pem,key.pem")
 		}
 		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 		if err != nil {
-			return nil, fmt.Errorf("--registry-client-cert %s: %w", reg, err)
+			return nil, option.New("ClientCertificates", reg, err)
 		}
 		get(reg).TLSClientConfig.Certificates = []tls.Certificate{cert}
 	}
@@ -536,11 +537,11 @@ func ParsePlatform(s string) (v1.Platform, error) {
 		if p, ok := bareArch[s]; ok {
 			return p, nil
 		}
-		return v1.Platform{}, fmt.Errorf("--custom-platform %q: want os/arch[/variant], or a known architecture (amd64, arm64, ...)", s)
+		return v1.Platform{}, fmt.Errorf("platform %q: want os/arch[/variant], or a known architecture (amd64, arm64, ...)", s)
 	}
 	p, err := v1.ParsePlatform(s)
 	if err != nil || p.OS == "" || p.Architecture == "" {
-		return v1.Platform{}, fmt.Errorf("--custom-platform %q: want os/arch[/variant]", s)
+		return v1.Platform{}, fmt.Errorf("platform %q: want os/arch[/variant]", s)
 	}
 	return *p, nil
 }

@@ -153,9 +153,9 @@ func TestTransportOptionErrors(t *testing.T) {
 		o    Options
 		want string
 	}{
-		{Options{Certificates: map[string]string{"r": filepath.Join(dir, "missing")}}, "--registry-certificate"},
+		{Options{Certificates: map[string]string{"r": filepath.Join(dir, "missing")}}, "option Certificates r="},
 		{Options{Certificates: map[string]string{"r": notPEM}}, "no PEM certificate"},
-		{Options{ClientCertificates: map[string]string{"r": "onlyone"}}, "--registry-client-cert"},
+		{Options{ClientCertificates: map[string]string{"r": "onlyone"}}, "option ClientCertificates r=onlyone"},
 	} {
 		if _, err := New(tc.o); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("err = %v, want %q", err, tc.want)

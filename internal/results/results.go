@@ -7,7 +7,6 @@ package results
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -18,6 +17,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 
+	"github.com/kilnbuild/kiln/internal/option"
 	"github.com/kilnbuild/kiln/internal/output"
 	"github.com/kilnbuild/kiln/internal/record"
 )
@@ -56,28 +56,28 @@ type Values struct {
 // Compute reads and checks the inputs and returns the values to publish.
 func Compute(o Options) (*Values, error) {
 	if o.BuildRecord == "" {
-		return nil, errors.New("--build-record is required")
+		return nil, option.Errorf("BuildRecord", "", "is required")
 	}
 	rec, err := record.Read(o.BuildRecord)
 	if err != nil {
-		return nil, fmt.Errorf("--build-record: %w", err)
+		return nil, option.New("BuildRecord", "", err)
 	}
 	if _, err := v1.NewHash(rec.Digest); err != nil {
-		return nil, fmt.Errorf("--build-record %s: bad digest %q", o.BuildRecord, rec.Digest)
+		return nil, option.Errorf("BuildRecord", o.BuildRecord, "bad digest %q", rec.Digest)
 	}
 	if o.DigestFile != "" {
 		data, err := os.ReadFile(o.DigestFile)
 		if err != nil {
-			return nil, fmt.Errorf("--digest-file: %w", err)
+			return nil, option.New("DigestFile", "", err)
 		}
 		if got := strings.TrimSpace(string(data)); got != rec.Digest {
-			return nil, fmt.Errorf("--digest-file %s says %s but the build record says %s", o.DigestFile, got, rec.Digest)
+			return nil, option.Errorf("DigestFile", o.DigestFile, "says %s but the build record says %s", got, rec.Digest)
 		}
 	}
 	if o.OCILayoutPath != "" {
 		p, err := layout.FromPath(o.OCILayoutPath)
 		if err != nil {
-			return nil, fmt.Errorf("--oci-layout-path: %w", err)
+			return nil, option.New("OCILayoutPath", "", err)
 		}
 		// The build's image, or its image index (several platforms).
 		h, _ := v1.NewHash(rec.Digest)
@@ -94,7 +94,7 @@ func Compute(o Options) (*Values, error) {
 			found = err == nil
 		}
 		if !found {
-			return nil, fmt.Errorf("--oci-layout-path %s does not hold the built image %s", o.OCILayoutPath, rec.Digest)
+			return nil, option.Errorf("OCILayoutPath", o.OCILayoutPath, "does not hold the built image %s", rec.Digest)
 		}
 	}
 	v := &Values{Digest: rec.Digest}
@@ -164,7 +164,7 @@ func Emit(o Options) (*Values, error) {
 		b.Abort()
 		return nil, err
 	}
-	for _, dir := range []struct{ flag, path string }{{"--tekton-results-dir", o.TektonResultsDir}, {"--argo-outputs-dir", o.ArgoOutputsDir}} {
+	for _, dir := range []struct{ opt, path string }{{"TektonResultsDir", o.TektonResultsDir}, {"ArgoOutputsDir", o.ArgoOutputsDir}} {
 		if dir.path == "" {
 			continue
 		}
@@ -172,7 +172,7 @@ func Emit(o Options) (*Values, error) {
 			if len(pairs[k]) > max {
 				return fail(fmt.Errorf("result %s is %d bytes, over the %d-byte result limit", k, len(pairs[k]), max))
 			}
-			if err := b.Add(filepath.Join(dir.path, k), dir.flag, pairs[k]); err != nil {
+			if err := b.Add(filepath.Join(dir.path, k), dir.opt, pairs[k]); err != nil {
 				return fail(err)
 			}
 		}
@@ -185,12 +185,12 @@ func Emit(o Options) (*Values, error) {
 		return sb.String()
 	}
 	if o.GitLabDotenv != "" {
-		if err := b.Add(o.GitLabDotenv, "--gitlab-dotenv", env("=")); err != nil {
+		if err := b.Add(o.GitLabDotenv, "GitLabDotenv", env("=")); err != nil {
 			return fail(err)
 		}
 	}
 	if o.BuildkiteMetadata != "" {
-		if err := b.Add(o.BuildkiteMetadata, "--buildkite-metadata", env("=")); err != nil {
+		if err := b.Add(o.BuildkiteMetadata, "BuildkiteMetadata", env("=")); err != nil {
 			return fail(err)
 		}
 	}
@@ -205,7 +205,7 @@ func Emit(o Options) (*Values, error) {
 		if v.GitCommit != "" {
 			fmt.Fprintf(&sb, "\nfrom %s at `%s`\n", v.GitURL, v.GitCommit)
 		}
-		if err := b.Add(o.BuildkiteAnnotation, "--buildkite-annotation", sb.String()); err != nil {
+		if err := b.Add(o.BuildkiteAnnotation, "BuildkiteAnnotation", sb.String()); err != nil {
 			return fail(err)
 		}
 	}

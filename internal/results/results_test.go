@@ -86,11 +86,11 @@ func TestEmitRefuses(t *testing.T) {
 		o    Options
 		want string
 	}{
-		{"no record", Options{}, "--build-record is required"},
-		{"missing record", Options{BuildRecord: filepath.Join(dir, "nope.json")}, "--build-record"},
+		{"no record", Options{}, "option BuildRecord: is required"},
+		{"missing record", Options{BuildRecord: filepath.Join(dir, "nope.json")}, "option BuildRecord"},
 		{"digest file disagrees", Options{BuildRecord: good, DigestFile: other}, "says sha256:ffff"},
 		{"record disagrees with itself", Options{BuildRecord: bad}, "not " + digest},
-		{"layout without the image", Options{BuildRecord: good, OCILayoutPath: t.TempDir()}, "--oci-layout-path"},
+		{"layout without the image", Options{BuildRecord: good, OCILayoutPath: t.TempDir()}, "option OCILayoutPath"},
 		{"result too large", Options{BuildRecord: big, MaxResultSize: 4096}, "over the 4096-byte result limit"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -41,10 +41,10 @@ func Direct(ctx context.Context, spec Spec, files []File, o Options) error {
 		return fmt.Errorf("in-place isolation runs with / as root, not %s", spec.Root)
 	}
 	if len(spec.Mounts) > 0 {
-		return errors.New("RUN --mount=type=bind|cache|tmpfs needs mount namespaces: use --isolation=chroot")
+		return errors.New("RUN --mount=type=bind|cache|tmpfs needs mount namespaces: use chroot isolation")
 	}
 	if spec.Network == NetworkNone || spec.Network == NetworkSlirp {
-		return errors.New("RUN --network=none needs a network namespace: use --isolation=chroot")
+		return errors.New("RUN --network=none needs a network namespace: use chroot isolation")
 	}
 	subreaper.Do(func() { unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) })
 	var opts []fsroot.Option

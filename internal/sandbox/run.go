@@ -238,7 +238,7 @@ func execute(cmd *exec.Cmd, o Options, started func(pid int) error) error {
 		errR.Close()
 		errW.Close()
 		if errors.Is(err, syscall.EPERM) && cmd.SysProcAttr != nil && cmd.SysProcAttr.Cloneflags != 0 {
-			return fmt.Errorf("starting the RUN sandbox: %w (chroot isolation needs CAP_SYS_ADMIN; in a container without it use --isolation=in-place)", err)
+			return fmt.Errorf("starting the RUN sandbox: %w (chroot isolation needs CAP_SYS_ADMIN; in a container without it use in-place isolation)", err)
 		}
 		return fmt.Errorf("starting %s: %w", cmd.Path, err)
 	}

@@ -25,6 +25,8 @@ import (
 	_ "github.com/sigstore/sigstore/pkg/signature/kms/azure"
 	_ "github.com/sigstore/sigstore/pkg/signature/kms/gcp"
 	_ "github.com/sigstore/sigstore/pkg/signature/kms/hashivault"
+
+	"github.com/kilnbuild/kiln/internal/option"
 )
 
 // DefaultFulcioURL and DefaultRekorURL are the public Sigstore instances.
@@ -78,11 +80,11 @@ func (o Options) identity(ctx context.Context) (*identity, error) {
 func (o Options) signer(ctx context.Context) (*identity, error) {
 	switch {
 	case o.Key != "" && o.IdentityTokenFile != "":
-		return nil, errors.New("give a key (--key) or a keyless identity (--identity-token-file), not both")
+		return nil, errors.New("give a key (option Key) or a keyless identity (option IdentityTokenFile), not both")
 	case o.Key != "":
 		if !strings.Contains(o.Key, "://") {
 			if _, err := os.Stat(o.Key); err != nil {
-				return nil, fmt.Errorf("--key %s: %w", o.Key, err)
+				return nil, option.New("Key", o.Key, err)
 			}
 		}
 		pf := func(bool) ([]byte, error) { return o.Password, nil }
@@ -90,20 +92,20 @@ func (o Options) signer(ctx context.Context) (*identity, error) {
 		if err != nil {
 			msg := redact(err.Error(), string(o.Password))
 			if strings.Contains(msg, "decrypt") {
-				return nil, fmt.Errorf("--key %s: cannot decrypt the key: wrong COSIGN_PASSWORD? (%s)", o.Key, msg)
+				return nil, option.Errorf("Key", o.Key, "cannot decrypt the key: wrong COSIGN_PASSWORD? (%s)", msg)
 			}
-			return nil, fmt.Errorf("--key %s: %s", o.Key, msg)
+			return nil, option.Errorf("Key", o.Key, "%s", msg)
 		}
 		// A KMS key is reached now, so an unreachable service fails before
 		// anything is signed, naming the key.
 		if _, err := sv.PublicKey(sigopts.WithContext(ctx)); err != nil {
-			return nil, fmt.Errorf("--key %s: reading the public key: %s", o.Key, redact(err.Error(), string(o.Password)))
+			return nil, option.Errorf("Key", o.Key, "reading the public key: %s", redact(err.Error(), string(o.Password)))
 		}
 		return &identity{sv: sv}, nil
 	case o.IdentityTokenFile != "":
 		return o.keyless(ctx)
 	}
-	return nil, errors.New("no signing identity: give --key (a file, k8s://, or a KMS URI) or --identity-token-file")
+	return nil, errors.New("no signing identity: give option Key (a file, k8s://, or a KMS URI) or option IdentityTokenFile")
 }
 
 // keyless makes an ephemeral key and has Fulcio certify it for the
@@ -115,10 +117,10 @@ func (o Options) keyless(ctx context.Context) (*identity, error) {
 		if err == nil {
 			err = errors.New("the file is empty")
 		}
-		return nil, fmt.Errorf("--identity-token-file %s: no OIDC token there: %w", o.IdentityTokenFile, err)
+		return nil, option.Errorf("IdentityTokenFile", o.IdentityTokenFile, "no OIDC token there: %w", err)
 	}
 	if strings.Count(token, ".") != 2 {
-		return nil, fmt.Errorf("--identity-token-file %s: not an OIDC token (a JWT has three dot-separated parts)", o.IdentityTokenFile)
+		return nil, option.Errorf("IdentityTokenFile", o.IdentityTokenFile, "not an OIDC token (a JWT has three dot-separated parts)")
 	}
 	fulcio := o.FulcioURL
 	if fulcio == "" {
@@ -157,7 +159,7 @@ func (o Options) tlog() (*tlog, error) {
 	}
 	c, err := rekor.NewClient(u)
 	if err != nil {
-		return nil, fmt.Errorf("--rekor-url %s: %w", u, err)
+		return nil, option.New("RekorURL", u, err)
 	}
 	return &tlog{url: u, client: c}, nil
 }
@@ -185,7 +187,7 @@ func (t *tlog) uploadAttestation(ctx context.Context, verifier, env []byte) (*cb
 }
 
 func (t *tlog) err(err error) error {
-	return fmt.Errorf("uploading to the transparency log at %s (--tlog-upload=false skips it): %w", t.url, err)
+	return fmt.Errorf("uploading to the transparency log at %s (option TlogUpload=false skips it): %w", t.url, err)
 }
 
 // redact hides a secret in a message.

@@ -14,6 +14,8 @@ import (
 	cosignlayout "github.com/sigstore/cosign/v2/pkg/oci/layout"
 	"github.com/sigstore/cosign/v2/pkg/oci/mutate"
 	"github.com/sigstore/cosign/v2/pkg/oci/signed"
+
+	"github.com/kilnbuild/kiln/internal/option"
 )
 
 // SignLayout signs the built image held in the OCI layout src (a --no-push
@@ -30,7 +32,7 @@ func SignLayout(ctx context.Context, o Options, src, dst string) error {
 	}
 	p, err := layout.FromPath(src)
 	if err != nil {
-		return fmt.Errorf("--oci-layout-path %s: %w", src, err)
+		return option.New("OCILayoutPath", src, err)
 	}
 	// The record's digest is an image's, or an image index's (several
 	// platforms): the layout's index.json says which.
@@ -44,12 +46,12 @@ func SignLayout(ctx context.Context, o Options, src, dst string) error {
 			}
 		}
 		if err != nil {
-			return fmt.Errorf("--oci-layout-path %s does not hold the image index %s: %w", src, h, err)
+			return option.Errorf("OCILayoutPath", src, "does not hold the image index %s: %w", h, err)
 		}
 	} else {
 		img, err := p.Image(h)
 		if err != nil {
-			return fmt.Errorf("--oci-layout-path %s does not hold %s: %w", src, h, err)
+			return option.Errorf("OCILayoutPath", src, "does not hold %s: %w", h, err)
 		}
 		se = signed.Image(img)
 	}
@@ -85,7 +87,7 @@ func SignLayout(ctx context.Context, o Options, src, dst string) error {
 		}
 	}
 	if _, err := os.Stat(dst); err == nil {
-		return fmt.Errorf("--signed-layout-path %s already exists", dst)
+		return option.Errorf("SignedLayoutPath", dst, "already exists")
 	}
 	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 		return err

@@ -93,7 +93,7 @@ func Sign(ctx context.Context, o Options) error {
 		return nil
 	}
 	if o.Record == nil || len(o.Record.Images) == 0 {
-		return errors.New("the build record names no pushed image to sign (sign a --no-push build from its layout with --oci-layout-path and --signed-layout-path)")
+		return errors.New("the build record names no pushed image to sign (sign a build made with option NoPush from its layout, with option OCILayoutPath and option SignedLayoutPath)")
 	}
 	id, err := o.identity(ctx)
 	if err != nil {

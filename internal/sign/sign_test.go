@@ -285,7 +285,7 @@ func TestKMSUnreachable(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		err := Sign(ctx, Options{Record: rec, Key: tc.key})
 		cancel()
-		if err == nil || !strings.Contains(err.Error(), "--key "+tc.key+": reading the public key") || !strings.Contains(err.Error(), tc.want) {
+		if err == nil || !strings.Contains(err.Error(), "option Key "+tc.key+": reading the public key") || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: err = %v, want the unreachable service named", tc.key, err)
 		}
 		if err != nil && strings.Contains(err.Error(), "test-secret") {

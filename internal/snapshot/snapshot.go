@@ -14,6 +14,7 @@ import (
 	"path"
 	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -24,6 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kilnbuild/kiln/internal/layer"
+	"github.com/kilnbuild/kiln/internal/option"
 )
 
 // Mode is a --snapshot-mode.
@@ -42,7 +44,7 @@ const (
 	Time Mode = "time"
 )
 
-// ParseMode checks a --snapshot-mode value.
+// ParseMode checks a snapshot mode name.
 func ParseMode(s string) (Mode, error) {
 	switch m := Mode(s); m {
 	case "", Full:
@@ -50,7 +52,7 @@ func ParseMode(s string) (Mode, error) {
 	case Redo, Time:
 		return m, nil
 	}
-	return "", fmt.Errorf("--snapshot-mode %q: want full, redo or time", s)
+	return "", option.Errorf("SnapshotMode", strconv.Quote(s), "want full, redo or time")
 }
 
 type state struct {

@@ -214,8 +214,11 @@ func envBool(getenv func(string) string, name string, bad *error) bool {
 	return b
 }
 
-// Validate checks the flag values that need no I/O.
-func (b *Build) Validate(fs *pflag.FlagSet) error {
+// Validate checks the flag values that need no I/O. Its errors name the
+// flags.
+func (b *Build) Validate(fs *pflag.FlagSet) error { return options.Named(b.validate(fs)) }
+
+func (b *Build) validate(fs *pflag.FlagSet) error {
 	if b.envErr != nil {
 		return b.envErr
 	}
@@ -305,6 +308,11 @@ func (b *Build) parseSettings() error {
 // set explicitly; stdout and stderr receive RUN's output as it prints it,
 // except with a JSON log, which gets records instead.
 func (b *Build) Job(fs *pflag.FlagSet, getenv func(string) string, lookupEnv func(string) (string, bool), log *slog.Logger, stdout, stderr io.Writer) (engine.Job, error) {
+	j, err := b.job(fs, getenv, lookupEnv, log, stdout, stderr)
+	return j, options.Named(err)
+}
+
+func (b *Build) job(fs *pflag.FlagSet, getenv func(string) string, lookupEnv func(string) (string, bool), log *slog.Logger, stdout, stderr io.Writer) (engine.Job, error) {
 	if b.parsed == nil {
 		return engine.Job{}, errors.New("build options: Job before Validate")
 	}
@@ -318,7 +326,7 @@ func (b *Build) Job(fs *pflag.FlagSet, getenv func(string) string, lookupEnv fun
 		return engine.Job{}, err
 	}
 	if ro.Platform, err = engine.ParsePlatform(platforms[0]); err != nil {
-		return engine.Job{}, err
+		return engine.Job{}, fmt.Errorf("--custom-platform: %w", err)
 	}
 	client, err := registry.New(ro)
 	if err != nil {
@@ -450,7 +458,7 @@ func (b *Build) platforms() ([]string, error) {
 		}
 		p, err := engine.ParsePlatform(s)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("--custom-platform: %w", err)
 		}
 		if prev, ok := seen[p.String()]; ok {
 			return nil, fmt.Errorf("--custom-platform %q: %s and %s are one platform", b.CustomPlatform, prev, s)
@@ -579,6 +587,9 @@ func (b *Build) compatNotes(fs *pflag.FlagSet, getenv func(string) string, log *
 	}
 	if b.UseNewRun {
 		log.Debug("--use-new-run: kiln's change detection is always the fast one")
+	}
+	if b.Cache && b.SingleSnapshot {
+		log.Warn("--single-snapshot builds one layer per stage: the layer cache is not used")
 	}
 	if fs.Changed("cache-dir") && !b.Cache {
 		log.Info("--cache-dir is used with --cache only, as in kaniko", "cache-dir", b.CacheDir)

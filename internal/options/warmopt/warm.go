@@ -2,6 +2,7 @@ package warmopt
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"time"
@@ -64,7 +65,7 @@ func (w *WarmCache) Options(getenv func(string) string, lookupEnv func(string) (
 	for _, s := range strings.Split(w.CustomPlatform, ",") {
 		p, err := registry.ParsePlatform(strings.TrimSpace(s))
 		if err != nil {
-			return cache.WarmOptions{}, err
+			return cache.WarmOptions{}, fmt.Errorf("--custom-platform: %w", err)
 		}
 		platforms = append(platforms, p)
 	}
