@@ -531,7 +531,7 @@ func (b *builder) commitCopy(ctx context.Context, st *stage, createdBy string, e
 		return nil
 	}
 	if st.own == nil {
-		st.own = &pathIndex{seen: map[string]bool{}}
+		st.own = newPathIndex()
 	}
 	for e := range entries.All() {
 		st.own.add(e.Header.Name)

@@ -17,7 +17,7 @@ import (
 )
 
 func TestPathIndex(t *testing.T) {
-	ix := &pathIndex{seen: map[string]bool{}}
+	ix := newPathIndex()
 	for _, n := range []string{"bin/", "bin/sh", "./etc/passwd", "usr/lib/.wh.old", "var/cache/.wh..wh..opq"} {
 		ix.add(n)
 	}
@@ -39,7 +39,7 @@ func TestPathIndex(t *testing.T) {
 			t.Errorf("touches(%s) = %v, want %v", c.p, got, c.want)
 		}
 	}
-	opaque := &pathIndex{seen: map[string]bool{}}
+	opaque := newPathIndex()
 	opaque.add(".wh..wh..opq")
 	if !opaque.touches("/app") {
 		t.Error("an opaque root touches everything")
