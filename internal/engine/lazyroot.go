@@ -44,9 +44,11 @@ import (
 type pathIndex struct {
 	seen map[uint64]struct{}
 	all  bool // an opaque root: every path
+	// hash is pathHash; tests make paths collide with another.
+	hash func(string) uint64
 }
 
-func newPathIndex() *pathIndex { return &pathIndex{seen: map[uint64]struct{}{}} }
+func newPathIndex() *pathIndex { return &pathIndex{seen: map[uint64]struct{}{}, hash: pathHash} }
 
 // pathHash is the FNV-1a hash of p.
 func pathHash(p string) uint64 {
@@ -59,7 +61,7 @@ func pathHash(p string) uint64 {
 }
 
 func (ix *pathIndex) has(p string) bool {
-	_, ok := ix.seen[pathHash(p)]
+	_, ok := ix.seen[ix.hash(p)]
 	return ok
 }
 
@@ -76,9 +78,10 @@ func (ix *pathIndex) add(name string) {
 	case strings.HasPrefix(base, ".wh."):
 		p = path.Join(dir, strings.TrimPrefix(base, ".wh."))
 	}
-	for p != "" && !ix.has(p) {
-		ix.seen[pathHash(p)] = struct{}{}
-		p = fsroot.Clean(path.Dir(p))
+	// Every directory above, even one that seems there already: that may
+	// be a collision, and its parents would then be missing.
+	for ; p != ""; p = fsroot.Clean(path.Dir(p)) {
+		ix.seen[ix.hash(p)] = struct{}{}
 	}
 }
 

@@ -46,6 +46,28 @@ func TestPathIndex(t *testing.T) {
 	}
 }
 
+// TestPathIndexCollisions is a base whose names collide in the index's
+// hash (a hostile base can find FNV-1a collisions): touches must still say
+// yes for every path a layer holds, everything under it and every parent,
+// so the root is brought up to date wherever it would be without the index.
+func TestPathIndexCollisions(t *testing.T) {
+	byLength := func(p string) uint64 { return uint64(len(p)) } // "abcdefg" and "pq/rstu" collide
+	ix := &pathIndex{seen: map[uint64]struct{}{}, hash: byLength}
+	names := []string{"abcdefg", "pq/rstu/v", "x/yy/zzz/w", "m/n"}
+	for _, n := range names {
+		ix.add(n)
+	}
+	for _, n := range names {
+		for p := n; p != "."; p = filepath.Dir(p) {
+			for _, q := range []string{"/" + p, "/" + p + "/under"} {
+				if !ix.touches(q) {
+					t.Errorf("touches(%s) = false: the layer holds %s", q, n)
+				}
+			}
+		}
+	}
+}
+
 // TestLazyRoot: a COPY to a path no base layer touches runs without the
 // base unpacked (the stage root holds at most the COPY's files), the base is
 // unpacked under what it wrote when a later COPY needs it, and a COPY into a
