@@ -33,12 +33,11 @@ func (l *List) Len() int {
 
 // Append adds e at the end and returns its index.
 func (l *List) Append(e Entry) int {
-	if l.n%listChunk == 0 && (l.n > 0 || len(l.chunks) == 0) {
-		var c []Entry
-		if l.n > 0 { // the first chunk grows as a slice does, so that a list of a few entries stays small
-			c = make([]Entry, 0, listChunk)
-		}
-		l.chunks = append(l.chunks, c)
+	switch {
+	case len(l.chunks) == 0:
+		l.chunks = [][]Entry{nil} // the first chunk grows as a slice does: a list of a few entries stays small
+	case len(l.chunks[len(l.chunks)-1]) == listChunk:
+		l.chunks = append(l.chunks, make([]Entry, 0, listChunk))
 	}
 	last := &l.chunks[len(l.chunks)-1]
 	*last = append(*last, e)

@@ -1,12 +1,16 @@
 package options
 
-import "github.com/kilnbuild/kiln/internal/option"
+import (
+	"maps"
 
-// Sources names, for every option an engine's error may name
+	"github.com/kilnbuild/kiln/internal/option"
+)
+
+// sources names, for every option an engine's error may name
 // (option.Error), the flag or environment variable a step sets it from.
 // Fail and Refuse put these in the options' place, so a step's user reads
 // the flag they typed. A name means one option in every step.
-var Sources = map[string]string{
+var sources = map[string]string{
 	// build
 	"Isolation": "--isolation", "UserNS": "--userns", "RunNetwork": "--run-network", "Force": "--force",
 	"ImageFormat": "--image-format", "Dockerfile": "--dockerfile", "Target": "--target",
@@ -33,4 +37,7 @@ var Sources = map[string]string{
 }
 
 // Named is err with its options named by their sources.
-func Named(err error) error { return option.Name(err, Sources) }
+func Named(err error) error { return option.Name(err, sources) }
+
+// Sources is a copy of the table of option sources.
+func Sources() map[string]string { return maps.Clone(sources) }

@@ -36,7 +36,7 @@ func TestSourcesAreFlags(t *testing.T) {
 	add(func(fs *pflag.FlagSet) { (&emitopt.EmitResults{}).AddFlags(fs) })
 	add(func(fs *pflag.FlagSet) { (&indexopt.Index{}).AddFlags(fs, getenv) })
 	add(func(fs *pflag.FlagSet) { (&signopt.Sign{}).AddFlags(fs, getenv) })
-	for opt, src := range options.Sources {
+	for opt, src := range options.Sources() {
 		if !strings.HasPrefix(src, "--") {
 			continue // an environment variable
 		}
