@@ -152,6 +152,12 @@ type Options struct {
 	ImageFSExtractRetry int
 	// Registry pulls base images and --from images.
 	Registry *registry.Client
+	// Upload, when set, is given each layer of the target image as it
+	// starts being written (a *layer.Growing), to push its blob while the
+	// build goes on; Build returns once these uploads have ended. Execute
+	// sets it to upload to the first destination, whose push then finds
+	// the blobs there.
+	Upload func(context.Context, v1.Layer) error
 	// HTTPClient downloads ADD URLs and remote Dockerfiles; nil means a default.
 	HTTPClient *http.Client
 	// LookupEnv reads the environment (--build-arg KEY, SOURCE_DATE_EPOCH).
@@ -284,6 +290,8 @@ type builder struct {
 	network, slirp string
 	// cacheWG tracks cache pushes running alongside the build.
 	cacheWG sync.WaitGroup
+	// uploads push the target image's layers while they are written.
+	uploads *layerUploads
 	// times are each stage's times by phase (stage index); curTimes the
 	// stage's being built.
 	times    map[int]*stageTimes
@@ -523,6 +531,7 @@ func (b *builder) newUserNS() (*sandbox.UserNS, error) {
 }
 
 func (b *builder) cleanup() {
+	b.uploads.stop()
 	b.cacheWG.Wait()
 	b.userns.Close()
 	for _, r := range b.roots {
@@ -674,6 +683,11 @@ func (b *builder) build(ctx context.Context) (*Result, error) {
 	if err := b.iso.begin(); err != nil {
 		return nil, err
 	}
+	if b.epoch == nil {
+		// A reproducible build's layers may be in the registry already,
+		// which only the push's existence checks would skip.
+		b.uploads = newLayerUploads(ctx, b.o.Upload, b.plan, b.log)
+	}
 	var last *stage
 	for _, ps := range b.plan.Stages {
 		if !ps.Build {
@@ -704,6 +718,7 @@ func (b *builder) build(ctx context.Context) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	b.uploads.wait()
 	d, err := img.Digest()
 	if err != nil {
 		return nil, fmt.Errorf("computing image digest: %w", err)

@@ -102,13 +102,20 @@ func Execute(ctx context.Context, j Job) (*Result, error) {
 	var res *Result
 	var err error
 	var a output.Artifact
+	build := j.Build
+	if !j.Output.NoPush && len(j.Output.Destinations) > 0 && build.Registry != nil && build.Upload == nil {
+		// The image's layers go to the first destination as they are
+		// written; its push then finds them there.
+		repo := j.Output.Destinations[0].Context()
+		build.Upload = func(ctx context.Context, l v1.Layer) error { return build.Registry.Upload(ctx, repo, l) }
+	}
 	if len(j.Platforms) > 1 {
-		if res, err = buildPlatforms(ctx, j.Build, j.Platforms); err != nil {
+		if res, err = buildPlatforms(ctx, build, j.Platforms); err != nil {
 			return nil, err
 		}
 		a = res.Index
 	} else {
-		o := j.Build
+		o := build
 		if len(j.Platforms) == 1 {
 			o.Platform = j.Platforms[0]
 		}

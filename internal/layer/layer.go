@@ -89,6 +89,9 @@ type Options struct {
 	MediaType types.MediaType
 	// ModTime, when set, replaces every entry's mtime (reproducible builds).
 	ModTime *time.Time
+	// Follow, when set, is given the layer as it starts being written,
+	// to upload it alongside (see Growing). It must not block.
+	Follow func(*Growing)
 }
 
 // ParseCompression checks a compression name.
@@ -104,12 +107,31 @@ func ParseCompression(s string) (Compression, error) {
 
 // New writes entries as a compressed layer file in dir and returns it as a
 // v1.Layer. The file is removed when the build's work dir is.
-func New(ctx context.Context, dir string, entries *List, o Options) (v1.Layer, error) {
+func New(ctx context.Context, dir string, entries *List, o Options) (_ v1.Layer, err error) {
 	f, err := os.CreateTemp(dir, "layer-*.tar")
 	if err != nil {
 		return nil, fmt.Errorf("creating layer file: %w", err)
 	}
-	l, err := write(ctx, f, entries, o)
+	comp := o.Compression
+	if comp == "" {
+		comp = Gzip
+	}
+	mt := o.MediaType
+	if mt == "" {
+		mt = types.OCILayer
+		if comp == Zstd {
+			mt = types.OCILayerZStd
+		}
+	}
+	cw := &countingWriter{w: f}
+	var file *File
+	if o.Follow != nil {
+		g := newGrowing(f.Name(), mt)
+		cw.wrote = g.wrote
+		o.Follow(g)
+		defer func() { g.finish(file, err) }()
+	}
+	file, err = write(ctx, cw, entries, comp, o)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -117,29 +139,33 @@ func New(ctx context.Context, dir string, entries *List, o Options) (v1.Layer, e
 		os.Remove(f.Name())
 		return nil, err
 	}
-	return l, nil
+	file.path, file.mediaType = f.Name(), mt
+	return file, nil
 }
 
+// countingWriter counts what it writes and says so to wrote, if set.
 type countingWriter struct {
-	w io.Writer
-	n int64
+	w     io.Writer
+	n     int64
+	wrote func(int)
 }
 
 func (c *countingWriter) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
 	c.n += int64(n)
+	if c.wrote != nil && n > 0 {
+		c.wrote(n)
+	}
 	return n, err
 }
 
-func write(ctx context.Context, f *os.File, entries *List, o Options) (*File, error) {
+// write writes entries compressed with comp to out, hashing what it
+// writes.
+func write(ctx context.Context, out *countingWriter, entries *List, comp Compression, o Options) (*File, error) {
 	digest := sha256.New()
-	cw := &countingWriter{w: io.MultiWriter(f, digest)}
+	cw := io.MultiWriter(out, digest)
 	var zw io.WriteCloser
 	var err error
-	comp := o.Compression
-	if comp == "" {
-		comp = Gzip
-	}
 	switch comp {
 	case Gzip:
 		level := o.Level
@@ -166,21 +192,7 @@ func write(ctx context.Context, f *os.File, entries *List, o Options) (*File, er
 	if err := zw.Close(); err != nil {
 		return nil, fmt.Errorf("compressing layer: %w", err)
 	}
-	mt := o.MediaType
-	if mt == "" {
-		mt = types.OCILayer
-		if comp == Zstd {
-			mt = types.OCILayerZStd
-		}
-	}
-	return &File{
-		path:        f.Name(),
-		digest:      hashOf(digest),
-		diffID:      hashOf(diffID),
-		size:        cw.n,
-		mediaType:   mt,
-		compression: comp,
-	}, nil
+	return &File{digest: hashOf(digest), diffID: hashOf(diffID), size: out.n, compression: comp}, nil
 }
 
 func hashOf(h hash.Hash) v1.Hash {

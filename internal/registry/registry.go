@@ -425,32 +425,37 @@ func (c *Client) Write(ctx context.Context, ref name.Reference, img v1.Image) er
 
 func (c *Client) write(ctx context.Context, ref name.Reference, img v1.Image) error {
 	return c.retry(ctx, c.o.PushRetry, "pushing "+ref.String(), func() error {
-		updates := make(chan v1.Update, 16)
-		// ggcr closes updates when the push ends.
-		go func() {
-			p := &logging.Progress{Log: c.log, Msg: "push progress", Attrs: []any{"destination", ref.String()}}
-			for u := range updates {
-				p.Total = u.Total
-				p.Set(u.Complete)
-			}
-		}()
-		return remote.Write(ref, img, append(c.options(ctx, true, c.o.Platform), remote.WithProgress(updates))...)
+		return remote.Write(ref, img, append(c.options(ctx, true, c.o.Platform), c.progress("push progress", "destination", ref.String()))...)
 	})
+}
+
+// Upload pushes the blob of l to repo, streamed in one request when l's
+// digest is not known yet (a layer.Growing): ggcr commits it under the
+// digest l knows once its reader ends. It does not retry beyond ggcr's own
+// tries: a later push uploads what it could not.
+func (c *Client) Upload(ctx context.Context, repo name.Repository, l v1.Layer) error {
+	return c.authHint(remote.WriteLayer(repo, l, append(c.options(ctx, true, c.o.Platform), c.progress("layer upload progress", "repository", repo.String()))...), repo.RegistryStr())
+}
+
+// progress is a ggcr progress option whose updates are logged as msg
+// with attrs; ggcr closes the channel when the transfer ends.
+func (c *Client) progress(msg string, attrs ...any) remote.Option {
+	updates := make(chan v1.Update, 16)
+	go func() {
+		p := &logging.Progress{Log: c.log, Msg: msg, Attrs: attrs}
+		for u := range updates {
+			p.Total = u.Total
+			p.Set(u.Complete)
+		}
+	}()
+	return remote.WithProgress(updates)
 }
 
 // WriteIndex pushes idx with its images to ref, retrying as --push-retry
 // says.
 func (c *Client) WriteIndex(ctx context.Context, ref name.Reference, idx v1.ImageIndex) error {
 	return c.authHint(c.retry(ctx, c.o.PushRetry, "pushing "+ref.String(), func() error {
-		updates := make(chan v1.Update, 16)
-		go func() {
-			p := &logging.Progress{Log: c.log, Msg: "push progress", Attrs: []any{"destination", ref.String()}}
-			for u := range updates {
-				p.Total = u.Total
-				p.Set(u.Complete)
-			}
-		}()
-		return remote.WriteIndex(ref, idx, append(c.options(ctx, true, c.o.Platform), remote.WithProgress(updates))...)
+		return remote.WriteIndex(ref, idx, append(c.options(ctx, true, c.o.Platform), c.progress("push progress", "destination", ref.String()))...)
 	}), ref.Context().RegistryStr())
 }
 
