@@ -148,8 +148,8 @@ COPY big /big
 					t.Errorf("blob %s, not in the image, reached the destination", d)
 				}
 			}
-			if res.Digest.String() == "" {
-				t.Error("no digest")
+			if d, _ := img.Digest(); d != res.Digest {
+				t.Errorf("pushed %s, the build says %s", d, res.Digest)
 			}
 		})
 	}
