@@ -42,24 +42,35 @@ func (c *Context) Close() error {
 // Excludes reports whether the ignore file leaves anything out.
 func (c *Context) Excludes() bool { return c != nil && c.pm != nil && len(c.pm.Patterns()) > 0 }
 
-// Open opens a local context directory. source may be a bare path or a
-// dir:// URI; other kaniko context schemes are not supported yet.
-// dockerfile is the Dockerfile's path: a "<Dockerfile>.dockerignore" beside
-// it wins over the context's ".dockerignore", as in BuildKit.
-func Open(source, dockerfile string) (*Context, error) {
+// Dir is the directory a local context source (a bare path or a dir://
+// URI) names, or an error naming the context when that is not an existing
+// directory.
+func Dir(source string) (string, error) {
 	dir := source
 	if scheme, rest, ok := strings.Cut(source, "://"); ok {
 		if scheme != "dir" {
-			return nil, option.Errorf("Context", strconv.Quote(source), "the %s:// context source is not supported yet (use a local directory or dir://)", scheme)
+			return "", option.Errorf("Context", strconv.Quote(source), "the %s:// context source is not supported yet (use a local directory or dir://)", scheme)
 		}
 		dir = rest
 	}
 	fi, err := os.Stat(dir)
 	if err != nil {
-		return nil, option.New("Context", strconv.Quote(source), err)
+		return "", option.New("Context", strconv.Quote(source), err)
 	}
 	if !fi.IsDir() {
-		return nil, option.Errorf("Context", strconv.Quote(source), "not a directory")
+		return "", option.Errorf("Context", strconv.Quote(source), "not a directory")
+	}
+	return dir, nil
+}
+
+// Open opens a local context directory. source may be a bare path or a
+// dir:// URI; other kaniko context schemes are not supported yet.
+// dockerfile is the Dockerfile's path: a "<Dockerfile>.dockerignore" beside
+// it wins over the context's ".dockerignore", as in BuildKit.
+func Open(source, dockerfile string) (*Context, error) {
+	dir, err := Dir(source)
+	if err != nil {
+		return nil, err
 	}
 	abs, err := filepath.Abs(dir)
 	if err != nil {

@@ -812,6 +812,10 @@ func (b *builder) readDockerfile(ctx context.Context) (string, []byte, error) {
 			return abs, data, nil
 		}
 	}
+	// A missing context is the mistake, not the Dockerfile it would hold.
+	if _, err := buildcontext.Dir(b.ctxPath); err != nil {
+		return "", nil, err
+	}
 	return "", nil, option.Errorf("Dockerfile", df, "no such file (looked in the working directory and the context %s)", b.ctxPath)
 }
 

@@ -2,6 +2,8 @@ package engine
 
 import (
 	"archive/tar"
+	"errors"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +16,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/validate"
 
 	"github.com/kilnbuild/kiln/internal/imagetest"
+	"github.com/kilnbuild/kiln/internal/option"
 )
 
 func TestConfigInstructions(t *testing.T) {
@@ -406,6 +409,33 @@ func TestSingleSnapshot(t *testing.T) {
 	}
 	if n := len(cf.History); n != 5 {
 		t.Errorf("%d history entries, want 5", n)
+	}
+}
+
+// TestMissingContextOrDockerfile: a context that is not there is blamed,
+// not the Dockerfile looked for in it; a Dockerfile missing from a context
+// that is there is blamed itself.
+func TestMissingContextOrDockerfile(t *testing.T) {
+	f := newFixture(t)
+	missing := filepath.Join(t.TempDir(), "nowhere")
+	tests := []struct {
+		name, context, dockerfile string
+		wantOption, wantValue     string
+	}{
+		{"missing context, default Dockerfile", missing, "", "Context", `"` + missing + `"`},
+		{"missing dir:// context, relative Dockerfile", "dir://" + missing, "sub/Containerfile", "Context", `"dir://` + missing + `"`},
+		{"missing Dockerfile", t.TempDir(), "", "Dockerfile", "Dockerfile"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := f.run(buildSpec{dockerfile: "FROM scratch\n", opts: func(o *Options) {
+				o.Context, o.Dockerfile = tt.context, tt.dockerfile
+			}})
+			var oe *option.Error
+			if !errors.As(err, &oe) || oe.Option != tt.wantOption || oe.Value != tt.wantValue {
+				t.Fatalf("err = %v, want one naming option %s %s", err, tt.wantOption, tt.wantValue)
+			}
+		})
 	}
 }
 
