@@ -3,6 +3,7 @@
 package buildcontext
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -63,11 +64,20 @@ func Dir(source string) (string, error) {
 	return dir, nil
 }
 
+// MaxFileSize bounds the Dockerfile and ignore files read from a context or
+// a checkout: a hostile one's huge (or sparse) file is refused, not read
+// whole.
+const MaxFileSize = 16 << 20
+
 // Open opens a local context directory. source may be a bare path or a
 // dir:// URI; other kaniko context schemes are not supported yet.
-// dockerfile is the Dockerfile's path: a "<Dockerfile>.dockerignore" beside
-// it wins over the context's ".dockerignore", as in BuildKit.
-func Open(source, dockerfile string) (*Context, error) {
+// dockerfile is the Dockerfile's host path ("" or a URL for none beside
+// the context): a "<Dockerfile>.dockerignore" beside it wins over the
+// context's ".dockerignore", as in BuildKit. Both are read with
+// fsroot.ReadFileWithin inside the context or the other untrusted trees
+// (the working directory the Dockerfile was found in): a symlink in them
+// never leads out.
+func Open(source, dockerfile string, trees ...string) (*Context, error) {
 	dir, err := Dir(source)
 	if err != nil {
 		return nil, err
@@ -80,12 +90,13 @@ func Open(source, dockerfile string) (*Context, error) {
 	if c.FS, err = fsroot.Open(abs); err != nil {
 		return nil, option.New("Context", strconv.Quote(source), err)
 	}
+	trees = append([]string{abs}, trees...)
 	candidates := []string{filepath.Join(abs, ".dockerignore")}
-	if dockerfile != "" {
+	if dockerfile != "" && !strings.Contains(dockerfile, "://") {
 		candidates = append([]string{dockerfile + ".dockerignore"}, candidates...)
 	}
 	for _, f := range candidates {
-		if err := c.readIgnore(f); err == nil {
+		if err := c.readIgnore(f, trees); err == nil {
 			break
 		} else if !errors.Is(err, fs.ErrNotExist) {
 			c.Close()
@@ -95,13 +106,12 @@ func Open(source, dockerfile string) (*Context, error) {
 	return c, nil
 }
 
-func (c *Context) readIgnore(file string) error {
-	f, err := os.Open(file)
+func (c *Context) readIgnore(file string, trees []string) error {
+	data, err := fsroot.ReadFileWithin(file, MaxFileSize, trees...)
 	if err != nil {
 		return err
 	}
-	defer f.Close()
-	patterns, err := ignorefile.ReadAll(f)
+	patterns, err := ignorefile.ReadAll(bytes.NewReader(data))
 	if err != nil {
 		return fmt.Errorf("reading %s: %w", file, err)
 	}

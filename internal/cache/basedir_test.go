@@ -281,3 +281,42 @@ func TestWarmSeveralPlatforms(t *testing.T) {
 		}
 	}
 }
+
+// TestWarmDockerfileStaysInTheWorkingDirectory performs the attack of a
+// checkout whose Dockerfile links out of it: the outside file is not read
+// (its FROM is not warmed); the checkout's own Dockerfile is.
+func TestWarmDockerfileStaysInTheWorkingDirectory(t *testing.T) {
+	reg := imagetest.Registry(t)
+	inside, outside := reg+"/inside:1", reg+"/outside:1"
+	hIn, hOut := digestOf(t, pushImage(t, inside, "in")), digestOf(t, pushImage(t, outside, "out"))
+	elsewhere := t.TempDir()
+	if err := os.WriteFile(filepath.Join(elsewhere, "Dockerfile"), []byte("FROM "+outside+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	wd := t.TempDir()
+	t.Chdir(wd)
+	if err := os.WriteFile("Dockerfile", []byte("FROM "+inside+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, target := range []string{filepath.Join(elsewhere, "Dockerfile"), "../../../../../../../.." + filepath.Join(elsewhere, "Dockerfile")} {
+		if err := os.Symlink(target, "linked"); err != nil {
+			t.Fatal(err)
+		}
+		dir := BaseDir{Path: filepath.Join(t.TempDir(), "cache"), TTL: time.Hour}
+		err := Warm(context.Background(), WarmOptions{Dockerfile: "linked", Dir: dir, Platform: hostPlatform, Pull: platformPuller{}})
+		if err == nil || !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("link %s: err = %v, want the Dockerfile not found", target, err)
+		}
+		if _, err := os.Stat(filepath.Join(dir.Path, hOut.String())); err == nil {
+			t.Errorf("link %s: the outside Dockerfile's base was warmed", target)
+		}
+		os.Remove("linked")
+	}
+	dir := BaseDir{Path: filepath.Join(t.TempDir(), "cache"), TTL: time.Hour}
+	if err := Warm(context.Background(), WarmOptions{Dockerfile: filepath.Join(wd, "Dockerfile"), Dir: dir, Platform: hostPlatform, Pull: platformPuller{}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir.Path, hIn.String())); err != nil {
+		t.Errorf("the working directory's Dockerfile's base was not warmed: %v", err)
+	}
+}

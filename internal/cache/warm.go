@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -15,7 +16,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"golang.org/x/sys/unix"
 
+	"github.com/kilnbuild/kiln/internal/buildcontext"
 	"github.com/kilnbuild/kiln/internal/dockerfile"
+	"github.com/kilnbuild/kiln/internal/fsroot"
 	"github.com/kilnbuild/kiln/internal/option"
 )
 
@@ -199,14 +202,19 @@ func lockEntry(dir, digest string) (func(), error) {
 	return func() { f.Close() }, nil
 }
 
-// dockerfileBases lists the images a Dockerfile's FROM lines pull.
+// dockerfileBases lists the images a Dockerfile's FROM lines pull. A
+// Dockerfile in the working directory (a checkout) is resolved inside it,
+// as the build step does: a link out of it is not followed.
 func dockerfileBases(o WarmOptions) ([]string, error) {
-	f, err := os.Open(o.Dockerfile)
+	wd, err := os.Getwd()
+	if err != nil {
+		return nil, option.New("Dockerfile", o.Dockerfile, err)
+	}
+	src, err := fsroot.ReadFileWithin(o.Dockerfile, buildcontext.MaxFileSize, wd)
 	if err != nil {
 		return nil, option.New("Dockerfile", "", err)
 	}
-	defer f.Close()
-	df, err := dockerfile.Parse(o.Dockerfile, f)
+	df, err := dockerfile.Parse(o.Dockerfile, bytes.NewReader(src))
 	if err != nil {
 		return nil, err
 	}

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net/http"
 	"os"
@@ -641,11 +642,12 @@ func (b *builder) prepare(ctx context.Context) error {
 	if err := b.fetchContext(ctx); err != nil {
 		return err
 	}
-	var err error
-	if b.dfPath, b.dfSrc, err = b.readDockerfile(ctx); err != nil {
+	dfPath, dfSrc, wd, err := b.readDockerfile(ctx)
+	if err != nil {
 		return err
 	}
-	if b.ctxDir, err = buildcontext.Open(b.ctxPath, b.dfPath); err != nil {
+	b.dfPath, b.dfSrc = dfPath, dfSrc
+	if b.ctxDir, err = buildcontext.Open(b.ctxPath, b.dfPath, wd); err != nil {
 		return err
 	}
 	if b.df, err = dockerfile.Parse(displayName(b.dfPath), strings.NewReader(string(b.dfSrc))); err != nil {
@@ -784,8 +786,12 @@ func displayName(p string) string {
 }
 
 // readDockerfile finds the Dockerfile as kaniko does: a URL, an existing
-// path, or a path relative to the context.
-func (b *builder) readDockerfile(ctx context.Context) (string, []byte, error) {
+// path, or a path relative to the context. A path inside the context or
+// the working directory (a checkout, as in GitLab's and the Task's) is
+// resolved inside that tree: a hostile context's Dockerfile linked to a
+// file outside it is not there. It returns the working directory too, the
+// other tree the ignore file beside the Dockerfile is read in.
+func (b *builder) readDockerfile(ctx context.Context) (path string, src []byte, wd string, err error) {
 	df := b.o.Dockerfile
 	if df == "" {
 		df = "Dockerfile"
@@ -793,30 +799,42 @@ func (b *builder) readDockerfile(ctx context.Context) (string, []byte, error) {
 	if strings.HasPrefix(df, "http://") || strings.HasPrefix(df, "https://") {
 		data, err := b.download(ctx, df, 1<<20)
 		if err != nil {
-			return "", nil, option.New("Dockerfile", df, err)
+			return "", nil, "", option.New("Dockerfile", df, err)
 		}
-		return df, data, nil
+		return df, data, "", nil
+	}
+	// A missing context is the mistake, not the Dockerfile it would hold.
+	ctxDir, err := buildcontext.Dir(b.ctxPath)
+	if err != nil {
+		return "", nil, "", err
+	}
+	if wd, err = os.Getwd(); err != nil {
+		return "", nil, "", option.New("Dockerfile", df, err)
 	}
 	candidates := []string{df}
 	if !filepath.IsAbs(df) {
-		ctxDir := strings.TrimPrefix(b.ctxPath, "dir://")
 		candidates = append(candidates, filepath.Join(ctxDir, df))
 	}
+	var refused error // a candidate that is there but no regular file
 	for _, c := range candidates {
-		if fi, err := os.Stat(c); err == nil && !fi.IsDir() {
-			data, err := os.ReadFile(c)
-			if err != nil {
-				return "", nil, option.New("Dockerfile", c, err)
-			}
+		data, err := fsroot.ReadFileWithin(c, buildcontext.MaxFileSize, ctxDir, wd)
+		switch {
+		case err == nil:
 			abs, _ := filepath.Abs(c)
-			return abs, data, nil
+			return abs, data, wd, nil
+		case errors.Is(err, fs.ErrNotExist):
+		case errors.Is(err, fsroot.ErrNotRegular):
+			if refused == nil {
+				refused = err
+			}
+		default:
+			return "", nil, "", option.New("Dockerfile", c, err)
 		}
 	}
-	// A missing context is the mistake, not the Dockerfile it would hold.
-	if _, err := buildcontext.Dir(b.ctxPath); err != nil {
-		return "", nil, err
+	if refused != nil {
+		return "", nil, "", option.New("Dockerfile", df, refused)
 	}
-	return "", nil, option.Errorf("Dockerfile", df, "no such file (looked in the working directory and the context %s)", b.ctxPath)
+	return "", nil, "", option.Errorf("Dockerfile", df, "no such file (looked in the working directory and the context %s)", b.ctxPath)
 }
 
 // download fetches url, refusing bodies over limit bytes.

@@ -3,6 +3,7 @@ package engine
 import (
 	"archive/tar"
 	"errors"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -456,6 +457,87 @@ func TestDockerfileErrors(t *testing.T) {
 			_, err := f.run(buildSpec{dockerfile: tt.df})
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("err = %v, want %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// TestContextFilesStayInTheirTree performs the attack of a hostile context
+// (or checkout) whose Dockerfile or ignore files are links to a file
+// outside it: the outside file is never read as either. Links inside the
+// tree still work, an absolute one resolving inside it as in BuildKit.
+func TestContextFilesStayInTheirTree(t *testing.T) {
+	f := newFixture(t)
+	const canary = "CANARY-OUTSIDE"
+	outside := t.TempDir()
+	write(t, outside, "Dockerfile", "FROM "+f.reg+"/base:oci\nLABEL leaked="+canary+"\n")
+	write(t, outside, "ignore", "keep\n# "+canary+"\n")
+	good := "FROM " + f.reg + "/base:oci\nLABEL from=context\nCOPY . /ctx/\n"
+	tests := []struct {
+		name       string
+		dockerfile string            // Options.Dockerfile; "" for the default
+		links      map[string]string // context path -> link target
+		wd         map[string]string // build from a working directory holding these (target "=text": a file)
+		wantErr    string            // "" for a build that must succeed
+	}{
+		{name: "Dockerfile absolute link", links: map[string]string{"Dockerfile": filepath.Join(outside, "Dockerfile")}, wantErr: "no such file"},
+		{name: "Dockerfile ../ link", links: map[string]string{"Dockerfile": "../../../../../../../../.." + filepath.Join(outside, "Dockerfile")}, wantErr: "no such file"},
+		{name: "--dockerfile naming the link", dockerfile: "CTX/Dockerfile", links: map[string]string{"Dockerfile": filepath.Join(outside, "Dockerfile")}, wantErr: "no such file"},
+		{name: "link through a linked directory", dockerfile: "CTX/d/Dockerfile", links: map[string]string{"d": outside}, wantErr: "no such file"},
+		{name: "Dockerfile.dockerignore link", dockerfile: "CTX/Dockerfile", links: map[string]string{"Dockerfile.dockerignore": filepath.Join(outside, "ignore")}},
+		{name: ".dockerignore link", links: map[string]string{".dockerignore": filepath.Join(outside, "ignore")}},
+		{name: ".dockerignore ../ link", links: map[string]string{".dockerignore": "../../../../../../../../.." + filepath.Join(outside, "ignore")}},
+		{name: "working directory's Dockerfile link", wd: map[string]string{"Dockerfile": filepath.Join(outside, "Dockerfile")}},
+		{name: "working directory's ignore link", wd: map[string]string{"Dockerfile": "=" + good, "Dockerfile.dockerignore": filepath.Join(outside, "ignore")}},
+		{name: "link inside the context", links: map[string]string{"Dockerfile": "docker/Dockerfile"}},
+		{name: "absolute link inside the context", links: map[string]string{"Dockerfile": "/docker/Dockerfile"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := buildSpec{dockerfile: good, files: map[string]string{"keep": "kept", "docker/Dockerfile": good}}
+			s.opts = func(o *Options) {
+				o.Dockerfile = strings.ReplaceAll(tt.dockerfile, "CTX", o.Context)
+				for p, target := range tt.links {
+					os.Remove(filepath.Join(o.Context, p))
+					if err := os.Symlink(target, filepath.Join(o.Context, p)); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if tt.wd != nil {
+					wd := t.TempDir()
+					for p, target := range tt.wd {
+						if text, ok := strings.CutPrefix(target, "="); ok {
+							write(t, wd, p, text)
+						} else if err := os.Symlink(target, filepath.Join(wd, p)); err != nil {
+							t.Fatal(err)
+						}
+					}
+					t.Chdir(wd)
+					o.Dockerfile = "Dockerfile" // the working directory's first, then the context's
+				}
+			}
+			res, err := f.run(s)
+			if err != nil && strings.Contains(err.Error(), canary) {
+				t.Fatalf("the error shows the outside file: %v", err)
+			}
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("build: %v", err)
+			}
+			cf, err := res.Image.ConfigFile()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := cf.Config.Labels; got["leaked"] != "" || got["from"] != "context" {
+				t.Errorf("labels = %v, want the context's Dockerfile's only", got)
+			}
+			if e, ok := imagetest.Flatten(t, res.Image)["ctx/keep"]; !ok || e.Content != "kept" {
+				t.Errorf("/ctx/keep = %+v, %v: the outside file was read as an ignore file", e, ok)
 			}
 		})
 	}

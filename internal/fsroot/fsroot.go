@@ -35,6 +35,11 @@ type Protector interface {
 	HoldsIgnored(p string) bool
 }
 
+// ErrNotRegular is the error (wrapped) of an open for reading refused
+// because the path names a directory, a symlink, a fifo, a device or a
+// socket.
+var ErrNotRegular = errors.New("not a regular file")
+
 // ProtectedError is a change refused because its resolved location is
 // protected.
 type ProtectedError struct {
@@ -263,6 +268,9 @@ func (r *Root) Real(p string) (string, error) {
 // device, a socket) is refused without being opened for reading.
 func (r *Root) OpenFile(p string) (*os.File, error) {
 	img := Clean(p)
+	if img == "" {
+		return nil, &fs.PathError{Op: "open", Path: "/", Err: fmt.Errorf("%w (a directory)", ErrNotRegular)}
+	}
 	h, err := pathrs.OpenatInRoot(r.dir.f, img)
 	if err != nil {
 		return nil, &fs.PathError{Op: "open", Path: "/" + img, Err: unwrapPath(err)}
@@ -363,7 +371,7 @@ func openRegularAt(dirfd int, name, show string) (*os.File, error) {
 		return nil, &fs.PathError{Op: "stat", Path: show, Err: err}
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return nil, &fs.PathError{Op: "open", Path: show, Err: fmt.Errorf("not a regular file (%s)", typeName(st.Mode))}
+		return nil, &fs.PathError{Op: "open", Path: show, Err: fmt.Errorf("%w (%s)", ErrNotRegular, typeName(st.Mode))}
 	}
 	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -389,7 +397,7 @@ func reopenRegular(h *os.File, name string) (*os.File, error) {
 		return nil, &fs.PathError{Op: "stat", Path: name, Err: err}
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return nil, &fs.PathError{Op: "open", Path: name, Err: fmt.Errorf("not a regular file (%s)", typeName(st.Mode))}
+		return nil, &fs.PathError{Op: "open", Path: name, Err: fmt.Errorf("%w (%s)", ErrNotRegular, typeName(st.Mode))}
 	}
 	f, err := pathrs.Reopen(h, unix.O_RDONLY|unix.O_CLOEXEC)
 	if err != nil {
