@@ -313,8 +313,17 @@ func CanonicalDigest(dir string) (string, error) {
 }
 
 func writeCanonical(w io.Writer, dir string, zeroTimes bool) error {
+	root, err := fsroot.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	// Contents are read through handles inside dir, never by the walked
+	// path: a file swapped for a link or a fifo meanwhile is refused.
+	files := root.EntryOpener()
+	defer files.Close()
 	tw := tar.NewWriter(w)
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
@@ -353,7 +362,7 @@ func writeCanonical(w io.Writer, dir string, zeroTimes bool) error {
 			return err
 		}
 		if info.Mode().IsRegular() {
-			f, err := os.Open(p)
+			f, err := files.Open(h.Name)
 			if err != nil {
 				return err
 			}

@@ -362,3 +362,59 @@ func TestParseGit(t *testing.T) {
 		}
 	}
 }
+
+// swapWriter swaps the context's sub/f for a link to a file outside it as
+// soon as the canonical tar's header for sub/f is written: between the
+// walk's look at the file and the read of its content.
+type swapWriter struct {
+	bytes.Buffer
+	swap    func()
+	swapped bool
+}
+
+func (w *swapWriter) Write(p []byte) (int, error) {
+	n, err := w.Buffer.Write(p)
+	if !w.swapped && bytes.Contains(w.Bytes(), []byte("sub/f")) {
+		w.swapped = true
+		w.swap()
+	}
+	return n, err
+}
+
+// TestCanonicalTarSourceSwap performs the attack of a context changed
+// while it is read (the digest, the dir:// copy): the content is read
+// through a handle inside the context, never from outside it.
+func TestCanonicalTarSourceSwap(t *testing.T) {
+	outside := t.TempDir()
+	os.WriteFile(filepath.Join(outside, "f"), []byte("SECRET"), 0o644)
+	for _, tc := range []struct {
+		name string
+		swap func(ctxDir string)
+	}{
+		{"file becomes a link", func(ctxDir string) {
+			os.Remove(filepath.Join(ctxDir, "sub", "f"))
+			os.Symlink(filepath.Join(outside, "f"), filepath.Join(ctxDir, "sub", "f"))
+		}},
+		{"directory becomes a link", func(ctxDir string) {
+			os.Rename(filepath.Join(ctxDir, "sub"), filepath.Join(ctxDir, "moved"))
+			os.Symlink(outside, filepath.Join(ctxDir, "sub"))
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctxDir := t.TempDir()
+			os.MkdirAll(filepath.Join(ctxDir, "sub"), 0o755)
+			os.WriteFile(filepath.Join(ctxDir, "sub", "f"), []byte("inside"), 0o644)
+			w := &swapWriter{swap: func() { tc.swap(ctxDir) }}
+			err := writeCanonical(w, ctxDir, true)
+			if !w.swapped {
+				t.Fatal("the header of sub/f was never written")
+			}
+			if bytes.Contains(w.Bytes(), []byte("SECRET")) {
+				t.Fatalf("the tar holds the file outside the context (err %v)", err)
+			}
+			if err == nil {
+				t.Error("the swapped file was read without an error")
+			}
+		})
+	}
+}
