@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -30,12 +31,23 @@ var ErrMiss = errors.New("cache miss")
 // emptyLabel marks an entry for an instruction that changed nothing.
 const emptyLabel = "dev.kiln.cache.empty-layer"
 
+// topLevelLabel holds an entry's TopLevel, as a JSON array of strings.
+const topLevelLabel = "dev.kiln.cache.top-level"
+
+// maxTopLevel bounds the size of an entry's TopLevel label: a layer with
+// more names at its top is stored without it (and read to find them).
+const maxTopLevel = 16 << 10
+
 // Entry is what an instruction left: its layer, or none.
 type Entry struct {
 	// Layer is the instruction's layer; nil when it changed nothing.
 	Layer v1.Layer
 	// Created is when the entry was stored.
 	Created time.Time
+	// TopLevel is the first components of the layer's entry names
+	// (whiteouts as they are named), so that a build can tell what the
+	// layer touches without reading it; nil when not known.
+	TopLevel []string
 }
 
 // Store keeps entries by key.
@@ -107,6 +119,10 @@ func entryImage(e Entry) (v1.Image, error) {
 	cf.Created = v1.Time{Time: e.Created}
 	if e.Layer == nil {
 		cf.Config.Labels = map[string]string{emptyLabel: "true"}
+	} else if e.TopLevel != nil {
+		if b, err := json.Marshal(e.TopLevel); err == nil && len(b) <= maxTopLevel {
+			cf.Config.Labels = map[string]string{topLevelLabel: string(b)}
+		}
 	}
 	return mutate.ConfigFile(img, cf)
 }
@@ -129,6 +145,12 @@ func entryFrom(img v1.Image) (*Entry, error) {
 		return nil, fmt.Errorf("cache entry has %d layers, want 1", len(ls))
 	}
 	e.Layer = ls[0]
+	if v, ok := cf.Config.Labels[topLevelLabel]; ok && len(v) <= maxTopLevel {
+		var names []string
+		if json.Unmarshal([]byte(v), &names) == nil && names != nil {
+			e.TopLevel = names
+		}
+	}
 	return e, nil
 }
 

@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -97,5 +100,48 @@ func TestStores(t *testing.T) {
 				t.Error("a read-only store stored an entry")
 			}
 		})
+	}
+}
+
+// TestTopLevel: an entry's names at the top of its layer come back as
+// stored; a list too long for its label, or none, comes back unknown
+// (nil), not as an empty list (which says the layer touches nothing).
+func TestTopLevel(t *testing.T) {
+	reg := imagetest.Registry(t)
+	l, _ := random.Layer(100, "application/vnd.oci.image.layer.v1.tar+gzip")
+	long := make([]string, 2000)
+	for i := range long {
+		long[i] = strings.Repeat("n", 10) + strconv.Itoa(i)
+	}
+	stores := map[string]Store{
+		"layout": &Layout{Path: filepath.Join(t.TempDir(), "cache")},
+		"registry": &Registry{Repo: reg + "/c", Pull: puller{}, Push: pusher{},
+			Parse: func(s string) (name.Reference, error) { return name.ParseReference(s) }},
+	}
+	for kind, s := range stores {
+		for _, tc := range []struct {
+			name      string
+			top, want []string
+		}{
+			{"names", []string{".wh.gone", "etc", "many"}, []string{".wh.gone", "etc", "many"}},
+			{"none at the top", []string{}, []string{}},
+			{"not known", nil, nil},
+			{"too many", long, nil},
+		} {
+			t.Run(kind+"/"+tc.name, func(t *testing.T) {
+				ctx := context.Background()
+				key := NewKey(kind + tc.name).String()
+				if err := s.Put(ctx, key, Entry{Layer: l, Created: time.Now(), TopLevel: tc.top}); err != nil {
+					t.Fatal(err)
+				}
+				e, err := s.Get(ctx, key)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if (e.TopLevel == nil) != (tc.want == nil) || !slices.Equal(e.TopLevel, tc.want) {
+					t.Errorf("TopLevel %q (nil %v), want %q (nil %v)", e.TopLevel, e.TopLevel == nil, tc.want, tc.want == nil)
+				}
+			})
+		}
 	}
 }

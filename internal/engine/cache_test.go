@@ -3,11 +3,14 @@ package engine
 import (
 	"bytes"
 	"context"
+	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -107,6 +110,7 @@ func TestCacheInvalidation(t *testing.T) {
 				m[k] = v
 				return m
 			}
+			unchangedWork := t.TempDir()
 			first, _, base := cachedBuild(t, f, store, buildSpec{dockerfile: cacheDockerfile, files: files})
 			if d := cmp.Diff([]string{"miss", "miss", "miss", "miss"}, first); d != "" {
 				t.Fatalf("first build (-want +got):\n%s", d)
@@ -117,11 +121,11 @@ func TestCacheInvalidation(t *testing.T) {
 				want  []string
 				check func(t *testing.T, log string, res *Result)
 			}{
-				{name: "unchanged", spec: buildSpec{dockerfile: cacheDockerfile, files: files},
+				{name: "unchanged", spec: buildSpec{dockerfile: cacheDockerfile, files: files, opts: keepRootsIn(unchangedWork)},
 					want: []string{"hit", "hit", "hit", "hit"},
 					check: func(t *testing.T, log string, res *Result) {
-						if strings.Contains(log, "extracting layer") {
-							t.Error("a fully cached rebuild unpacked layers")
+						if got := stageRootFiles(t, unchangedWork); len(got) != 0 {
+							t.Errorf("a fully cached rebuild unpacked layers into its root: %v", got)
 						}
 						if res.Digest != base.Digest {
 							m1, _ := res.Image.RawManifest()
@@ -177,12 +181,13 @@ func TestCacheMultiStageAndTTL(t *testing.T) {
 	if d := cmp.Diff([]string{"miss", "miss", "miss"}, first); d != "" {
 		t.Fatal(d)
 	}
-	again, log, res := cachedBuild(t, f, store, buildSpec{dockerfile: df, files: map[string]string{"in.txt": "1"}})
+	work := t.TempDir()
+	again, _, res := cachedBuild(t, f, store, buildSpec{dockerfile: df, files: map[string]string{"in.txt": "1"}, opts: keepRootsIn(work)})
 	if d := cmp.Diff([]string{"hit", "hit", "hit"}, again); d != "" {
 		t.Errorf("rebuild:\n%s", d)
 	}
-	if strings.Contains(log, "extracting layer") {
-		t.Error("cached multi-stage rebuild unpacked layers")
+	if got := stageRootFiles(t, work); len(got) != 0 {
+		t.Errorf("a cached multi-stage rebuild unpacked layers into its roots: %v", got)
 	}
 	if imagetest.Flatten(t, res.Image)["final.txt"].Content != "1\n" && imagetest.Flatten(t, res.Image)["final.txt"].Content != "1" {
 		t.Errorf("final.txt = %q", imagetest.Flatten(t, res.Image)["final.txt"].Content)
@@ -220,4 +225,121 @@ func TestCachePushFailureIsAWarning(t *testing.T) {
 	}
 	_ = context.Background
 	_ = os.Getenv
+}
+
+// keepRootsIn builds in work and keeps the stage roots for stageRootFiles.
+func keepRootsIn(work string) func(*Options) {
+	return func(o *Options) { o.WorkDir, o.keepRoots = work, true }
+}
+
+// stageRootFiles is what the stage roots of the build in work hold.
+func stageRootFiles(t *testing.T, work string) []string {
+	t.Helper()
+	roots, _ := filepath.Glob(filepath.Join(work, "build-*", "stage-*", "root"))
+	if len(roots) == 0 {
+		t.Fatalf("no stage roots in %s", work)
+	}
+	var got []string
+	for _, r := range roots {
+		filepath.WalkDir(r, func(p string, d fs.DirEntry, err error) error {
+			if rel, _ := filepath.Rel(filepath.Dir(filepath.Dir(r)), p); p != r {
+				got = append(got, rel)
+			}
+			return nil
+		})
+	}
+	return got
+}
+
+// readCountingStore counts how often the layers of the entries it gives
+// out are opened (compressed or not), and can store entries as a kiln that
+// kept no TopLevel did.
+type readCountingStore struct {
+	cache.Store
+	noTopLevel bool
+	reads      atomic.Int64
+}
+
+func (s *readCountingStore) Put(ctx context.Context, key string, e cache.Entry) error {
+	if s.noTopLevel {
+		e.TopLevel = nil
+	}
+	return s.Store.Put(ctx, key, e)
+}
+
+func (s *readCountingStore) Get(ctx context.Context, key string) (*cache.Entry, error) {
+	e, err := s.Store.Get(ctx, key)
+	if err == nil && e.Layer != nil {
+		e.Layer = &readCountingLayer{e.Layer, &s.reads}
+	}
+	return e, err
+}
+
+type readCountingLayer struct {
+	v1.Layer
+	reads *atomic.Int64
+}
+
+func (l *readCountingLayer) Compressed() (io.ReadCloser, error) {
+	l.reads.Add(1)
+	return l.Layer.Compressed()
+}
+
+func (l *readCountingLayer) Uncompressed() (io.ReadCloser, error) {
+	l.reads.Add(1)
+	return l.Layer.Uncompressed()
+}
+
+// TestCachedLayerUnread: a COPY after a cached RUN whose layer touches
+// nothing the COPY writes does not read that layer at all (the cache entry
+// says what is at its top), and the image holds both; a COPY into what
+// the cached layer made reads it and finds the RUN's directory there; an
+// entry stored without the names is read to find them.
+func TestCachedLayerUnread(t *testing.T) {
+	const run = "FROM REG/busybox:1\nRUN mkdir -m 700 /many && echo x > /many/f && rm /etc/group\n"
+	for _, tc := range []struct {
+		name       string
+		copy, dest string
+		noTopLevel bool
+		wantReads  bool
+	}{
+		{name: "beside it", copy: "COPY a /a\n", dest: "a"},
+		{name: "beside a deleted file's directory", copy: "COPY a /srv/a\n", dest: "srv/a"},
+		{name: "into it", copy: "COPY a /many/a\n", dest: "many/a", wantReads: true},
+		{name: "where it deleted a file", copy: "COPY a /etc/a\n", dest: "etc/a", wantReads: true},
+		{name: "entry without its names", copy: "COPY a /a\n", dest: "a", noTopLevel: true, wantReads: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t)
+			store := &readCountingStore{Store: &cache.Layout{Path: filepath.Join(t.TempDir(), "cache")}, noTopLevel: tc.noTopLevel}
+			spec := buildSpec{dockerfile: run + tc.copy, files: map[string]string{"a": "A"}, opts: func(o *Options) { o.CacheCopyLayers = false }}
+			cachedBuild(t, f, store, spec)
+			hits, _, res := cachedBuild(t, f, store, spec)
+			reads := store.reads.Load() // before the image's layers are read here
+			if d := cmp.Diff([]string{"hit"}, hits); d != "" {
+				t.Fatalf("rebuild (-want +got):\n%s", d)
+			}
+			if got := reads > 0; got != tc.wantReads {
+				t.Errorf("the cached layer was opened %d times, want it read: %v", reads, tc.wantReads)
+			}
+			fs := imagetest.Flatten(t, res.Image)
+			if fs["many/f"].Content != "x\n" || fs[tc.dest].Content != "A" {
+				t.Errorf("/many/f %q, /%s %q", fs["many/f"].Content, tc.dest, fs[tc.dest].Content)
+			}
+			if _, ok := fs["etc/group"]; ok {
+				t.Error("/etc/group, deleted by the cached RUN, is back")
+			}
+			if e := fs["many"]; e.Header.Mode&0o777 != 0o700 {
+				t.Errorf("/many mode %o, want the RUN's 0700", e.Header.Mode&0o777)
+			}
+			if tc.dest == "many/a" {
+				// The COPY's layer records the directory as the RUN made it.
+				ls, _ := res.Image.Layers()
+				rc, _ := ls[len(ls)-1].Uncompressed()
+				if e := imagetest.ReadTar(t, rc)["many"]; e.Header.Mode&0o777 != 0o700 {
+					t.Errorf("the COPY layer's /many %o, want the cached RUN's 0700", e.Header.Mode&0o777)
+				}
+			}
+		})
+	}
 }

@@ -141,7 +141,11 @@ func (b *builder) cacheHit(ctx context.Context, st *stage, key, text, createdBy 
 			return false
 		}
 		st.addenda = append(st.addenda, mutate.Addendum{Layer: e.Layer, MediaType: mt})
-		st.pending = append(st.pending, e.Layer)
+		if e.TopLevel != nil {
+			st.pending = append(st.pending, knownLayer{e.Layer, e.TopLevel})
+		} else {
+			st.pending = append(st.pending, e.Layer)
+		}
 		st.snapshot = nil
 	}
 	st.history = append(st.history, h)
@@ -155,6 +159,9 @@ func (b *builder) cachePut(ctx context.Context, key string, st *stage, addendaBe
 	e := cache.Entry{Created: time.Now().UTC()}
 	if len(st.addenda) > addendaBefore {
 		e.Layer = st.addenda[len(st.addenda)-1].Layer
+		if l, ok := e.Layer.(interface{ TopLevel() []string }); ok {
+			e.TopLevel = l.TopLevel()
+		}
 	}
 	b.cacheWG.Add(1)
 	go func() {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"path"
 	"regexp"
 	"strings"
 	"sync"
@@ -36,11 +35,11 @@ import (
 
 // pathIndex is what the layers not yet in a stage's root touch: every
 // path they hold (a whiteout as the path it deletes, an opaque marker as
-// its directory) and every directory above one. Paths are kept as 64-bit
-// FNV-1a hashes, a tenth of the memory of the names on a base of 100k
-// files: a collision (a base can be made to have one) only makes touches
-// say yes, which brings the root up to date, as it would be without the
-// index.
+// its directory) and every directory above one. As every directory above
+// counts, a path is touched exactly when its first component is: that is
+// all the index keeps, as 64-bit FNV-1a hashes. A collision (a base can be
+// made to have one) only makes touches say yes, which brings the root up
+// to date, as it would be without the index.
 type pathIndex struct {
 	seen map[uint64]struct{}
 	all  bool // an opaque root: every path
@@ -65,39 +64,28 @@ func (ix *pathIndex) has(p string) bool {
 	return ok
 }
 
+// add adds a layer entry's name (or a name at a layer's top).
 func (ix *pathIndex) add(name string) {
-	p := fsroot.Clean(name)
-	dir, base := path.Split(p)
-	switch {
-	case base == ".wh..wh..opq":
-		p = fsroot.Clean(dir)
-		if p == "" {
+	top, rest, _ := strings.Cut(fsroot.Clean(name), "/")
+	if rest == "" {
+		switch {
+		case top == ".wh..wh..opq":
 			ix.all = true
 			return
+		case strings.HasPrefix(top, ".wh."):
+			top = strings.TrimPrefix(top, ".wh.")
 		}
-	case strings.HasPrefix(base, ".wh."):
-		p = path.Join(dir, strings.TrimPrefix(base, ".wh."))
 	}
-	// Every directory above, even one that seems there already: that may
-	// be a collision, and its parents would then be missing.
-	for ; p != ""; p = fsroot.Clean(path.Dir(p)) {
-		ix.seen[ix.hash(p)] = struct{}{}
+	if top != "" {
+		ix.seen[ix.hash(top)] = struct{}{}
 	}
 }
 
 // touches reports whether the image path p, something under it, or one of
 // its parents is in the index.
 func (ix *pathIndex) touches(p string) bool {
-	p = fsroot.Clean(p)
-	if ix.all || p == "" {
-		return true
-	}
-	for ; p != ""; p = fsroot.Clean(path.Dir(p)) {
-		if ix.has(p) {
-			return true
-		}
-	}
-	return false
+	top, _, _ := strings.Cut(fsroot.Clean(p), "/")
+	return ix.all || top == "" || ix.has(top)
 }
 
 // unapplied indexes the layers not in st's root yet that this build did
@@ -128,15 +116,22 @@ func (b *builder) unapplied(st *stage) (*pathIndex, error) {
 			layers = append(layers, l)
 		}
 	}
-	// Each layer is read on its own (a registry's in parallel downloads).
+	// Each layer is read on its own (a registry's in parallel downloads),
+	// but for a cached one whose names at the top are known.
 	parts := make([]*pathIndex, len(layers))
 	errs := make([]error, len(layers))
 	var wg sync.WaitGroup
 	for i, l := range layers {
+		parts[i] = newPathIndex()
+		if k, ok := l.(knownLayer); ok {
+			for _, n := range k.topLevel {
+				parts[i].add(n)
+			}
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			parts[i] = newPathIndex()
 			errs[i] = indexLayer(parts[i], l)
 		}()
 	}
@@ -156,6 +151,18 @@ func (b *builder) unapplied(st *stage) (*pathIndex, error) {
 	}
 	st.lazy, st.lazyFor, st.lazyUnpacked = ix, others, st.unpacked
 	return ix, nil
+}
+
+// knownLayer is a layer from the cache whose entry says what names are
+// at its top (cache.Entry.TopLevel): what it touches is known without
+// reading it. The list is trusted as the layer's content is: whoever can
+// write the cache can put any file into the image, and a wrong list can do
+// no more than that (a COPY runs before a layer it should have waited
+// for). Such a layer is read only when it is unpacked, and unpacking
+// checks every entry as always.
+type knownLayer struct {
+	v1.Layer
+	topLevel []string
 }
 
 // ownLayer is a layer this build made from entries (a streamed COPY) and
@@ -207,7 +214,8 @@ func indexLayer(ix *pathIndex, l v1.Layer) error {
 
 // checkUnapplied refuses, at the end of a stage, the layers its root
 // never needed (so never unpacked) that unpacking would have refused: a
-// hostile base fails the build whatever the Dockerfile does with it.
+// hostile base fails the build whatever the Dockerfile does with it. A
+// cached layer whose names are known is not read (see knownLayer).
 func (b *builder) checkUnapplied(st *stage) error {
 	if st.unpacked && len(st.pending) == 0 {
 		return nil

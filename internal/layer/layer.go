@@ -13,6 +13,8 @@ import (
 	"hash"
 	"io"
 	"os"
+	"path"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -192,7 +194,23 @@ func write(ctx context.Context, out *countingWriter, entries *List, comp Compres
 	if err := zw.Close(); err != nil {
 		return nil, fmt.Errorf("compressing layer: %w", err)
 	}
-	return &File{digest: hashOf(digest), diffID: hashOf(diffID), size: out.n, compression: comp}, nil
+	return &File{digest: hashOf(digest), diffID: hashOf(diffID), size: out.n, compression: comp, topLevel: topLevel(entries)}, nil
+}
+
+// topLevel is the first components of the entries' names, sorted, once
+// each: a whiteout or an opaque marker at the top as it is named.
+func topLevel(entries *List) []string {
+	seen := map[string]bool{}
+	names := []string{} // known to be none, not unknown
+	for e := range entries.All() {
+		first, _, _ := strings.Cut(strings.TrimLeft(path.Clean("/"+e.Header.Name), "/"), "/")
+		if first != "" && !seen[first] {
+			seen[first] = true
+			names = append(names, first)
+		}
+	}
+	sort.Strings(names)
+	return names
 }
 
 func hashOf(h hash.Hash) v1.Hash {
@@ -383,9 +401,15 @@ type File struct {
 	size        int64
 	mediaType   types.MediaType
 	compression Compression
+	topLevel    []string
 }
 
 var _ v1.Layer = (*File)(nil)
+
+// TopLevel is the first components of the layer's entry names (a
+// whiteout's or an opaque marker's as it is named), sorted; empty, not
+// nil, for a layer with no entries.
+func (l *File) TopLevel() []string { return l.topLevel }
 
 // Digest returns the sha256 of the compressed blob.
 func (l *File) Digest() (v1.Hash, error) { return l.digest, nil }

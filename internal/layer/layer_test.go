@@ -251,3 +251,35 @@ func TestList(t *testing.T) {
 		t.Error("a nil List yields")
 	}
 }
+
+// TestTopLevel: a layer says which names are at its top, once each and
+// sorted, whiteouts and opaque markers as they are named.
+func TestTopLevel(t *testing.T) {
+	dir := t.TempDir()
+	entries := []Entry{
+		{Header: Header{Name: "/many/", Typeflag: tar.TypeDir, Mode: 0o755}},
+		{Header: Header{Name: "many/f", Typeflag: tar.TypeReg, Mode: 0o644}},
+		{Header: Header{Name: "etc/.wh.group", Typeflag: tar.TypeReg}},
+		{Header: Header{Name: ".wh.gone", Typeflag: tar.TypeReg}},
+		{Header: Header{Name: "./top", Typeflag: tar.TypeReg}},
+		{Header: Header{Name: "var/cache/.wh..wh..opq", Typeflag: tar.TypeReg}},
+	}
+	for _, tc := range []struct {
+		name    string
+		entries []Entry
+		want    []string
+	}{
+		{"entries", entries, []string{".wh.gone", "etc", "many", "top", "var"}},
+		{"none", nil, []string{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l, err := New(context.Background(), dir, ListOf(tc.entries...), Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := l.(*File).TopLevel(); got == nil || strings.Join(got, ",") != strings.Join(tc.want, ",") {
+				t.Errorf("TopLevel %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
