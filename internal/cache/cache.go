@@ -11,10 +11,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -119,13 +121,16 @@ func entryImage(e Entry) (v1.Image, error) {
 	cf.Created = v1.Time{Time: e.Created}
 	if e.Layer == nil {
 		cf.Config.Labels = map[string]string{emptyLabel: "true"}
-	} else if e.TopLevel != nil {
+	} else if e.TopLevel != nil && !slices.ContainsFunc(e.TopLevel, notUTF8) {
+		// JSON would store a name that is not UTF-8 as another.
 		if b, err := json.Marshal(e.TopLevel); err == nil && len(b) <= maxTopLevel {
 			cf.Config.Labels = map[string]string{topLevelLabel: string(b)}
 		}
 	}
 	return mutate.ConfigFile(img, cf)
 }
+
+func notUTF8(s string) bool { return !utf8.ValidString(s) }
 
 // entryFrom reads an entry back from its image.
 func entryFrom(img v1.Image) (*Entry, error) {

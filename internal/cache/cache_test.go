@@ -127,6 +127,7 @@ func TestTopLevel(t *testing.T) {
 			{"none at the top", []string{}, []string{}},
 			{"not known", nil, nil},
 			{"too many", long, nil},
+			{"a name JSON cannot keep", []string{"etc", "\xff"}, nil},
 		} {
 			t.Run(kind+"/"+tc.name, func(t *testing.T) {
 				ctx := context.Background()
