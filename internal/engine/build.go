@@ -266,7 +266,11 @@ type builder struct {
 	// images (by reference and platform).
 	fromImages map[string]v1.Image
 	bases      map[string]v1.Image
-	http       *http.Client
+	// layerTops index the layers read so far (unpacked or indexed, so
+	// checked), by digest: a stage on a base another stage read does not
+	// read it again to tell what it touches (see unapplied).
+	layerTops map[v1.Hash]*pathIndex
+	http      *http.Client
 	// secrets are the secret values read so far, hidden in RUN output.
 	secrets redactor
 	// materials are the images pulled, for the build record.
@@ -308,7 +312,7 @@ type builder struct {
 }
 
 func newBuilder(o Options) (*builder, error) {
-	b := &builder{o: o, log: o.Logger, stages: map[int]*stage{}, images: map[string]*fsroot.Root{}, fromImages: map[string]v1.Image{}, bases: map[string]v1.Image{}, http: o.HTTPClient, started: time.Now().UTC()}
+	b := &builder{o: o, log: o.Logger, stages: map[int]*stage{}, images: map[string]*fsroot.Root{}, fromImages: map[string]v1.Image{}, bases: map[string]v1.Image{}, layerTops: map[v1.Hash]*pathIndex{}, http: o.HTTPClient, started: time.Now().UTC()}
 	if b.log == nil {
 		b.log = slog.New(slog.DiscardHandler)
 	}

@@ -28,7 +28,13 @@ type fixture struct {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	f := &fixture{t: t, reg: imagetest.Registry(t)}
+	return newFixtureOn(t, imagetest.Registry(t))
+}
+
+// newFixtureOn is a fixture on the registry at host.
+func newFixtureOn(t *testing.T, host string) *fixture {
+	t.Helper()
+	f := &fixture{t: t, reg: host}
 	var err error
 	f.client, err = registry.New(registry.Options{InsecureRegistries: []string{f.reg}, Platform: v1.Platform{OS: "linux", Architecture: "amd64"}})
 	if err != nil {

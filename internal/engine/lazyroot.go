@@ -117,18 +117,26 @@ func (b *builder) unapplied(st *stage) (*pathIndex, error) {
 		}
 	}
 	// Each layer is read on its own (a registry's in parallel downloads),
-	// but for a cached one whose names at the top are known.
+	// but for a cached one whose names at the top are known and one this
+	// build has read already (another stage's base).
 	parts := make([]*pathIndex, len(layers))
 	errs := make([]error, len(layers))
+	read := make([]v1.Hash, len(layers))
 	var wg sync.WaitGroup
 	for i, l := range layers {
-		parts[i] = newPathIndex()
 		if k, ok := l.(knownLayer); ok {
+			parts[i] = newPathIndex()
 			for _, n := range k.topLevel {
 				parts[i].add(n)
 			}
 			continue
 		}
+		d, err := l.Digest()
+		if err == nil && b.layerTops[d] != nil {
+			parts[i] = b.layerTops[d]
+			continue
+		}
+		parts[i], read[i] = newPathIndex(), d
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -140,12 +148,11 @@ func (b *builder) unapplied(st *stage) (*pathIndex, error) {
 		if errs[i] != nil {
 			return nil, fmt.Errorf("reading a layer's entries: %w", errs[i])
 		}
-		ix.all = ix.all || part.all
-		if len(ix.seen) == 0 {
-			ix.seen = part.seen // one layer, as a cached RUN's or a base's, is not copied
-			continue
+		if read[i].Hex != "" {
+			b.layerTops[read[i]] = part
 		}
-		for p := range part.seen {
+		ix.all = ix.all || part.all
+		for p := range part.seen { // copied: parts are kept, and shared
 			ix.seen[p] = struct{}{}
 		}
 	}

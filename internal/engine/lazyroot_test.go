@@ -4,12 +4,15 @@ import (
 	"archive/tar"
 	"context"
 	"io/fs"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/kilnbuild/kiln/internal/fsroot"
 	"github.com/kilnbuild/kiln/internal/imagetest"
@@ -300,6 +303,64 @@ func TestStreamedCopySourceSwap(t *testing.T) {
 			}
 			if err == nil {
 				t.Errorf("a swapped source wrote a layer without error")
+			}
+		})
+	}
+}
+
+// blobGets counts the registry's blob downloads, by digest.
+type blobGets struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (c *blobGets) wrap(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, d, ok := strings.Cut(r.URL.Path, "/blobs/"); ok && r.Method == http.MethodGet {
+			c.mu.Lock()
+			c.n[d]++
+			c.mu.Unlock()
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+func (c *blobGets) of(d v1.Hash) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n[d.String()]
+}
+
+// TestBaseReadOnce: a stage whose COPY runs ahead of its base (so has to
+// know what the base touches) on a base another stage unpacked, or
+// indexed, does not download it again; a stage that needs the base's
+// files does, as it must.
+func TestBaseReadOnce(t *testing.T) {
+	for _, tc := range []struct {
+		name, dockerfile, file string
+		want                   int
+	}{
+		{"after a stage that unpacked it", "FROM REG/busybox:1 AS a\nRUN echo a > /a\nFROM REG/busybox:1\nCOPY --from=a /a /b\n", "b", 1},
+		{"after a stage that indexed it", "FROM REG/busybox:1 AS a\nCOPY f /a\nFROM a\nCOPY f /b\n", "b", 1},
+		{"in a stage that needs its files", "FROM REG/busybox:1 AS a\nCOPY f /a\nFROM a\nRUN cat /a > /b\n", "b", 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			gets := &blobGets{n: map[string]int{}}
+			f := newFixtureOn(t, imagetest.RegistryWith(t, gets.wrap))
+			base := imagetest.Image(t, true, nil, imagetest.BusyboxFiles(t))
+			f.push("busybox:1", base)
+			ls, _ := base.Layers()
+			d, _ := ls[0].Digest()
+			res, err := f.run(buildSpec{dockerfile: tc.dockerfile, files: map[string]string{"f": "F\n"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := gets.of(d); got != tc.want {
+				t.Errorf("the base layer was downloaded %d times, want %d", got, tc.want)
+			}
+			fs := imagetest.Flatten(t, res.Image)
+			if fs[tc.file].Content == "" || fs["usr/bin/busybox"].Content == "" {
+				t.Errorf("the image lacks /%s (%q) or the base's /usr/bin/busybox", tc.file, fs[tc.file].Content)
 			}
 		})
 	}

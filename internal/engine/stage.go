@@ -468,13 +468,40 @@ func (b *builder) unpack(ctx context.Context, r *stageRoot, img v1.Image, what s
 			}
 		}
 		stop := b.clock(phaseUnpack)
-		err = rootfs.Unpack(ctx, r.dir, img, r.unpackOptions(rootfs.UnpackOptions{Logger: b.log, Name: what}))
+		parts := map[int]*pathIndex{}
+		err = rootfs.Unpack(ctx, r.dir, img, r.unpackOptions(rootfs.UnpackOptions{Logger: b.log, Name: what,
+			Entry: func(layer int, name string) {
+				if parts[layer] == nil {
+					parts[layer] = newPathIndex()
+				}
+				parts[layer].add(name)
+			}}))
 		stop()
 		if err == nil {
+			b.keepIndexes(img, parts)
 			return nil
 		}
 	}
 	return fmt.Errorf("extracting %s: %w", what, err)
+}
+
+// keepIndexes keeps the indexes of img's layers, just unpacked (parts by
+// layer; a layer with no entries has none).
+func (b *builder) keepIndexes(img v1.Image, parts map[int]*pathIndex) {
+	ls, err := img.Layers()
+	if err != nil {
+		return
+	}
+	for i, l := range ls {
+		d, err := l.Digest()
+		if err != nil {
+			continue
+		}
+		if parts[i] == nil {
+			parts[i] = newPathIndex()
+		}
+		b.layerTops[d] = parts[i]
+	}
 }
 
 // finish assembles the stage's image.

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"log"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path"
@@ -153,7 +154,18 @@ func BaseFiles() []File {
 // Registry starts ggcr's in-process registry and returns its host:port.
 func Registry(t testing.TB) string {
 	t.Helper()
-	s := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	return RegistryWith(t, nil)
+}
+
+// RegistryWith is Registry with its handler wrapped by wrap (nil: none),
+// to observe or change the requests it serves.
+func RegistryWith(t testing.TB, wrap func(http.Handler) http.Handler) string {
+	t.Helper()
+	h := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	if wrap != nil {
+		h = wrap(h)
+	}
+	s := httptest.NewServer(h)
 	t.Cleanup(s.Close)
 	return strings.TrimPrefix(s.URL, "http://")
 }

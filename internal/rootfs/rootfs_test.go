@@ -3,6 +3,7 @@ package rootfs
 import (
 	"archive/tar"
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -324,4 +325,26 @@ func snapshotTree(t *testing.T, root string, dirs ...string) string {
 		})
 	}
 	return b.String()
+}
+
+// TestUnpackEntries: Unpack tells every entry's name, cleaned, with its
+// layer's index, and a name that climbs out of the root is refused before
+// anyone is told of it.
+func TestUnpackEntries(t *testing.T) {
+	img := imagetest.Image(t, true, nil,
+		[]imagetest.File{imagetest.Dir("etc", 0o755, 0, 0), imagetest.Reg("./etc/passwd", "x", 0o644, 0, 0)},
+		[]imagetest.File{imagetest.Reg("etc/.wh.passwd", "", 0o644, 0, 0)})
+	var got []string
+	record := func(layer int, name string) { got = append(got, fmt.Sprintf("%d:%s", layer, name)) }
+	if err := Unpack(context.Background(), t.TempDir(), img, UnpackOptions{Entry: record}); err != nil {
+		t.Fatal(err)
+	}
+	if want := "0:etc 0:etc/passwd 1:etc/.wh.passwd"; strings.Join(got, " ") != want {
+		t.Errorf("entries told %q, want %q", got, want)
+	}
+	got = nil
+	bad := imagetest.Image(t, true, nil, []imagetest.File{imagetest.Reg("../escape", "x", 0o644, 0, 0)})
+	if err := Unpack(context.Background(), t.TempDir(), bad, UnpackOptions{Entry: record}); err == nil || len(got) != 0 {
+		t.Errorf("a hostile entry: err %v, told %q", err, got)
+	}
 }

@@ -42,6 +42,11 @@ type UnpackOptions struct {
 	Name string
 	// Now is the clock of progress records; nil is time.Now.
 	Now func() time.Time
+	// Entry, when set, is given the name of every entry read (layer is
+	// its index in the image, 0 for ApplyTar), before it is applied: when
+	// Unpack or ApplyTar returns no error, every entry it was given passed
+	// the checks unpacking makes.
+	Entry func(layer int, name string)
 }
 
 // Unpack applies the layers of img, lowest first, over root.
@@ -88,7 +93,7 @@ func Unpack(ctx context.Context, root string, img v1.Image, o UnpackOptions) err
 				return err
 			}
 			defer done()
-			if err := applyTar(fr, r, o); err != nil {
+			if err := applyTar(fr, r, o, i); err != nil {
 				return err
 			}
 			// Read to the end: a verifying reader checks the digest there.
@@ -117,7 +122,7 @@ func ApplyTar(root string, r io.Reader, o UnpackOptions) error {
 		return err
 	}
 	defer fr.Close()
-	return applyTar(fr, r, o)
+	return applyTar(fr, r, o, 0)
 }
 
 // openRoot opens root, protecting the ignore list's paths.
@@ -175,7 +180,7 @@ func (p *parents) reset() {
 	}
 }
 
-func applyTar(root *fsroot.Root, r io.Reader, o UnpackOptions) error {
+func applyTar(root *fsroot.Root, r io.Reader, o UnpackOptions, layerIx int) error {
 	log := o.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -207,6 +212,9 @@ func applyTar(root *fsroot.Root, r io.Reader, o UnpackOptions) error {
 		name, err := cleanName(hdr.Name)
 		if err != nil {
 			return err
+		}
+		if o.Entry != nil {
+			o.Entry(layerIx, name)
 		}
 		if name == "" {
 			if hdr.Typeflag == tar.TypeDir && o.Ignore == nil {
