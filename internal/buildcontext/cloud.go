@@ -6,16 +6,18 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"net/http"
 	"net/url"
 	"os"
 	"strings"
 
-	"cloud.google.com/go/storage"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blob"
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"golang.org/x/oauth2"
+	"golang.org/x/oauth2/google"
 
 	"github.com/kilnbuild/kiln/internal/logging"
 	"github.com/kilnbuild/kiln/internal/option"
@@ -135,32 +137,51 @@ func s3Object(o FetchOptions, bucket, key string) objectReader {
 	}
 }
 
-// gcsObject opens gs://bucket/object with Google's client, which honours
-// application default credentials and STORAGE_EMULATOR_HOST.
-func gcsObject(bucket, object string) objectReader {
+// gcsReadScope is the OAuth scope that reads Cloud Storage objects.
+const gcsReadScope = "https://www.googleapis.com/auth/devstorage.read_only"
+
+// gcsObject opens gs://bucket/object with one GET of the Cloud Storage
+// JSON API, as Google's client does (which would add 50 MB and 300
+// packages to every step binary): with application default credentials
+// (GOOGLE_APPLICATION_CREDENTIALS, gcloud's, or the metadata server), or
+// with none against the emulator STORAGE_EMULATOR_HOST names. Both come
+// from the process environment, as Google's libraries read them.
+func gcsObject(o FetchOptions, bucket, object string) objectReader {
 	return func(ctx context.Context) (io.ReadCloser, string, error) {
-		client, err := storage.NewClient(ctx, storage.WithJSONReads())
+		base, hc := "https://storage.googleapis.com", o.HTTPClient
+		if host := os.Getenv("STORAGE_EMULATOR_HOST"); host != "" {
+			base = host
+			if !strings.Contains(host, "://") {
+				base = "http://" + host
+			}
+		} else {
+			ctx := context.WithValue(ctx, oauth2.HTTPClient, o.HTTPClient)
+			creds, err := google.FindDefaultCredentials(ctx, gcsReadScope)
+			if err != nil {
+				return nil, "", permanentError{fmt.Errorf("Google credentials: %w", err)}
+			}
+			hc = oauth2.NewClient(ctx, creds.TokenSource)
+		}
+		u := strings.TrimSuffix(base, "/") + "/storage/v1/b/" + url.PathEscape(bucket) + "/o/" + url.PathEscape(object) + "?alt=media"
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 		if err != nil {
 			return nil, "", permanentError{err}
 		}
-		r, err := client.Bucket(bucket).Object(object).NewReader(ctx)
+		resp, err := hc.Do(req)
 		if err != nil {
-			client.Close()
 			return nil, "", err
 		}
-		return &closeBoth{ReadCloser: r, other: client}, fmt.Sprint(r.Attrs.Generation), nil
+		if resp.StatusCode != http.StatusOK {
+			msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+			resp.Body.Close()
+			err := fmt.Errorf("gs://%s/%s: %s: %s", bucket, object, resp.Status, strings.TrimSpace(string(msg)))
+			if resp.StatusCode >= 400 && resp.StatusCode < 500 && resp.StatusCode != http.StatusRequestTimeout && resp.StatusCode != http.StatusTooManyRequests {
+				return nil, "", permanentError{err}
+			}
+			return nil, "", err
+		}
+		return resp.Body, resp.Header.Get("X-Goog-Generation"), nil
 	}
-}
-
-type closeBoth struct {
-	io.ReadCloser
-	other io.Closer
-}
-
-func (c *closeBoth) Close() error {
-	err := c.ReadCloser.Close()
-	c.other.Close()
-	return err
 }
 
 // azureBlob opens an Azure Blob URL with the account key from

@@ -9,10 +9,14 @@ import (
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob"
+	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -88,6 +92,49 @@ func TestFetchGCS(t *testing.T) {
 	}
 	if rec.Version == "" || rec.Version == "0" {
 		t.Errorf("generation not recorded: %+v", rec)
+	}
+}
+
+// TestFetchGCSFailures: a missing object is a clear error naming it,
+// asked for once (a retry cannot fix it), and leaves no destination;
+// without credentials the fetch stops before any request, saying so.
+func TestFetchGCSFailures(t *testing.T) {
+	srv, err := fakestorage.NewServerWithOptions(fakestorage.Options{Scheme: "http", Host: "127.0.0.1",
+		InitialObjects: []fakestorage.Object{{ObjectAttrs: fakestorage.ObjectAttrs{BucketName: "contexts", Name: "other"}, Content: gz(goodTar)}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Stop()
+	target, _ := url.Parse(srv.URL())
+	var requests atomic.Int64
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		httputil.NewSingleHostReverseProxy(target).ServeHTTP(w, r)
+	}))
+	defer proxy.Close()
+	for _, tc := range []struct {
+		name, emulator, want string
+		requests             int64
+	}{
+		{"missing object", strings.TrimPrefix(proxy.URL, "http://"), "gs://contexts/app/nope.tar.gz: 404", 1},
+		{"no credentials", "", "Google credentials", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			requests.Store(0)
+			t.Setenv("STORAGE_EMULATOR_HOST", tc.emulator)
+			t.Setenv("GOOGLE_APPLICATION_CREDENTIALS", filepath.Join(t.TempDir(), "none.json"))
+			dest := filepath.Join(t.TempDir(), "ctx")
+			_, err := Fetch(context.Background(), FetchOptions{Source: "gs://contexts/app/nope.tar.gz", Dest: dest, Retries: 3})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want %q", err, tc.want)
+			}
+			if got := requests.Load(); got != tc.requests {
+				t.Errorf("%d requests, want %d", got, tc.requests)
+			}
+			if _, err := os.Stat(dest); err == nil {
+				t.Error("a failed fetch left its destination")
+			}
+		})
 	}
 }
 

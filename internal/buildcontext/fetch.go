@@ -255,7 +255,7 @@ func fetchInto(ctx context.Context, o FetchOptions, dir string, rec *Record) err
 		if err != nil {
 			return err
 		}
-		return fetchObject(ctx, o, dir, rec, gcsObject(bucket, key), "")
+		return fetchObject(ctx, o, dir, rec, gcsObject(o, bucket, key), "")
 	}
 	return option.Errorf("Context", Redact(src), "unknown context scheme %q", scheme)
 }
