@@ -312,44 +312,51 @@ func CanonicalDigest(dir string) (string, error) {
 	return "sha256:" + hex.EncodeToString(h.Sum(nil)), nil
 }
 
+// writeCanonical writes the canonical tar of dir to w. The tree is walked
+// through handles (fsroot.Dir), never by path: nothing is followed, so a
+// directory or file swapped for a link meanwhile is read as the link it
+// now is, or refused, never through it.
 func writeCanonical(w io.Writer, dir string, zeroTimes bool) error {
 	root, err := fsroot.Open(dir)
 	if err != nil {
 		return err
 	}
 	defer root.Close()
-	// Contents are read through handles inside dir, never by the walked
-	// path: a file swapped for a link or a fifo meanwhile is refused.
-	files := root.EntryOpener()
-	defer files.Close()
 	tw := tar.NewWriter(w)
-	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+	if err := writeCanonicalDir(tw, root.Dir(), "", zeroTimes); err != nil {
+		return err
+	}
+	return tw.Close()
+}
+
+// writeCanonicalDir writes the entries of d, whose path in the tar is rel
+// ("" or ending in "/"), in name order, and those below them.
+func writeCanonicalDir(tw *tar.Writer, d *fsroot.Dir, rel string, zeroTimes bool) error {
+	names, err := d.ReadDir()
+	if err != nil {
+		return err
+	}
+	for _, name := range names {
+		info, err := d.Lstat(name)
 		if err != nil {
 			return err
 		}
-		if p == dir {
-			return nil
-		}
-		rel, _ := filepath.Rel(dir, p)
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
+		mode := info.Mode()
 		link := ""
-		if info.Mode()&fs.ModeSymlink != 0 {
-			if link, err = os.Readlink(p); err != nil {
+		switch {
+		case mode&fs.ModeSymlink != 0:
+			if link, err = d.Readlink(name); err != nil {
 				return err
 			}
-		}
-		if !info.IsDir() && !info.Mode().IsRegular() && info.Mode()&fs.ModeSymlink == 0 {
-			return nil // sockets and devices have no place in a context
+		case !mode.IsDir() && !mode.IsRegular():
+			continue // sockets and devices have no place in a context
 		}
 		h, err := tar.FileInfoHeader(info, link)
 		if err != nil {
 			return err
 		}
-		h.Name = filepath.ToSlash(rel)
-		if info.IsDir() {
+		h.Name = rel + name
+		if mode.IsDir() {
 			h.Name += "/"
 		}
 		h.Uid, h.Gid, h.Uname, h.Gname = 0, 0, "", ""
@@ -361,21 +368,30 @@ func writeCanonical(w io.Writer, dir string, zeroTimes bool) error {
 		if err := tw.WriteHeader(h); err != nil {
 			return err
 		}
-		if info.Mode().IsRegular() {
-			f, err := files.Open(h.Name)
+		switch {
+		case mode.IsRegular():
+			f, err := d.Open(name)
 			if err != nil {
 				return err
 			}
 			_, err = io.Copy(tw, f)
 			f.Close()
-			return err
+			if err != nil {
+				return err
+			}
+		case mode.IsDir():
+			sub, err := d.OpenDirAt(name)
+			if err != nil {
+				return err
+			}
+			err = writeCanonicalDir(tw, sub, h.Name, zeroTimes)
+			sub.Close()
+			if err != nil {
+				return err
+			}
 		}
-		return nil
-	})
-	if err != nil {
-		return err
 	}
-	return tw.Close()
+	return nil
 }
 
 // Redact removes credentials (user info, tokens in queries) from a URI.

@@ -363,18 +363,18 @@ func TestParseGit(t *testing.T) {
 	}
 }
 
-// swapWriter swaps the context's sub/f for a link to a file outside it as
-// soon as the canonical tar's header for sub/f is written: between the
-// walk's look at the file and the read of its content.
+// swapWriter calls swap once the canonical tar written so far holds at:
+// between the walk's look at an entry and what it reads of it next.
 type swapWriter struct {
 	bytes.Buffer
+	at      string
 	swap    func()
 	swapped bool
 }
 
 func (w *swapWriter) Write(p []byte) (int, error) {
 	n, err := w.Buffer.Write(p)
-	if !w.swapped && bytes.Contains(w.Bytes(), []byte("sub/f")) {
+	if !w.swapped && bytes.Contains(w.Bytes(), []byte(w.at)) {
 		w.swapped = true
 		w.swap()
 	}
@@ -382,20 +382,31 @@ func (w *swapWriter) Write(p []byte) (int, error) {
 }
 
 // TestCanonicalTarSourceSwap performs the attack of a context changed
-// while it is read (the digest, the dir:// copy): the content is read
-// through a handle inside the context, never from outside it.
+// while it is read (the digest, the dir:// copy): nothing outside the
+// context is read, not a file's content, not a directory's names, not a
+// link's target.
 func TestCanonicalTarSourceSwap(t *testing.T) {
 	outside := t.TempDir()
 	os.WriteFile(filepath.Join(outside, "f"), []byte("SECRET"), 0o644)
+	// Named to be listed before f.
+	os.WriteFile(filepath.Join(outside, "a-outside-name"), []byte("x"), 0o644)
+	os.Symlink("OUTSIDE-TARGET", filepath.Join(outside, "b-link"))
 	for _, tc := range []struct {
-		name string
-		swap func(ctxDir string)
+		name, at string
+		// wantErr: the walk meets the link; else it goes on reading the
+		// directory it holds (moved, still inside the context).
+		wantErr bool
+		swap    func(ctxDir string)
 	}{
-		{"file becomes a link", func(ctxDir string) {
+		{"file becomes a link", "sub/f", true, func(ctxDir string) {
 			os.Remove(filepath.Join(ctxDir, "sub", "f"))
 			os.Symlink(filepath.Join(outside, "f"), filepath.Join(ctxDir, "sub", "f"))
 		}},
-		{"directory becomes a link", func(ctxDir string) {
+		{"directory becomes a link after its file's header", "sub/f", false, func(ctxDir string) {
+			os.Rename(filepath.Join(ctxDir, "sub"), filepath.Join(ctxDir, "moved"))
+			os.Symlink(outside, filepath.Join(ctxDir, "sub"))
+		}},
+		{"directory becomes a link before it is listed", "sub/", true, func(ctxDir string) {
 			os.Rename(filepath.Join(ctxDir, "sub"), filepath.Join(ctxDir, "moved"))
 			os.Symlink(outside, filepath.Join(ctxDir, "sub"))
 		}},
@@ -404,16 +415,19 @@ func TestCanonicalTarSourceSwap(t *testing.T) {
 			ctxDir := t.TempDir()
 			os.MkdirAll(filepath.Join(ctxDir, "sub"), 0o755)
 			os.WriteFile(filepath.Join(ctxDir, "sub", "f"), []byte("inside"), 0o644)
-			w := &swapWriter{swap: func() { tc.swap(ctxDir) }}
+			os.Symlink("inside-target", filepath.Join(ctxDir, "sub", "l"))
+			w := &swapWriter{at: tc.at, swap: func() { tc.swap(ctxDir) }}
 			err := writeCanonical(w, ctxDir, true)
 			if !w.swapped {
-				t.Fatal("the header of sub/f was never written")
+				t.Fatalf("%s was never written", tc.at)
 			}
-			if bytes.Contains(w.Bytes(), []byte("SECRET")) {
-				t.Fatalf("the tar holds the file outside the context (err %v)", err)
+			for _, leak := range []string{"SECRET", "a-outside-name", "OUTSIDE-TARGET"} {
+				if bytes.Contains(w.Bytes(), []byte(leak)) {
+					t.Errorf("the tar holds %s from outside the context (err %v)", leak, err)
+				}
 			}
-			if err == nil {
-				t.Error("the swapped file was read without an error")
+			if (err != nil) != tc.wantErr {
+				t.Errorf("err = %v, want an error: %v", err, tc.wantErr)
 			}
 		})
 	}
