@@ -570,7 +570,7 @@ func (b *builder) addLayer(ctx context.Context, st *stage, createdBy string, ent
 	stop := b.clock(phaseLayer)
 	l, err := layer.New(ctx, b.work, entries, layer.Options{
 		Compression: b.o.Compression, Level: b.o.CompressionLevel, MediaType: mt, ModTime: b.epoch,
-		Follow: b.uploads.follow(st.ps),
+		TopLevel: b.cache, Follow: b.uploads.follow(st.ps),
 	})
 	stop()
 	if err != nil {

@@ -13,7 +13,6 @@ import (
 	"hash"
 	"io"
 	"os"
-	"path"
 	"sort"
 	"strconv"
 	"strings"
@@ -25,6 +24,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sys/unix"
 
+	"github.com/kilnbuild/kiln/internal/fsroot"
 	"github.com/kilnbuild/kiln/internal/option"
 )
 
@@ -91,6 +91,9 @@ type Options struct {
 	MediaType types.MediaType
 	// ModTime, when set, replaces every entry's mtime (reproducible builds).
 	ModTime *time.Time
+	// TopLevel records the names at the layer's top (File.TopLevel), for
+	// a cache entry; without it TopLevel is nil (not known).
+	TopLevel bool
 	// Follow, when set, is given the layer as it starts being written,
 	// to upload it alongside (see Growing). It must not block.
 	Follow func(*Growing)
@@ -194,7 +197,11 @@ func write(ctx context.Context, out *countingWriter, entries *List, comp Compres
 	if err := zw.Close(); err != nil {
 		return nil, fmt.Errorf("compressing layer: %w", err)
 	}
-	return &File{digest: hashOf(digest), diffID: hashOf(diffID), size: out.n, compression: comp, topLevel: topLevel(entries)}, nil
+	file := &File{digest: hashOf(digest), diffID: hashOf(diffID), size: out.n, compression: comp}
+	if o.TopLevel {
+		file.topLevel = topLevel(entries)
+	}
+	return file, nil
 }
 
 // topLevel is the first components of the entries' names, sorted, once
@@ -203,7 +210,7 @@ func topLevel(entries *List) []string {
 	seen := map[string]bool{}
 	names := []string{} // known to be none, not unknown
 	for e := range entries.All() {
-		first, _, _ := strings.Cut(strings.TrimLeft(path.Clean("/"+e.Header.Name), "/"), "/")
+		first, _, _ := strings.Cut(fsroot.Clean(e.Header.Name), "/")
 		if first != "" && !seen[first] {
 			seen[first] = true
 			names = append(names, first)
@@ -408,7 +415,7 @@ var _ v1.Layer = (*File)(nil)
 
 // TopLevel is the first components of the layer's entry names (a
 // whiteout's or an opaque marker's as it is named), sorted; empty, not
-// nil, for a layer with no entries.
+// nil, for a layer with no entries; nil unless Options.TopLevel was set.
 func (l *File) TopLevel() []string { return l.topLevel }
 
 // Digest returns the sha256 of the compressed blob.

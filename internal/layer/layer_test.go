@@ -273,12 +273,19 @@ func TestTopLevel(t *testing.T) {
 		{"none", nil, []string{}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			l, err := New(context.Background(), dir, ListOf(tc.entries...), Options{})
+			l, err := New(context.Background(), dir, ListOf(tc.entries...), Options{TopLevel: true})
 			if err != nil {
 				t.Fatal(err)
 			}
 			if got := l.(*File).TopLevel(); got == nil || strings.Join(got, ",") != strings.Join(tc.want, ",") {
 				t.Errorf("TopLevel %q, want %q", got, tc.want)
+			}
+			unasked, err := New(context.Background(), dir, ListOf(tc.entries...), Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := unasked.(*File).TopLevel(); got != nil {
+				t.Errorf("TopLevel %q without Options.TopLevel, want nil (not known)", got)
 			}
 		})
 	}
