@@ -1,9 +1,9 @@
 // Package fsroot does file system work inside a directory tree that
 // untrusted input shaped — an image's root, a build context, an unpacked
 // archive — without ever leaving it. Every path is resolved inside the
-// tree at the moment of use, into a handle (openat2 with RESOLVE_IN_ROOT
-// through github.com/cyphar/filepath-securejoin, which falls back to a
-// safe O_PATH walk on old kernels), and every change is made relative to
+// tree at the moment of use, into a handle (openat2 with RESOLVE_IN_ROOT;
+// on kernels without it github.com/cyphar/filepath-securejoin's safe
+// O_PATH walk), and every change is made relative to
 // a directory handle with the *at system calls, never through a host path
 // string built earlier.
 //
@@ -18,6 +18,7 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"runtime"
 	"strings"
 	"sync"
 
@@ -149,7 +150,7 @@ func (r *Root) OpenDir(p string) (*Dir, error) {
 	if img == "" {
 		return r.dir.dup()
 	}
-	f, err := pathrs.OpenatInRoot(r.dir.f, img)
+	f, err := openInRoot(r.dir.f, img)
 	if err != nil {
 		return nil, &fs.PathError{Op: "open", Path: "/" + img, Err: unwrapPath(err)}
 	}
@@ -182,7 +183,7 @@ func (r *Root) OpenHandle(p string) (*os.File, error) {
 		}
 		return d.f, nil
 	}
-	f, err := pathrs.OpenatInRoot(r.dir.f, img)
+	f, err := openInRoot(r.dir.f, img)
 	if err != nil {
 		return nil, &fs.PathError{Op: "open", Path: "/" + img, Err: unwrapPath(err)}
 	}
@@ -227,7 +228,7 @@ func (r *Root) Stat(p string) (fs.FileInfo, error) {
 	if img == "" {
 		return r.dir.Stat()
 	}
-	f, err := pathrs.OpenatInRoot(r.dir.f, img)
+	f, err := openInRoot(r.dir.f, img)
 	if err != nil {
 		return nil, &fs.PathError{Op: "stat", Path: "/" + img, Err: unwrapPath(err)}
 	}
@@ -244,7 +245,7 @@ func (r *Root) Real(p string) (string, error) {
 	if img == "" {
 		return "", nil
 	}
-	f, err := pathrs.OpenatInRoot(r.dir.f, img)
+	f, err := openInRoot(r.dir.f, img)
 	if err == nil {
 		defer f.Close()
 		return r.imgOf(f)
@@ -271,7 +272,7 @@ func (r *Root) OpenFile(p string) (*os.File, error) {
 	if img == "" {
 		return nil, &fs.PathError{Op: "open", Path: "/", Err: fmt.Errorf("%w (a directory)", ErrNotRegular)}
 	}
-	h, err := pathrs.OpenatInRoot(r.dir.f, img)
+	h, err := openInRoot(r.dir.f, img)
 	if err != nil {
 		return nil, &fs.PathError{Op: "open", Path: "/" + img, Err: unwrapPath(err)}
 	}
@@ -292,7 +293,7 @@ func (r *Root) OpenEntry(p string) (*os.File, error) {
 	dir, base := path.Split(img)
 	dfd := r.dir.fd()
 	if dir != "" {
-		d, err := pathrs.OpenatInRoot(r.dir.f, dir)
+		d, err := openInRoot(r.dir.f, dir)
 		if err != nil {
 			return nil, &fs.PathError{Op: "open", Path: "/" + img, Err: unwrapPath(err)}
 		}
@@ -330,7 +331,7 @@ func (o *EntryOpener) Open(p string) (*os.File, error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.f == nil || o.dir != dir {
-		d, err := pathrs.OpenatInRoot(o.root.dir.f, dir)
+		d, err := openInRoot(o.root.dir.f, dir)
 		if err != nil {
 			return nil, &fs.PathError{Op: "open", Path: "/" + img, Err: unwrapPath(err)}
 		}
@@ -387,6 +388,36 @@ func openRegularAt(dirfd int, name, show string) (*os.File, error) {
 		return nil, &fs.PathError{Op: "open", Path: show, Err: err}
 	}
 	return os.NewFile(uintptr(fd), show), nil
+}
+
+// scopedRetries bounds the retries of a lookup that the kernel refused
+// because a rename or mount raced it (EAGAIN) or its result left the root
+// (EXDEV), as securejoin bounds them: under attack the error is returned.
+const scopedRetries = 128
+
+// openInRoot resolves img (clean, not "") inside the tree dir holds,
+// following every symlink as the image would (absolute targets start at the
+// root, ".." stops there), and returns an O_PATH handle named by the image
+// path. The kernel does the confinement (openat2 with RESOLVE_IN_ROOT and
+// RESOLVE_NO_MAGICLINKS); on a kernel without openat2 it is securejoin's
+// O_PATH walk. This is securejoin's own openat2 path without its procfs
+// readlink, which only names the handle and cost more than the lookup
+// itself (a file per directory in a COPY).
+func openInRoot(dir *os.File, img string) (*os.File, error) {
+	how := unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS}
+	for tries := 0; ; tries++ {
+		fd, err := unix.Openat2(int(dir.Fd()), img, &how)
+		runtime.KeepAlive(dir)
+		switch {
+		case err == nil:
+			return os.NewFile(uintptr(fd), "/"+img), nil
+		case err == unix.EINTR || ((err == unix.EAGAIN || err == unix.EXDEV) && tries < scopedRetries):
+			continue
+		case err == unix.ENOSYS:
+			return pathrs.OpenatInRoot(dir, img)
+		}
+		return nil, &fs.PathError{Op: "openat2", Path: "/" + img, Err: err}
+	}
 }
 
 // reopenRegular upgrades an O_PATH handle on a regular file to one open

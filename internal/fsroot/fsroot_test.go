@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // tree makes a root with a canary directory beside it and returns both.
@@ -338,4 +340,81 @@ func TestOpenEntry(t *testing.T) {
 			t.Errorf("%s: read %q, want %q", c.path, b, c.want)
 		}
 	}
+}
+
+// TestOpenInRootConfined attacks the lookup every Root method starts
+// with: links and ".." that lead out of the root, and a directory moved
+// out of the root and back while lookups go through it. Whatever succeeds
+// must be the file inside the root named canary, never the one beside it.
+func TestOpenInRootConfined(t *testing.T) {
+	top := t.TempDir()
+	root, away := filepath.Join(top, "root"), filepath.Join(top, "away")
+	for _, d := range []string{filepath.Join(root, "dir", "sub", "deep"), away} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, f := range []string{filepath.Join(root, "canary"), filepath.Join(top, "canary"), filepath.Join(away, "canary")} {
+		if err := os.WriteFile(f, []byte(f), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for name, target := range map[string]string{"abs": "/canary", "up": "../../../canary", "dir/hop": "../../abs"} {
+		if err := os.Symlink(target, filepath.Join(root, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var inside unix.Stat_t
+	if err := unix.Stat(filepath.Join(root, "canary"), &inside); err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.OpenFile(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dir.Close()
+	check := func(p string) bool {
+		f, err := openInRoot(dir, p)
+		if err != nil {
+			return false
+		}
+		defer f.Close()
+		var st unix.Stat_t
+		if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Ino != inside.Ino || st.Dev != inside.Dev {
+			t.Fatalf("%s resolved to a file outside the root (inode %d)", p, st.Ino)
+		}
+		return true
+	}
+	for _, p := range []string{"canary", "abs", "up", "dir/hop", "../canary", "dir/../../../canary", "dir/sub/deep/../../../../canary"} {
+		if !check(p) {
+			t.Errorf("%s: not resolved to the root's canary", p)
+		}
+	}
+
+	// The race: dir/sub goes out of the root (under away/) and back while
+	// a lookup climbs out of it with "..".
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		in, out := filepath.Join(root, "dir", "sub"), filepath.Join(away, "sub")
+		for {
+			select {
+			case <-stop:
+				os.Rename(out, in)
+				return
+			default:
+			}
+			os.Rename(in, out)
+			os.Rename(out, in)
+		}
+	}()
+	for i := 0; i < 3000; i++ {
+		check("dir/sub/deep/../../../canary")
+	}
+	close(stop)
+	<-done
 }
