@@ -399,8 +399,8 @@ const scopedRetries = 128
 // following every symlink as the image would (absolute targets start at the
 // root, ".." stops there), and returns an O_PATH handle named by the image
 // path. The kernel does the confinement (openat2 with RESOLVE_IN_ROOT and
-// RESOLVE_NO_MAGICLINKS); on a kernel without openat2 it is securejoin's
-// O_PATH walk. This is securejoin's own openat2 path without its procfs
+// RESOLVE_NO_MAGICLINKS); where openat2 is missing or refused it is
+// securejoin's O_PATH walk. This is securejoin's own openat2 path without its procfs
 // readlink, which only names the handle and cost more than the lookup
 // itself (a file per directory in a COPY).
 func openInRoot(dir *os.File, img string) (*os.File, error) {
@@ -413,7 +413,11 @@ func openInRoot(dir *os.File, img string) (*os.File, error) {
 			return os.NewFile(uintptr(fd), "/"+img), nil
 		case err == unix.EINTR || ((err == unix.EAGAIN || err == unix.EXDEV) && tries < scopedRetries):
 			continue
-		case err == unix.ENOSYS:
+		case err == unix.ENOSYS || err == unix.EPERM:
+			// No openat2, or a seccomp profile older than it that refuses
+			// it (Docker's and containerd's once answered EPERM): a lookup
+			// never fails with EPERM otherwise, as O_PATH checks no
+			// permission of what it names.
 			return pathrs.OpenatInRoot(dir, img)
 		}
 		return nil, &fs.PathError{Op: "openat2", Path: "/" + img, Err: err}
