@@ -13,7 +13,6 @@ import (
 	"syscall"
 	"time"
 
-	pathrs "github.com/cyphar/filepath-securejoin/pathrs-lite"
 	"golang.org/x/sys/unix"
 )
 
@@ -403,11 +402,6 @@ func (d *Dir) Lsetxattr(name, attr string, value []byte) error {
 func (d *Dir) Exists(name string) bool {
 	_, err := d.lstat(name)
 	return err == nil
-}
-
-// Reopen returns a descriptor of the directory open for reading.
-func (d *Dir) Reopen() (*os.File, error) {
-	return pathrs.Reopen(d.f, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC)
 }
 
 func unixMode(mode fs.FileMode) uint32 {

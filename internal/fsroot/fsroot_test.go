@@ -412,9 +412,16 @@ func TestOpenInRootConfined(t *testing.T) {
 			os.Rename(out, in)
 		}
 	}()
+	resolved := 0
 	for i := 0; i < 3000; i++ {
-		check("dir/sub/deep/../../../canary")
+		if check("dir/sub/deep/../../../canary") {
+			resolved++
+		}
 	}
 	close(stop)
 	<-done
+	// A lookup that only ever failed would have tested nothing.
+	if resolved == 0 {
+		t.Error("no lookup through the moving directory resolved: the race never ran a lookup to its end")
+	}
 }
