@@ -70,13 +70,8 @@ func Dir(source string) (string, error) {
 const MaxFileSize = 16 << 20
 
 // Open opens a local context directory. source may be a bare path or a
-// dir:// URI; other kaniko context schemes are not supported yet.
-// dockerfile is the Dockerfile's host path ("" or a URL for none beside
-// the context): a "<Dockerfile>.dockerignore" beside it wins over the
-// context's ".dockerignore", as in BuildKit. Both are read with
-// fsroot.ReadFileWithin inside the context or the other untrusted trees
-// (the working directory the Dockerfile was found in): a symlink in them
-// never leads out.
+// dir:// URI; other kaniko context schemes are not supported yet. It is
+// OpenRoot of the directory, with the trees opened as roots.
 func Open(source, dockerfile string, trees ...string) (*Context, error) {
 	dir, err := Dir(source)
 	if err != nil {
@@ -86,12 +81,37 @@ func Open(source, dockerfile string, trees ...string) (*Context, error) {
 	if err != nil {
 		return nil, option.New("Context", strconv.Quote(source), err)
 	}
-	c := &Context{Dir: abs}
-	if c.FS, err = fsroot.Open(abs); err != nil {
+	root, err := fsroot.Open(abs)
+	if err != nil {
 		return nil, option.New("Context", strconv.Quote(source), err)
 	}
-	trees = append([]string{abs}, trees...)
-	candidates := []string{filepath.Join(abs, ".dockerignore")}
+	roots := make([]*fsroot.Root, 0, len(trees))
+	defer func() {
+		for _, r := range roots {
+			r.Close()
+		}
+	}()
+	for _, t := range trees {
+		if r, err := fsroot.Open(t); err == nil {
+			roots = append(roots, r)
+		}
+	}
+	return OpenRoot(root, dockerfile, roots...)
+}
+
+// OpenRoot makes a context of the directory root holds, which it takes
+// over (Close releases it; a failed OpenRoot already has); its Path must
+// be absolute. dockerfile is the
+// Dockerfile's host path ("" or a URL for none beside the context): a
+// "<Dockerfile>.dockerignore" beside it wins over the context's
+// ".dockerignore", as in BuildKit. Both are read with fsroot.ReadFileIn,
+// inside the context's handle or the other untrusted trees' (the
+// working directory the Dockerfile was found in): a symlink in them never
+// leads out, and the context's path is not looked up again.
+func OpenRoot(root *fsroot.Root, dockerfile string, trees ...*fsroot.Root) (*Context, error) {
+	c := &Context{Dir: root.Path(), FS: root}
+	trees = append([]*fsroot.Root{root}, trees...)
+	candidates := []string{filepath.Join(c.Dir, ".dockerignore")}
 	if dockerfile != "" && !strings.Contains(dockerfile, "://") {
 		candidates = append([]string{dockerfile + ".dockerignore"}, candidates...)
 	}
@@ -99,15 +119,15 @@ func Open(source, dockerfile string, trees ...string) (*Context, error) {
 		if err := c.readIgnore(f, trees); err == nil {
 			break
 		} else if !errors.Is(err, fs.ErrNotExist) {
-			c.Close()
+			root.Close()
 			return nil, err
 		}
 	}
 	return c, nil
 }
 
-func (c *Context) readIgnore(file string, trees []string) error {
-	data, err := fsroot.ReadFileWithin(file, MaxFileSize, trees...)
+func (c *Context) readIgnore(file string, trees []*fsroot.Root) error {
+	data, err := fsroot.ReadFileIn(file, MaxFileSize, trees...)
 	if err != nil {
 		return err
 	}

@@ -142,9 +142,11 @@ func Fetch(ctx context.Context, o FetchOptions) (*Record, error) {
 		return nil, option.New("Context", Redact(o.Source), err)
 	}
 	if o.SubPath != "" {
-		if _, err := SubDir(tmp, o.SubPath); err != nil {
+		sub, err := OpenContextDir(tmp, o.SubPath)
+		if err != nil {
 			return nil, err
 		}
+		sub.Close()
 	}
 	if rec.SHA256, err = CanonicalDigest(tmp); err != nil {
 		return nil, err
@@ -160,25 +162,34 @@ func Fetch(ctx context.Context, o FetchOptions) (*Record, error) {
 	return rec, nil
 }
 
-// SubDir returns the directory --context-sub-path names inside the
-// context dir: a relative path that stays inside it, its symlinks
-// followed inside the context, naming a directory.
-func SubDir(dir, sub string) (string, error) {
+// OpenSubDir opens the directory --context-sub-path names inside the
+// context root: a relative path that stays inside it, its symlinks
+// followed inside the context, naming a directory. The root it returns
+// holds that directory's handle, so nothing resolves sub again.
+func OpenSubDir(root *fsroot.Root, sub string) (*fsroot.Root, error) {
 	clean := path.Clean(filepath.ToSlash(sub))
 	if path.IsAbs(clean) || clean == ".." || strings.HasPrefix(clean, "../") {
-		return "", option.Errorf("ContextSubPath", strconv.Quote(sub), "must be a path inside the context")
+		return nil, option.Errorf("ContextSubPath", strconv.Quote(sub), "must be a path inside the context")
 	}
+	r, err := root.OpenRoot(clean)
+	if err != nil {
+		return nil, option.Errorf("ContextSubPath", strconv.Quote(sub), "not a directory in the context")
+	}
+	return r, nil
+}
+
+// OpenContextDir opens the context directory dir and the directory sub
+// names in it ("" for dir itself) as OpenSubDir does.
+func OpenContextDir(dir, sub string) (*fsroot.Root, error) {
 	root, err := fsroot.Open(dir)
 	if err != nil {
-		return "", option.New("ContextSubPath", strconv.Quote(sub), err)
+		return nil, option.New("Context", strconv.Quote(dir), err)
+	}
+	if sub == "" {
+		return root, nil
 	}
 	defer root.Close()
-	d, err := root.OpenDir(clean)
-	if err != nil {
-		return "", option.Errorf("ContextSubPath", strconv.Quote(sub), "not a directory in the context")
-	}
-	defer d.Close()
-	return filepath.Join(dir, filepath.FromSlash(d.Path())), nil
+	return OpenSubDir(root, sub)
 }
 
 func checkDest(dest string) error {
@@ -305,8 +316,18 @@ func copyDir(src, dir string, lim Limits, hasScheme bool, orig string) error {
 // CanonicalDigest is the sha256 of a canonical tar of dir: names sorted,
 // times and owners zeroed, modes, link targets and contents kept.
 func CanonicalDigest(dir string) (string, error) {
+	root, err := fsroot.Open(dir)
+	if err != nil {
+		return "", err
+	}
+	defer root.Close()
+	return CanonicalDigestOf(root)
+}
+
+// CanonicalDigestOf is CanonicalDigest of the tree root holds.
+func CanonicalDigestOf(root *fsroot.Root) (string, error) {
 	h := sha256.New()
-	if err := writeCanonical(h, dir, true); err != nil {
+	if err := writeCanonicalRoot(h, root, true); err != nil {
 		return "", err
 	}
 	return "sha256:" + hex.EncodeToString(h.Sum(nil)), nil
@@ -322,6 +343,11 @@ func writeCanonical(w io.Writer, dir string, zeroTimes bool) error {
 		return err
 	}
 	defer root.Close()
+	return writeCanonicalRoot(w, root, zeroTimes)
+}
+
+// writeCanonicalRoot is writeCanonical of the tree root holds.
+func writeCanonicalRoot(w io.Writer, root *fsroot.Root, zeroTimes bool) error {
 	tw := tar.NewWriter(w)
 	if err := writeCanonicalDir(tw, root.Dir(), "", zeroTimes); err != nil {
 		return err

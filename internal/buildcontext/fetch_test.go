@@ -180,12 +180,20 @@ func TestContextLinksAndSubPath(t *testing.T) {
 	if _, err := Fetch(context.Background(), FetchOptions{Source: "tar://" + src, Dest: dest, SubPath: "back"}); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := SubDir(dest, "back"); err != nil || got != filepath.Join(dest, "x/y") {
-		t.Errorf("SubDir(back) = %q, %v", got, err)
+	if got, err := OpenContextDir(dest, "back"); err != nil {
+		t.Errorf("OpenContextDir(back): %v", err)
+	} else {
+		if got.Path() != filepath.Join(dest, "x/y") {
+			t.Errorf("OpenContextDir(back).Path() = %q", got.Path())
+		}
+		if dir, sub := got.Origin(); dir != dest || sub != "x/y" {
+			t.Errorf("OpenContextDir(back).Origin() = %q, %q", dir, sub)
+		}
+		got.Close()
 	}
 	for _, sub := range []string{"../..", "/etc", "x/../../..", "missing"} {
-		if _, err := SubDir(dest, sub); err == nil || !strings.Contains(err.Error(), "option ContextSubPath") {
-			t.Errorf("SubDir(%q): %v", sub, err)
+		if _, err := OpenContextDir(dest, sub); err == nil || !strings.Contains(err.Error(), "option ContextSubPath") {
+			t.Errorf("OpenContextDir(%q): %v", sub, err)
 		}
 		d2 := filepath.Join(t.TempDir(), "ctx")
 		if _, err := Fetch(context.Background(), FetchOptions{Source: "tar://" + src, Dest: d2, SubPath: sub}); err == nil {

@@ -306,6 +306,7 @@ type builder struct {
 	// in-place root ("/" by default; "" in chroot isolation), whether the
 	// layer cache is on, and the environment lookup.
 	ctxPath   string
+	ctxRoot   *fsroot.Root // the context's handle, until ctxDir holds it
 	root      string
 	cache     bool
 	lookupEnv func(string) (string, bool)
@@ -543,6 +544,7 @@ func (b *builder) cleanup() {
 		r.Close()
 	}
 	b.roots = nil
+	b.ctxRoot.Close()
 	b.ctxDir.Close()
 	if b.rootsGone != nil {
 		b.rootsGone()
@@ -559,58 +561,74 @@ func ParsePlatform(s string) (v1.Platform, error) { return registry.ParsePlatfor
 // fetch-context step would, and applies --context-sub-path.
 func (b *builder) fetchContext(ctx context.Context) error {
 	src := b.o.Context
-	if !isRemote(src) {
-		dir := strings.TrimPrefix(src, "dir://")
-		// fetch-context leaves its record beside the context directory.
-		recPath := b.o.ContextRecord
-		if recPath == "" {
-			recPath = filepath.Join(filepath.Dir(filepath.Clean(dir)), "context.json")
-		}
-		if data, err := os.ReadFile(recPath); err == nil {
-			var rec buildcontext.Record
-			if json.Unmarshal(data, &rec) == nil && rec.SHA256 != "" {
-				b.ctxRecord = &rec
-			}
-		}
-		if b.o.ContextSubPath != "" {
-			sub, err := buildcontext.SubDir(dir, b.o.ContextSubPath)
-			if err != nil {
+	if isRemote(src) {
+		f := b.o.fetched // fetched once for every platform
+		if f == nil {
+			var err error
+			if f, err = fetchRemote(ctx, b.o, filepath.Join(b.work, "context"), b.http, b.log); err != nil {
 				return err
 			}
-			b.ctxPath = sub
 		}
-		if b.ctxRecord == nil {
-			// The context's digest (for the build record) reads every file
-			// of it: alongside the build, which only reads the context too.
-			if abs, err := filepath.Abs(b.ctxPath); err == nil {
-				ch := make(chan *buildcontext.Record, 1)
-				b.ctxDigest = ch
-				go func() {
-					var rec *buildcontext.Record
-					if d, err := buildcontext.CanonicalDigest(abs); err == nil {
-						rec = &buildcontext.Record{Source: abs, SHA256: d}
-					}
-					ch <- rec
-				}()
-			}
-		}
-		return nil
+		b.ctxRecord = f.rec
+		return b.openContext(f.dir)
 	}
-	if f := b.o.fetched; f != nil { // fetched once for every platform
-		b.ctxPath, b.ctxRecord = f.dir, f.rec
-		return nil
-	}
-	f, err := fetchRemote(ctx, b.o, filepath.Join(b.work, "context"), b.http, b.log)
+	dir, err := buildcontext.Dir(src)
 	if err != nil {
 		return err
 	}
-	b.ctxPath, b.ctxRecord = f.dir, f.rec
+	// fetch-context leaves its record beside the context directory.
+	recPath := b.o.ContextRecord
+	if recPath == "" {
+		recPath = filepath.Join(filepath.Dir(filepath.Clean(dir)), "context.json")
+	}
+	if data, err := os.ReadFile(recPath); err == nil {
+		var rec buildcontext.Record
+		if json.Unmarshal(data, &rec) == nil && rec.SHA256 != "" {
+			b.ctxRecord = &rec
+		}
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return option.New("Context", strconv.Quote(src), err)
+	}
+	if err := b.openContext(abs); err != nil {
+		return err
+	}
+	if b.ctxRecord == nil {
+		// The context's digest (for the build record) reads every file
+		// of it, through a handle of its own: alongside the build, which
+		// only reads the context too.
+		if r, err := b.ctxRoot.OpenRoot(""); err == nil {
+			ch := make(chan *buildcontext.Record, 1)
+			b.ctxDigest = ch
+			go func() {
+				defer r.Close()
+				var rec *buildcontext.Record
+				if d, err := buildcontext.CanonicalDigestOf(r); err == nil {
+					rec = &buildcontext.Record{Source: r.Path(), SHA256: d}
+				}
+				ch <- rec
+			}()
+		}
+	}
+	return nil
+}
+
+// openContext opens the context directory dir, and the directory
+// --context-sub-path names inside it, as the handle every later read of
+// the context goes through.
+func (b *builder) openContext(dir string) error {
+	r, err := buildcontext.OpenContextDir(dir, b.o.ContextSubPath)
+	if err != nil {
+		return err
+	}
+	b.ctxRoot, b.ctxPath = r, r.Path()
 	return nil
 }
 
 // fetched is a remote context fetched into a directory.
 type fetched struct {
-	dir string // the context directory, --context-sub-path applied
+	dir string // the context directory, before --context-sub-path
 	rec *buildcontext.Record
 }
 
@@ -619,8 +637,8 @@ func isRemote(src string) bool {
 	return strings.Contains(src, "://") && !strings.HasPrefix(src, "dir://")
 }
 
-// fetchRemote fetches o.Context into dest, as the fetch-context step would,
-// and applies --context-sub-path.
+// fetchRemote fetches o.Context into dest, as the fetch-context step would
+// (which checks --context-sub-path; each platform's build opens it).
 func fetchRemote(ctx context.Context, o Options, dest string, hc *http.Client, log *slog.Logger) (*fetched, error) {
 	rec, err := buildcontext.Fetch(ctx, buildcontext.FetchOptions{
 		Source: o.Context, Dest: dest, SubPath: o.ContextSubPath, Git: o.Git, Stdin: o.Stdin,
@@ -630,13 +648,7 @@ func fetchRemote(ctx context.Context, o Options, dest string, hc *http.Client, l
 		return nil, err
 	}
 	log.Info("fetched context", "source", rec.Source, "commit", rec.Commit, "sha256", rec.SHA256)
-	f := &fetched{dir: dest, rec: rec}
-	if o.ContextSubPath != "" {
-		if f.dir, err = buildcontext.SubDir(dest, o.ContextSubPath); err != nil {
-			return nil, err
-		}
-	}
-	return f, nil
+	return &fetched{dir: dest, rec: rec}, nil
 }
 
 // prepare fetches the context, reads the Dockerfile and plans the build,
@@ -651,7 +663,10 @@ func (b *builder) prepare(ctx context.Context) error {
 		return err
 	}
 	b.dfPath, b.dfSrc = dfPath, dfSrc
-	if b.ctxDir, err = buildcontext.Open(b.ctxPath, b.dfPath, wd); err != nil {
+	b.ctxDir, err = buildcontext.OpenRoot(b.ctxRoot, b.dfPath, wd)
+	b.ctxRoot = nil // the context has it now (or closed it)
+	wd.Close()
+	if err != nil {
 		return err
 	}
 	if b.df, err = dockerfile.Parse(displayName(b.dfPath), strings.NewReader(string(b.dfSrc))); err != nil {
@@ -795,7 +810,7 @@ func displayName(p string) string {
 // resolved inside that tree: a hostile context's Dockerfile linked to a
 // file outside it is not there. It returns the working directory too, the
 // other tree the ignore file beside the Dockerfile is read in.
-func (b *builder) readDockerfile(ctx context.Context) (path string, src []byte, wd string, err error) {
+func (b *builder) readDockerfile(ctx context.Context) (path string, src []byte, wd *fsroot.Root, err error) {
 	df := b.o.Dockerfile
 	if df == "" {
 		df = "Dockerfile"
@@ -803,25 +818,24 @@ func (b *builder) readDockerfile(ctx context.Context) (path string, src []byte, 
 	if strings.HasPrefix(df, "http://") || strings.HasPrefix(df, "https://") {
 		data, err := b.download(ctx, df, 1<<20)
 		if err != nil {
-			return "", nil, "", option.New("Dockerfile", df, err)
+			return "", nil, nil, option.New("Dockerfile", df, err)
 		}
-		return df, data, "", nil
+		return df, data, nil, nil
 	}
-	// A missing context is the mistake, not the Dockerfile it would hold.
-	ctxDir, err := buildcontext.Dir(b.ctxPath)
+	wdPath, err := os.Getwd()
+	if err == nil {
+		wd, err = fsroot.Open(wdPath)
+	}
 	if err != nil {
-		return "", nil, "", err
-	}
-	if wd, err = os.Getwd(); err != nil {
-		return "", nil, "", option.New("Dockerfile", df, err)
+		return "", nil, nil, option.New("Dockerfile", df, err)
 	}
 	candidates := []string{df}
 	if !filepath.IsAbs(df) {
-		candidates = append(candidates, filepath.Join(ctxDir, df))
+		candidates = append(candidates, filepath.Join(b.ctxPath, df))
 	}
 	var refused error // a candidate that is there but no regular file
 	for _, c := range candidates {
-		data, err := fsroot.ReadFileWithin(c, buildcontext.MaxFileSize, ctxDir, wd)
+		data, err := fsroot.ReadFileIn(c, buildcontext.MaxFileSize, b.ctxRoot, wd)
 		switch {
 		case err == nil:
 			abs, _ := filepath.Abs(c)
@@ -832,13 +846,15 @@ func (b *builder) readDockerfile(ctx context.Context) (path string, src []byte, 
 				refused = err
 			}
 		default:
-			return "", nil, "", option.New("Dockerfile", c, err)
+			wd.Close()
+			return "", nil, nil, option.New("Dockerfile", c, err)
 		}
 	}
+	wd.Close()
 	if refused != nil {
-		return "", nil, "", option.New("Dockerfile", df, refused)
+		return "", nil, nil, option.New("Dockerfile", df, refused)
 	}
-	return "", nil, "", option.Errorf("Dockerfile", df, "no such file (looked in the working directory and the context %s)", b.ctxPath)
+	return "", nil, nil, option.Errorf("Dockerfile", df, "no such file (looked in the working directory and the context %s)", b.ctxPath)
 }
 
 // download fetches url, refusing bodies over limit bytes.

@@ -426,3 +426,81 @@ func TestRunCacheMountSharing(t *testing.T) {
 	}
 	checkFiles(t, fs, map[string]want{"seen": {content: str("seeded\nshared\n")}}, nil)
 }
+
+// TestContextSubPathSwapped performs the attack of a process that swaps
+// the --context-sub-path directory for a link out of the context once the
+// build has resolved it: a RUN's bind mount of the context and a later
+// COPY never read the outside tree, and the build is refused. The swap is
+// made when the first RUN asks for its secret, after the context was
+// opened.
+func TestContextSubPathSwapped(t *testing.T) {
+	f := newFixture(t)
+	const canary = "CANARY-OUTSIDE"
+	outside := t.TempDir()
+	write(t, outside, "f", canary)
+	tests := []struct {
+		name, df string
+		wantErr  string          // "" for a build that must succeed
+		want     map[string]want // files of the image
+	}{
+		{
+			// The sandbox resolves the mount's source inside the context
+			// directory, where the link's target is not.
+			name:    "RUN bind mount",
+			df:      "FROM REG/busybox:1\nRUN --mount=type=secret,id=s --mount=type=bind,target=/m cat /m/f > /seen\n",
+			wantErr: "bind mount source for /m",
+		},
+		{
+			// The context's handle moved with the directory, which is
+			// no longer where the build opened it.
+			name:    "COPY after the swap",
+			df:      "FROM REG/busybox:1\nRUN --mount=type=secret,id=s true\nCOPY f /copied\n",
+			wantErr: "outside the root",
+		},
+		{
+			name: "no swap",
+			df:   "FROM REG/busybox:1\nRUN --mount=type=bind,target=/m cat /m/f > /seen\nCOPY f /copied\n",
+			want: map[string]want{"seen": {content: str("inside")}, "copied": {content: str("inside")}},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := buildSpec{dockerfile: "unused", files: map[string]string{"app/Dockerfile": strings.ReplaceAll(tt.df, "REG/", f.reg+"/"), "app/f": "inside"}}
+			s.opts = func(o *Options) {
+				o.ContextSubPath, o.Dockerfile = "app", filepath.Join(o.Context, "app", "Dockerfile")
+				o.Secrets = map[string]Secret{"s": {Env: "SWAP"}}
+				ctxDir := o.Context
+				o.LookupEnv = func(k string) (string, bool) {
+					if k != "SWAP" {
+						return "", false
+					}
+					if err := os.Rename(filepath.Join(ctxDir, "app"), filepath.Join(ctxDir, "app.moved")); err != nil {
+						t.Error(err)
+					}
+					if err := os.Symlink(outside, filepath.Join(ctxDir, "app")); err != nil {
+						t.Error(err)
+					}
+					return "v", true
+				}
+			}
+			res, err := f.run(s)
+			if err != nil && strings.Contains(err.Error(), canary) {
+				t.Fatalf("the error shows the outside file: %v", err)
+			}
+			if tt.wantErr != "" {
+				if err == nil {
+					seen := imagetest.Flatten(t, res.Image)["seen"]
+					t.Fatalf("build succeeded, /seen = %q; want %q", seen.Content, tt.wantErr)
+				}
+				if !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("build: %v", err)
+			}
+			checkFiles(t, imagetest.Flatten(t, res.Image), tt.want, nil)
+		})
+	}
+}

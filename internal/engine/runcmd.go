@@ -338,14 +338,16 @@ func (b *builder) runMounts(ctx context.Context, st *stage, c *instructions.RunC
 			spec.Mounts = append(spec.Mounts, sandbox.Mount{Type: "bind", Source: dir, Target: target, ReadOnly: m.ReadOnly})
 		case instructions.MountTypeBind:
 			src := &source{fs: b.ctxDir.FS, ctx: b.ctxDir, what: "build context"}
-			dir := b.ctxDir.Dir
 			if m.From != "" {
 				var err error
 				if src, err = b.copySource(ctx, st, m.From); err != nil {
 					return nil, cleanup, err
 				}
-				dir = src.fs.Path()
 			}
+			// The sandbox resolves the source again, inside the directory
+			// the source's root was opened from, never through a path of
+			// its parents looked up before.
+			dir, sub := src.fs.Origin()
 			real, err := src.fs.Real(m.Source)
 			if err == nil && (src.excluded(m.Source) || src.excluded(real)) {
 				err = fmt.Errorf("excluded by %s: %w", filepath.Base(src.ctx.IgnoreFile), fs.ErrNotExist)
@@ -353,7 +355,7 @@ func (b *builder) runMounts(ctx context.Context, st *stage, c *instructions.RunC
 			if err != nil {
 				return nil, cleanup, fmt.Errorf("--mount=type=bind,source=%s: %w", m.Source, err)
 			}
-			mount := sandbox.Mount{Type: "bind", Source: dir, SubPath: real, Target: target, ReadOnly: m.ReadOnly}
+			mount := sandbox.Mount{Type: "bind", Source: dir, SubPath: path.Join(sub, real), Target: target, ReadOnly: m.ReadOnly}
 			if !m.ReadOnly || src.ctx.Excludes() {
 				// A read-write bind mount's writes are discarded, and the
 				// context is seen without what .dockerignore excludes:

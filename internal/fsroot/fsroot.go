@@ -18,6 +18,7 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -60,10 +61,13 @@ func IsProtected(err error) bool {
 
 // Root is a directory tree opened for confined work.
 type Root struct {
-	path    string // as given, for messages
-	real    string // the directory's real path, as /proc/self/fd shows it
-	dir     *Dir
-	protect Protector
+	path string // as given, for messages
+	real string // the directory's real path, as /proc/self/fd shows it
+	// origin and sub: the directory given to Open and this root's real
+	// image path inside it ("" for a root Open made).
+	origin, sub string
+	dir         *Dir
+	protect     Protector
 }
 
 // Option configures Open.
@@ -83,7 +87,7 @@ func Open(dir string, opts ...Option) (*Root, error) {
 		f.Close()
 		return nil, fmt.Errorf("opening root %s: %w", dir, err)
 	}
-	r := &Root{path: dir, real: real}
+	r := &Root{path: dir, real: real, origin: dir}
 	for _, o := range opts {
 		o(r)
 	}
@@ -100,8 +104,43 @@ func (r *Root) Close() error {
 	return r.dir.Close()
 }
 
-// Path is the root's host path, as given to Open.
+// Path is the root's host path, as given to Open (for a root OpenRoot
+// made, its parent's joined with where it resolved to). It is for
+// messages and for matching paths spelled by an operator: work in the
+// root goes through its handle.
 func (r *Root) Path() string { return r.path }
+
+// Origin is the directory given to Open, and this root's real image path
+// inside it ("" for a root Open made): what a process that cannot share
+// the handle (a sandbox's mount setup) resolves again, inside origin, at
+// the moment of use.
+func (r *Root) Origin() (dir, sub string) { return r.origin, r.sub }
+
+// OpenRoot resolves the image path p inside the root as OpenDir does and
+// returns a root at the directory it names. The new root holds its own
+// handle: later lookups in it never resolve p again, so p's parents
+// swapped for symlinks meanwhile lead nowhere. It shares nothing with r,
+// which may be closed first; "" gives a second handle on r itself. A root
+// that protects paths has none to give (they are its own image paths).
+func (r *Root) OpenRoot(p string) (*Root, error) {
+	if r.protect != nil {
+		return nil, fmt.Errorf("opening root %s inside %s: it protects paths", "/"+Clean(p), r.path)
+	}
+	d, err := r.OpenDir(p)
+	if err != nil {
+		return nil, err
+	}
+	real, err := procfs.ProcSelfFdReadlink(d.f)
+	if err != nil {
+		d.Close()
+		return nil, fmt.Errorf("opening root %s: %w", d.show(""), err)
+	}
+	nr := &Root{path: filepath.Join(r.path, filepath.FromSlash(d.img)), real: real,
+		origin: r.origin, sub: path.Join(r.sub, d.img)}
+	d.root, d.img = nr, "" // the new root's own root
+	nr.dir = d
+	return nr, nil
+}
 
 // Dir is the root directory itself. Do not close it: Root.Close does.
 func (r *Root) Dir() *Dir { return r.dir }

@@ -21,11 +21,31 @@ import (
 // is refused without being opened for reading (errors.Is ErrNotRegular),
 // and so is a file of more than limit bytes.
 func ReadFileWithin(p string, limit int64, trees ...string) ([]byte, error) {
+	return readWithin(p, limit, trees, func(i int) (*Root, error) { return Open(trees[i]) }, true)
+}
+
+// ReadFileIn is ReadFileWithin for trees already open as roots: p, as
+// spelled, is matched against each root's Path, and the rest of it is
+// resolved inside the deepest match through the handle it holds, so the
+// tree's own path is not looked up again.
+func ReadFileIn(p string, limit int64, roots ...*Root) ([]byte, error) {
+	trees := make([]string, len(roots))
+	for i, r := range roots {
+		if r != nil {
+			trees[i] = r.Path()
+		}
+	}
+	return readWithin(p, limit, trees, func(i int) (*Root, error) { return roots[i], nil }, false)
+}
+
+// readWithin reads p for ReadFileWithin and ReadFileIn: root(i) is the
+// root of trees[i], closed after use when owned.
+func readWithin(p string, limit int64, trees []string, root func(int) (*Root, error), owned bool) ([]byte, error) {
 	abs, err := filepath.Abs(p)
 	if err != nil {
 		return nil, err
 	}
-	f, err := openWithin(abs, trees)
+	f, err := openWithin(abs, trees, root, owned)
 	if err != nil {
 		return nil, err
 	}
@@ -40,10 +60,10 @@ func ReadFileWithin(p string, limit int64, trees ...string) ([]byte, error) {
 	return data, nil
 }
 
-// openWithin opens the absolute path abs for ReadFileWithin.
-func openWithin(abs string, trees []string) (*os.File, error) {
-	tree, rel := "", ""
-	for _, t := range trees {
+// openWithin opens the absolute path abs for readWithin.
+func openWithin(abs string, trees []string, root func(int) (*Root, error), owned bool) (*os.File, error) {
+	tree, rel, depth := -1, "", 0
+	for i, t := range trees {
 		if t == "" {
 			continue
 		}
@@ -52,12 +72,12 @@ func openWithin(abs string, trees []string) (*os.File, error) {
 			continue
 		}
 		r, err := filepath.Rel(t, abs)
-		if err != nil || r == ".." || strings.HasPrefix(r, "../") || len(t) <= len(tree) {
+		if err != nil || r == ".." || strings.HasPrefix(r, "../") || len(t) <= depth {
 			continue
 		}
-		tree, rel = t, r
+		tree, rel, depth = i, r, len(t)
 	}
-	if tree == "" {
+	if tree < 0 {
 		h, err := os.OpenFile(abs, unix.O_PATH|unix.O_CLOEXEC, 0)
 		if err != nil {
 			return nil, err
@@ -65,12 +85,14 @@ func openWithin(abs string, trees []string) (*os.File, error) {
 		defer h.Close()
 		return reopenRegular(h, abs)
 	}
-	root, err := Open(tree)
+	r, err := root(tree)
 	if err != nil {
 		return nil, err
 	}
-	defer root.Close()
-	f, err := root.OpenFile(filepath.ToSlash(rel))
+	if owned {
+		defer r.Close()
+	}
+	f, err := r.OpenFile(filepath.ToSlash(rel))
 	var pe *fs.PathError
 	if errors.As(err, &pe) {
 		pe.Path = abs // the operator's name for it, not the tree's
