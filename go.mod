@@ -19,6 +19,7 @@ require (
 	github.com/in-toto/in-toto-golang v0.11.0
 	github.com/johannesboyne/gofakes3 v1.2.0
 	github.com/klauspost/compress v1.20.3
+	github.com/klauspost/readahead v1.4.0
 	github.com/moby/buildkit v0.34.2
 	github.com/moby/patternmatcher v0.6.1
 	github.com/sigstore/cosign/v2 v2.6.5

@@ -9,6 +9,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
+	"github.com/klauspost/readahead"
 	"github.com/ulikunitz/xz"
 )
 
@@ -16,31 +17,65 @@ import (
 // gzip, bzip2, xz or zstd magic number, and r itself otherwise (a plain
 // tar). done releases the decompressor.
 func Decompress(r io.Reader) (_ io.Reader, done func(), _ error) {
-	br := bufio.NewReader(r)
+	in, inDone := readAhead(r, readAheadIn)
+	br := bufio.NewReader(in)
 	magic, _ := br.Peek(6)
 	switch {
 	case bytes.HasPrefix(magic, []byte{0x1f, 0x8b}):
 		zr, err := gzip.NewReader(br)
 		if err != nil {
+			inDone()
 			return nil, nil, err
 		}
-		return zr, func() { zr.Close() }, nil
+		ra, done := readAhead(zr, readAheadOut)
+		return ra, func() { done(); zr.Close(); inDone() }, nil
 	case bytes.HasPrefix(magic, []byte("BZh")):
-		return bzip2.NewReader(br), func() {}, nil
+		ra, done := readAhead(bzip2.NewReader(br), readAheadOut)
+		return ra, func() { done(); inDone() }, nil
 	case bytes.HasPrefix(magic, []byte{0xfd, '7', 'z', 'X', 'Z', 0x00}):
 		xr, err := xz.NewReader(br)
 		if err != nil {
+			inDone()
 			return nil, nil, err
 		}
-		return xr, func() {}, nil
+		ra, done := readAhead(xr, readAheadOut)
+		return ra, func() { done(); inDone() }, nil
 	case bytes.HasPrefix(magic, []byte{0x28, 0xb5, 0x2f, 0xfd}):
 		zr, err := zstd.NewReader(br)
 		if err != nil {
+			inDone()
 			return nil, nil, err
 		}
-		return zr, zr.Close, nil
+		return zr, func() { zr.Close(); inDone() }, nil
 	}
-	return br, func() {}, nil
+	return br, inDone, nil
+}
+
+// readAheadSize is how far ahead a stage of Decompress reads: its
+// buffers and their size.
+type readAheadSize struct{ buffers, size int }
+
+var (
+	// readAheadIn reads the compressed bytes (a registry's body, its
+	// digest check) ahead of the decompressor.
+	readAheadIn = readAheadSize{4, 64 << 10}
+	// readAheadOut decompresses ahead of what reads the result.
+	readAheadOut = readAheadSize{4, 256 << 10}
+)
+
+// readAhead reads r in a goroutine of its own, ahead of what reads the
+// result, so that the stages of unpacking a big layer (receiving and
+// checking its bytes, decompressing them, writing the files) run on
+// cores of their own instead of taking turns: decompressing is one core's
+// work (zstd's decoder has goroutines of its own). done stops the
+// goroutine, waiting for a read of r under way, so r may be released
+// after it.
+func readAhead(r io.Reader, s readAheadSize) (io.Reader, func()) {
+	ra, err := readahead.NewReaderSize(r, s.buffers, s.size)
+	if err != nil {
+		return r, func() {}
+	}
+	return ra, func() { ra.Close() }
 }
 
 // OpenTar opens a layer's tar stream: its compressed bytes decompressed
