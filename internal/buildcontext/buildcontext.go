@@ -92,22 +92,25 @@ func Open(source, dockerfile string, trees ...string) (*Context, error) {
 		}
 	}()
 	for _, t := range trees {
-		if r, err := fsroot.Open(t); err == nil {
-			roots = append(roots, r)
+		r, err := fsroot.Open(t)
+		if err != nil {
+			root.Close()
+			return nil, err
 		}
+		roots = append(roots, r)
 	}
 	return OpenRoot(root, dockerfile, roots...)
 }
 
 // OpenRoot makes a context of the directory root holds, which it takes
 // over (Close releases it; a failed OpenRoot already has); its Path must
-// be absolute. dockerfile is the
-// Dockerfile's host path ("" or a URL for none beside the context): a
-// "<Dockerfile>.dockerignore" beside it wins over the context's
-// ".dockerignore", as in BuildKit. Both are read with fsroot.ReadFileIn,
-// inside the context's handle or the other untrusted trees' (the
-// working directory the Dockerfile was found in): a symlink in them never
-// leads out, and the context's path is not looked up again.
+// be absolute. dockerfile is the Dockerfile's host path ("" or a URL for
+// none beside the context): a "<Dockerfile>.dockerignore" beside it wins
+// over the context's ".dockerignore", as in BuildKit. Both are read with
+// fsroot.ReadFileIn, inside the context's handle or the other untrusted
+// trees' (the working directory the Dockerfile was found in): a symlink
+// in them never leads out, and the context's path is not looked up
+// again.
 func OpenRoot(root *fsroot.Root, dockerfile string, trees ...*fsroot.Root) (*Context, error) {
 	c := &Context{Dir: root.Path(), FS: root}
 	trees = append([]*fsroot.Root{root}, trees...)

@@ -15,7 +15,11 @@ import (
 
 // Decompress returns r's content decompressed when it starts with a
 // gzip, bzip2, xz or zstd magic number, and r itself otherwise (a plain
-// tar). done releases the decompressor.
+// tar). Its stages read ahead in goroutines of their own (readAhead):
+// the content ends (io.EOF) only once r has (every format is read as a
+// run of streams to r's end), so from then on nothing but the caller
+// reads r. done stops the goroutines and releases the decompressor, and
+// must be called before r is closed.
 func Decompress(r io.Reader) (_ io.Reader, done func(), _ error) {
 	in, inDone := readAhead(r, readAheadIn)
 	br := bufio.NewReader(in)

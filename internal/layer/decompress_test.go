@@ -63,8 +63,9 @@ func compressed(t *testing.T, format string, data []byte) []byte {
 
 // TestDecompress reads streams longer than Decompress reads ahead, in
 // every format it knows: the content comes through whole and in order,
-// an error of the compressed stream at its end (a digest mismatch) comes
-// through after it, and once done returns nothing reads the stream again.
+// having read its source to the end; an error of the compressed stream at
+// its end (a digest mismatch) comes through after it; and once done
+// returns nothing reads the stream again.
 func TestDecompress(t *testing.T) {
 	data := make([]byte, 2<<20)
 	rnd := rand.New(rand.NewSource(1))
@@ -80,10 +81,16 @@ func TestDecompress(t *testing.T) {
 				t.Fatal(err)
 			}
 			got, err := io.ReadAll(r)
-			done()
 			if err != nil || !bytes.Equal(got, data) {
 				t.Fatalf("read %d bytes (equal: %v), %v; want the %d bytes written", len(got), bytes.Equal(got, data), err, len(data))
 			}
+			// At r's end its source is at its end too, and read by nothing
+			// else: a caller reads on (layer.OpenTar, rootfs.Unpack) with
+			// no goroutine of Decompress reading beside it.
+			if n, err := io.Copy(io.Discard, src); n != 0 || err != nil {
+				t.Errorf("the source had %d bytes left, %v, once the content ended", n, err)
+			}
+			done()
 
 			src = &endsWith{r: bytes.NewReader(z), err: errDigest}
 			if r, done, err = Decompress(src); err != nil {
