@@ -288,6 +288,9 @@ type builder struct {
 	// nil runs it with the host's ids. usernsDone says it was decided.
 	userns     *sandbox.UserNS
 	usernsDone bool
+	// net, in chroot isolation with slirp4netns, is the network namespace
+	// every RUN joins, made at the first RUN.
+	net *sandbox.Net
 	// ignore lists paths snapshots skip (and, in place, Clear and Unpack).
 	ignore *rootfs.IgnoreList
 	// network is RUN's network (sandbox.Network*); slirp the slirp4netns
@@ -508,6 +511,20 @@ func (b *builder) runUserNS() (*sandbox.UserNS, error) {
 	return b.userns, nil
 }
 
+// runNet returns the network namespace RUNs reach out through
+// slirp4netns in, made at the first RUN that needs it (one for the whole
+// build).
+func (b *builder) runNet() (*sandbox.Net, error) {
+	if b.net == nil {
+		n, err := sandbox.NewSlirpNet(b.slirp, b.work)
+		if err != nil {
+			return nil, fmt.Errorf("RUN network %s: %w", RunNetworkSlirp, err)
+		}
+		b.net = n
+	}
+	return b.net, nil
+}
+
 // newUserNS makes the user namespace --userns asks for, or returns nil
 // and logs why there is none.
 func (b *builder) newUserNS() (*sandbox.UserNS, error) {
@@ -539,6 +556,7 @@ func (b *builder) newUserNS() (*sandbox.UserNS, error) {
 func (b *builder) cleanup() {
 	b.uploads.stop()
 	b.cacheWG.Wait()
+	b.net.Close()
 	b.userns.Close()
 	for _, r := range b.roots {
 		r.Close()

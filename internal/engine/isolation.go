@@ -69,6 +69,11 @@ func (p privateRoots) run(ctx context.Context, spec sandbox.Spec, secrets []sand
 		return err
 	}
 	o.UserNS = userns
+	if spec.Network == sandbox.NetworkSlirp {
+		if o.Net, err = p.b.runNet(); err != nil {
+			return err
+		}
+	}
 	for _, s := range secrets {
 		tmp, err := os.MkdirTemp(p.b.work, "secret-")
 		if err != nil {

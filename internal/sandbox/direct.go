@@ -113,7 +113,7 @@ func Direct(ctx context.Context, spec Spec, files []File, o Options) error {
 		Credential: &syscall.Credential{Uid: spec.UID, Gid: spec.GID, Groups: spec.Groups},
 		Setpgid:    true,
 	}
-	err = execute(cmd, o, nil)
+	err = execute(cmd, cmd.Start, o, nil)
 	// Reap orphans the command left behind (we are their subreaper).
 	for {
 		var ws syscall.WaitStatus

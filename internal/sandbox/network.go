@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"time"
 
@@ -45,6 +46,18 @@ func newSlirp(bin, dir string) (*slirpNet, error) {
 // configured the namespace, then lets the init go on.
 func (s *slirpNet) start(pid int) error {
 	s.goR.Close() // the init has its copy
+	if err := s.run(strconv.Itoa(pid)); err != nil {
+		return err
+	}
+	_, err := s.goW.Write([]byte{1})
+	s.goW.Close()
+	return err
+}
+
+// run starts slirp4netns for the network namespace target names (a pid,
+// or with extra, "--netns-type=path" and the path of one of extra, which
+// it gets from fd 5 on) and waits until it has configured it.
+func (s *slirpNet) run(target string, extra ...*os.File) error {
 	readyR, readyW, err := os.Pipe()
 	if err != nil {
 		return err
@@ -56,9 +69,12 @@ func (s *slirpNet) start(pid int) error {
 		return err
 	}
 	s.exitW = exitW
-	s.cmd = exec.Command(s.bin, "--configure", "--mtu=65520", "--disable-host-loopback", "--enable-sandbox",
-		"--ready-fd=3", "--exit-fd=4", strconv.Itoa(pid), "tap0")
-	s.cmd.ExtraFiles = []*os.File{readyW, exitR}
+	args := []string{"--configure", "--mtu=65520", "--disable-host-loopback", "--enable-sandbox", "--ready-fd=3", "--exit-fd=4"}
+	if len(extra) > 0 {
+		args = append(args, "--netns-type=path")
+	}
+	s.cmd = exec.Command(s.bin, append(args, target, "tap0")...)
+	s.cmd.ExtraFiles = append([]*os.File{readyW, exitR}, extra...)
 	s.cmd.SysProcAttr = &unix.SysProcAttr{Pdeathsig: unix.SIGKILL}
 	err = s.cmd.Start()
 	readyW.Close()
@@ -71,9 +87,7 @@ func (s *slirpNet) start(pid int) error {
 	if _, err := readyR.Read(buf); err != nil {
 		return fmt.Errorf("slirp4netns did not configure the RUN network: %w", err)
 	}
-	_, err = s.goW.Write([]byte{1})
-	s.goW.Close()
-	return err
+	return nil
 }
 
 // close stops slirp4netns.
@@ -93,6 +107,128 @@ func (s *slirpNet) close() {
 			<-done
 		}
 	}
+}
+
+// Net is a network namespace reaching out through slirp4netns, made once
+// for the RUNs of a build, as BuildKit reuses its network namespaces: a
+// RUN joins it instead of paying for a namespace and a slirp4netns of its
+// own (about half of what starting a RUN costs). Nothing of a RUN lives
+// on in it: its processes die with the RUN's pid namespace, and their
+// sockets with them. Close stops slirp4netns.
+type Net struct {
+	ns    *os.File // the network namespace
+	slirp *slirpNet
+}
+
+// NewSlirpNet makes a Net whose slirp4netns is bin; its resolv.conf goes
+// into dir.
+func NewSlirpNet(bin, dir string) (*Net, error) {
+	ns, err := newNetNS()
+	if err != nil {
+		return nil, fmt.Errorf("creating the RUN network namespace: %w", err)
+	}
+	d, err := os.MkdirTemp(dir, "net-")
+	if err != nil {
+		ns.Close()
+		return nil, err
+	}
+	s, err := newSlirp(bin, d)
+	if err == nil {
+		s.goR.Close()
+		s.goW.Close()
+		err = s.run("/proc/self/fd/5", ns)
+	}
+	if err != nil {
+		if s != nil {
+			s.close()
+		}
+		ns.Close()
+		return nil, err
+	}
+	return &Net{ns: ns, slirp: s}, nil
+}
+
+// Close stops slirp4netns and releases the namespace.
+func (n *Net) Close() error {
+	if n == nil {
+		return nil
+	}
+	n.slirp.close()
+	return n.ns.Close()
+}
+
+// newNetNS creates a network namespace with its loopback up, on a thread
+// of its own that moves back to this process's namespace afterwards (or,
+// failing that, ends), and returns a handle on it.
+func newNetNS() (*os.File, error) {
+	type result struct {
+		f   *os.File
+		err error
+	}
+	c := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread() // unlocked only back in this process's namespace
+		var r result
+		defer func() { c <- r }()
+		orig, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			r.err = err
+			runtime.UnlockOSThread()
+			return
+		}
+		defer orig.Close()
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			r.err = err
+			runtime.UnlockOSThread()
+			return
+		}
+		r.f, r.err = os.Open("/proc/thread-self/ns/net")
+		if r.err == nil {
+			r.err = loopbackUp()
+		}
+		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
+			r.err = errors.Join(r.err, err)
+			return // the thread ends with this goroutine
+		}
+		runtime.UnlockOSThread()
+		if r.err != nil && r.f != nil {
+			r.f.Close()
+			r.f = nil
+		}
+	}()
+	r := <-c
+	return r.f, r.err
+}
+
+// startIn starts cmd in the network namespace ns: it is forked from a
+// thread of its own moved into ns for it and back (or, failing that,
+// ended).
+func startIn(ns *os.File, cmd *exec.Cmd) error {
+	c := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // unlocked only back in this process's namespace
+		var err error
+		defer func() { c <- err }()
+		orig, oerr := os.Open("/proc/thread-self/ns/net")
+		if oerr != nil {
+			err = oerr
+			runtime.UnlockOSThread()
+			return
+		}
+		defer orig.Close()
+		if err = unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
+			err = fmt.Errorf("joining the RUN network: %w", err)
+			runtime.UnlockOSThread()
+			return
+		}
+		err = cmd.Start()
+		if serr := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); serr != nil {
+			err = errors.Join(err, serr)
+			return // the thread ends with this goroutine
+		}
+		runtime.UnlockOSThread()
+	}()
+	return <-c
 }
 
 // loopbackUp brings up lo in the current (new) network namespace.

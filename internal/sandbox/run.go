@@ -136,6 +136,10 @@ type Options struct {
 	TailLines int
 	// Slirp4netns is the slirp4netns binary for NetworkSlirp.
 	Slirp4netns string
+	// Net, when set, is the network namespace a NetworkSlirp command joins
+	// (the build's), instead of one of its own with a slirp4netns of its
+	// own.
+	Net *Net
 	// Protect, for Direct, lists the paths of "/" kiln must never write to
 	// (the in-place ignore list).
 	Protect fsroot.Protector
@@ -171,9 +175,14 @@ func Run(ctx context.Context, spec Spec, o Options) error {
 		extra = append(extra, o.UserNS.f) // fd 3 in the init
 	}
 	var slirp *slirpNet
-	switch spec.Network {
-	case "", NetworkHost, NetworkNone:
-	case NetworkSlirp:
+	shared := spec.Network == NetworkSlirp && o.Net != nil
+	switch {
+	case spec.Network == "", spec.Network == NetworkHost, spec.Network == NetworkNone:
+	case shared:
+		if spec.ResolvFile == "" {
+			spec.ResolvFile = o.Net.slirp.resolv
+		}
+	case spec.Network == NetworkSlirp:
 		if slirp, err = newSlirp(o.Slirp4netns, dir); err != nil {
 			return err
 		}
@@ -202,25 +211,30 @@ func Run(ctx context.Context, spec Spec, o Options) error {
 	cmd.Env = []string{specEnv + "=" + specFile}
 	cmd.ExtraFiles = extra
 	flags := uintptr(syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC)
-	if spec.Network == NetworkNone || spec.Network == NetworkSlirp {
+	if (spec.Network == NetworkNone || spec.Network == NetworkSlirp) && !shared {
 		flags |= syscall.CLONE_NEWNET
 	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: flags, Pdeathsig: syscall.SIGKILL}
+	start := cmd.Start
+	if shared {
+		start = func() error { return startIn(o.Net.ns, cmd) }
+	}
 	var started func(int) error
 	if slirp != nil {
 		started = slirp.start
 	}
-	err = execute(cmd, o, started)
+	err = execute(cmd, start, o, started)
 	if rerr := removeStubs(spec, spec.StubsFile); err == nil && rerr != nil {
 		err = rerr
 	}
 	return err
 }
 
-// execute runs cmd with its output streamed line by line to o.Output, and
-// turns a failure into an ExitError with the output's tail. started, when
-// set, runs once the process exists; its failure kills it.
-func execute(cmd *exec.Cmd, o Options, started func(pid int) error) error {
+// execute runs cmd (start starts it) with its output streamed line by
+// line to o.Output, and turns a failure into an ExitError with the
+// output's tail. started, when set, runs once the process exists; its
+// failure kills it.
+func execute(cmd *exec.Cmd, start func() error, o Options, started func(pid int) error) error {
 	outR, outW, err := os.Pipe()
 	if err != nil {
 		return err
@@ -232,7 +246,7 @@ func execute(cmd *exec.Cmd, o Options, started func(pid int) error) error {
 		return err
 	}
 	cmd.Stdout, cmd.Stderr = outW, errW
-	if err := cmd.Start(); err != nil {
+	if err := start(); err != nil {
 		outR.Close()
 		outW.Close()
 		errR.Close()

@@ -3,12 +3,16 @@ package sandbox
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestMain(m *testing.M) {
@@ -188,5 +192,53 @@ func TestParseIDMap(t *testing.T) {
 	}
 	if DefaultIDMap().String() != "2147483648:2147483647" {
 		t.Errorf("default map %s", DefaultIDMap())
+	}
+}
+
+// TestRunSharedNet runs two commands in one Net: both are in its network
+// namespace (not this process's), which slirp4netns has configured
+// (tap0), and a command with NetworkNone is in one of its own.
+func TestRunSharedNet(t *testing.T) {
+	bin, err := exec.LookPath("slirp4netns")
+	if err != nil {
+		t.Fatalf("slirp4netns is required: %v", err)
+	}
+	r := root(t)
+	for _, a := range []string{"readlink", "ip"} {
+		os.Symlink("busybox", filepath.Join(r, "bin", a))
+	}
+	n, err := NewSlirpNet(bin, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(n.ns.Fd()), &st); err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("net:[%d]", st.Ino)
+	own, _ := os.Readlink("/proc/self/ns/net")
+	run := func(network string) []string {
+		var out []string
+		err := Run(context.Background(), Spec{
+			Root: r, Args: []string{"/bin/sh", "-c", "readlink /proc/self/ns/net; ip link show tap0 >/dev/null 2>&1 && echo tap0; true"},
+			Env: []string{"PATH=/bin"}, Network: network,
+		}, Options{WorkDir: t.TempDir(), Net: n, Output: func(stream, l string) {
+			if stream == "stdout" {
+				out = append(out, l)
+			}
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	for i := range 2 {
+		if got := run(NetworkSlirp); len(got) != 2 || got[0] != want || got[1] != "tap0" {
+			t.Errorf("RUN %d: %q, want [%s tap0] (this process: %s)", i+1, got, want, own)
+		}
+	}
+	if got := run(NetworkNone); len(got) != 1 || got[0] == want || got[0] == own {
+		t.Errorf("NetworkNone: %q, want a namespace of its own without tap0", got)
 	}
 }

@@ -527,8 +527,10 @@ func hostAddress() string {
 // TestRunNetwork: in chroot isolation RUN gets the network --run-network
 // names. host reaches this host's loopback services; private has only a
 // loopback of its own; slirp4netns reaches out (this host's other
-// addresses included) but never this host's loopback. A Dockerfile's
-// --network=host does not widen it.
+// addresses included) but never this host's loopback, in every RUN of
+// the build (which share one namespace and one slirp4netns). A
+// Dockerfile's --network=host does not widen it; its --network=none
+// narrows it.
 func TestRunNetwork(t *testing.T) {
 	reg := imagetest.Registry(t)
 	base := reg + "/busybox:net"
@@ -548,8 +550,10 @@ func TestRunNetwork(t *testing.T) {
 	get := func(host string) string {
 		return `printf 'GET / HTTP/1.0\r\n\r\n' | busybox nc -w 5 ` + host + " " + port + " | grep -q 'host service'"
 	}
-	probe := "busybox ip link show lo | grep -q UP && echo up > /lo; " +
-		get("127.0.0.1") + "; echo $? > /rc-loop; " + get(ext) + "; echo $? > /rc-ext; true"
+	probe := func(n string) string {
+		return "busybox ip link show lo | grep -q UP && echo up > /lo" + n + "; " +
+			get("127.0.0.1") + "; echo $? > /rc-loop" + n + "; " + get(ext) + "; echo $? > /rc-ext" + n + "; true"
+	}
 	for _, tc := range []struct {
 		mode            string
 		network         string // the Dockerfile's --network
@@ -559,24 +563,29 @@ func TestRunNetwork(t *testing.T) {
 		{"private", "", false, false},
 		{"private", "--network=host ", false, false},
 		{"slirp4netns", "", false, true},
+		{"slirp4netns", "--network=none ", false, false},
 	} {
 		t.Run(tc.mode+tc.network, func(t *testing.T) {
 			ctx := t.TempDir()
-			os.WriteFile(filepath.Join(ctx, "Dockerfile"), []byte("FROM "+base+"\nRUN "+tc.network+probe+"\n"), 0o644)
+			// Two RUNs: the second's network (the first's namespace, with
+			// slirp4netns) is the same.
+			os.WriteFile(filepath.Join(ctx, "Dockerfile"), []byte("FROM "+base+"\nRUN "+tc.network+probe("")+"\nRUN "+tc.network+probe("2")+"\n"), 0o644)
 			dest := reg + "/kiln/net:" + tc.mode
 			r := kiln(t, nil, "--context", ctx, "-d", dest, "--insecure", "--insecure-pull", "--isolation", "chroot", "--run-network", tc.mode)
 			if r.code != 0 {
 				t.Fatalf("build failed (%d):\n%s", r.code, r.stderr)
 			}
 			fs := imagetest.Flatten(t, pull(t, dest))
-			if fs["lo"].Content != "up\n" {
-				t.Errorf("loopback is not up in the RUN")
-			}
-			if got := fs["rc-loop"].Content == "0\n"; got != tc.loopback {
-				t.Errorf("reached this host's loopback service: %v, want %v", got, tc.loopback)
-			}
-			if got := fs["rc-ext"].Content == "0\n"; got != tc.outer {
-				t.Errorf("reached %s: %v, want %v", ext, got, tc.outer)
+			for _, n := range []string{"", "2"} {
+				if fs["lo"+n].Content != "up\n" {
+					t.Errorf("RUN %s: loopback is not up", n)
+				}
+				if got := fs["rc-loop"+n].Content == "0\n"; got != tc.loopback {
+					t.Errorf("RUN %s: reached this host's loopback service: %v, want %v", n, got, tc.loopback)
+				}
+				if got := fs["rc-ext"+n].Content == "0\n"; got != tc.outer {
+					t.Errorf("RUN %s: reached %s: %v, want %v", n, ext, got, tc.outer)
+				}
 			}
 		})
 	}
