@@ -157,76 +157,61 @@ func (n *Net) Close() error {
 	return n.ns.Close()
 }
 
-// newNetNS creates a network namespace with its loopback up, on a thread
-// of its own that moves back to this process's namespace afterwards (or,
-// failing that, ends), and returns a handle on it.
+// newNetNS creates a network namespace with its loopback up and returns a
+// handle on it.
 func newNetNS() (*os.File, error) {
-	type result struct {
-		f   *os.File
-		err error
+	var f *os.File
+	err := inNetNS(func() error { return unix.Unshare(unix.CLONE_NEWNET) }, func() error {
+		var err error
+		if f, err = os.Open("/proc/thread-self/ns/net"); err != nil {
+			return err
+		}
+		return loopbackUp()
+	})
+	if err != nil && f != nil {
+		f.Close()
+		f = nil
 	}
-	c := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread() // unlocked only back in this process's namespace
-		var r result
-		defer func() { c <- r }()
-		orig, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			r.err = err
-			runtime.UnlockOSThread()
-			return
-		}
-		defer orig.Close()
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			r.err = err
-			runtime.UnlockOSThread()
-			return
-		}
-		r.f, r.err = os.Open("/proc/thread-self/ns/net")
-		if r.err == nil {
-			r.err = loopbackUp()
-		}
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			r.err = errors.Join(r.err, err)
-			return // the thread ends with this goroutine
-		}
-		runtime.UnlockOSThread()
-		if r.err != nil && r.f != nil {
-			r.f.Close()
-			r.f = nil
-		}
-	}()
-	r := <-c
-	return r.f, r.err
+	return f, err
 }
 
-// startIn starts cmd in the network namespace ns: it is forked from a
-// thread of its own moved into ns for it and back (or, failing that,
-// ended).
+// startIn starts cmd in the network namespace ns.
 func startIn(ns *os.File, cmd *exec.Cmd) error {
+	return inNetNS(func() error {
+		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
+			return fmt.Errorf("joining the RUN network: %w", err)
+		}
+		return nil
+	}, cmd.Start)
+}
+
+// inNetNS runs fn on a thread of its own that enter moves into another
+// network namespace (a process forked there is in it too), and moves it
+// back afterwards; a thread that cannot go back ends with fn's goroutine,
+// never running anything else.
+func inNetNS(enter, fn func() error) error {
 	c := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread() // unlocked only back in this process's namespace
-		var err error
-		defer func() { c <- err }()
-		orig, oerr := os.Open("/proc/thread-self/ns/net")
-		if oerr != nil {
-			err = oerr
+		orig, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
 			runtime.UnlockOSThread()
+			c <- err
 			return
 		}
 		defer orig.Close()
-		if err = unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
-			err = fmt.Errorf("joining the RUN network: %w", err)
+		if err := enter(); err != nil {
 			runtime.UnlockOSThread()
+			c <- err
 			return
 		}
-		err = cmd.Start()
-		if serr := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); serr != nil {
-			err = errors.Join(err, serr)
+		err = fn()
+		if berr := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); berr != nil {
+			c <- errors.Join(err, fmt.Errorf("leaving the RUN network: %w", berr))
 			return // the thread ends with this goroutine
 		}
 		runtime.UnlockOSThread()
+		c <- err
 	}()
 	return <-c
 }
