@@ -373,6 +373,7 @@ func TestOpenInRootConfined(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer dir.Close()
+	checkRefusal(t, dir)
 	check := func(p string) bool {
 		f, err := openInRoot(dir, p)
 		if err != nil {
