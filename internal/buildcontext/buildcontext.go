@@ -71,8 +71,8 @@ const MaxFileSize = 16 << 20
 
 // Open opens a local context directory. source may be a bare path or a
 // dir:// URI; other kaniko context schemes are not supported yet. It is
-// OpenRoot of the directory, with the trees opened as roots.
-func Open(source, dockerfile string, trees ...string) (*Context, error) {
+// OpenRoot of the directory.
+func Open(source, dockerfile string) (*Context, error) {
 	dir, err := Dir(source)
 	if err != nil {
 		return nil, err
@@ -85,21 +85,7 @@ func Open(source, dockerfile string, trees ...string) (*Context, error) {
 	if err != nil {
 		return nil, option.New("Context", strconv.Quote(source), err)
 	}
-	roots := make([]*fsroot.Root, 0, len(trees))
-	defer func() {
-		for _, r := range roots {
-			r.Close()
-		}
-	}()
-	for _, t := range trees {
-		r, err := fsroot.Open(t)
-		if err != nil {
-			root.Close()
-			return nil, err
-		}
-		roots = append(roots, r)
-	}
-	return OpenRoot(root, dockerfile, roots...)
+	return OpenRoot(root, dockerfile)
 }
 
 // OpenRoot makes a context of the directory root holds, which it takes

@@ -36,7 +36,7 @@ func isArchive(root *fsroot.Root, p string) bool {
 
 // isArchiveFile reports whether f holds a (possibly compressed) tar.
 func isArchiveFile(f io.Reader) bool {
-	r, done, err := layer.Decompress(f)
+	r, done, err := layer.DecompressHead(f)
 	if err != nil {
 		return false
 	}

@@ -847,6 +847,12 @@ func (b *builder) readDockerfile(ctx context.Context) (path string, src []byte, 
 	if err != nil {
 		return "", nil, nil, option.New("Dockerfile", df, err)
 	}
+	defer func() {
+		if err != nil {
+			wd.Close()
+			wd = nil
+		}
+	}()
 	candidates := []string{df}
 	if !filepath.IsAbs(df) {
 		candidates = append(candidates, filepath.Join(b.ctxPath, df))
@@ -864,11 +870,9 @@ func (b *builder) readDockerfile(ctx context.Context) (path string, src []byte, 
 				refused = err
 			}
 		default:
-			wd.Close()
 			return "", nil, nil, option.New("Dockerfile", c, err)
 		}
 	}
-	wd.Close()
 	if refused != nil {
 		return "", nil, nil, option.New("Dockerfile", df, refused)
 	}

@@ -130,12 +130,8 @@ func (r *Root) OpenRoot(p string) (*Root, error) {
 	if err != nil {
 		return nil, err
 	}
-	real, err := procfs.ProcSelfFdReadlink(d.f)
-	if err != nil {
-		d.Close()
-		return nil, fmt.Errorf("opening root %s: %w", d.show(""), err)
-	}
-	nr := &Root{path: filepath.Join(r.path, filepath.FromSlash(d.img)), real: real,
+	// OpenDir read the handle's real path: its image path inside r.
+	nr := &Root{path: filepath.Join(r.path, filepath.FromSlash(d.img)), real: path.Join(r.real, d.img),
 		origin: r.origin, sub: path.Join(r.sub, d.img)}
 	d.root, d.img = nr, "" // the new root's own root
 	nr.dir = d
@@ -439,9 +435,9 @@ const scopedRetries = 128
 // root, ".." stops there), and returns an O_PATH handle named by the image
 // path. The kernel does the confinement (openat2 with RESOLVE_IN_ROOT and
 // RESOLVE_NO_MAGICLINKS); where openat2 is missing or refused it is
-// securejoin's O_PATH walk. This is securejoin's own openat2 path without its procfs
-// readlink, which only names the handle and cost more than the lookup
-// itself (a file per directory in a COPY).
+// securejoin's O_PATH walk. This is securejoin's own openat2 path without
+// its procfs readlink, which only names the handle and cost more than the
+// lookup itself (a file per directory in a COPY).
 func openInRoot(dir *os.File, img string) (*os.File, error) {
 	how := unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS}
 	for tries := 0; ; tries++ {

@@ -21,7 +21,10 @@ import (
 // is refused without being opened for reading (errors.Is ErrNotRegular),
 // and so is a file of more than limit bytes.
 func ReadFileWithin(p string, limit int64, trees ...string) ([]byte, error) {
-	return readWithin(p, limit, trees, func(i int) (*Root, error) { return Open(trees[i]) }, true)
+	return readWithin(p, limit, trees, func(i int) (*Root, func(), error) {
+		r, err := Open(trees[i])
+		return r, func() { r.Close() }, err
+	})
 }
 
 // ReadFileIn is ReadFileWithin for trees already open as roots: p, as
@@ -35,17 +38,17 @@ func ReadFileIn(p string, limit int64, roots ...*Root) ([]byte, error) {
 			trees[i] = r.Path()
 		}
 	}
-	return readWithin(p, limit, trees, func(i int) (*Root, error) { return roots[i], nil }, false)
+	return readWithin(p, limit, trees, func(i int) (*Root, func(), error) { return roots[i], func() {}, nil })
 }
 
 // readWithin reads p for ReadFileWithin and ReadFileIn: root(i) is the
-// root of trees[i], closed after use when owned.
-func readWithin(p string, limit int64, trees []string, root func(int) (*Root, error), owned bool) ([]byte, error) {
+// root of trees[i], and what releases it after use.
+func readWithin(p string, limit int64, trees []string, root func(int) (*Root, func(), error)) ([]byte, error) {
 	abs, err := filepath.Abs(p)
 	if err != nil {
 		return nil, err
 	}
-	f, err := openWithin(abs, trees, root, owned)
+	f, err := openWithin(abs, trees, root)
 	if err != nil {
 		return nil, err
 	}
@@ -61,7 +64,7 @@ func readWithin(p string, limit int64, trees []string, root func(int) (*Root, er
 }
 
 // openWithin opens the absolute path abs for readWithin.
-func openWithin(abs string, trees []string, root func(int) (*Root, error), owned bool) (*os.File, error) {
+func openWithin(abs string, trees []string, root func(int) (*Root, func(), error)) (*os.File, error) {
 	tree, rel, depth := -1, "", 0
 	for i, t := range trees {
 		if t == "" {
@@ -85,13 +88,11 @@ func openWithin(abs string, trees []string, root func(int) (*Root, error), owned
 		defer h.Close()
 		return reopenRegular(h, abs)
 	}
-	r, err := root(tree)
+	r, release, err := root(tree)
 	if err != nil {
 		return nil, err
 	}
-	if owned {
-		defer r.Close()
-	}
+	defer release()
 	f, err := r.OpenFile(filepath.ToSlash(rel))
 	var pe *fs.PathError
 	if errors.As(err, &pe) {

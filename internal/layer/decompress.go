@@ -20,39 +20,59 @@ import (
 // run of streams to r's end), so from then on nothing but the caller
 // reads r. done stops the goroutines and releases the decompressor, and
 // must be called before r is closed.
-func Decompress(r io.Reader) (_ io.Reader, done func(), _ error) {
-	in, inDone := readAhead(r, readAheadIn)
+func Decompress(r io.Reader) (_ io.Reader, done func(), _ error) { return decompress(r, true) }
+
+// DecompressHead is Decompress for a caller that reads only the start of
+// the content (a tar header, to see whether it is an archive): nothing is
+// read or decompressed ahead of it.
+func DecompressHead(r io.Reader) (_ io.Reader, done func(), _ error) { return decompress(r, false) }
+
+func decompress(r io.Reader, ahead bool) (io.Reader, func(), error) {
+	in, inDone := r, func() {}
+	if ahead {
+		in, inDone = readAhead(r, readAheadIn)
+	}
 	br := bufio.NewReader(in)
+	dec, release, threaded, err := decoder(br)
+	if err != nil {
+		inDone()
+		return nil, nil, err
+	}
+	out, outDone := dec, func() {}
+	if ahead && dec != io.Reader(br) && !threaded {
+		out, outDone = readAhead(dec, readAheadOut)
+	}
+	return out, func() { outDone(); release(); inDone() }, nil
+}
+
+// decoder returns the decompressor of the format br's magic number names
+// (br itself for a plain tar), what releases it, and whether it reads
+// ahead in goroutines of its own (zstd's does).
+func decoder(br *bufio.Reader) (_ io.Reader, release func(), threaded bool, _ error) {
 	magic, _ := br.Peek(6)
 	switch {
 	case bytes.HasPrefix(magic, []byte{0x1f, 0x8b}):
 		zr, err := gzip.NewReader(br)
 		if err != nil {
-			inDone()
-			return nil, nil, err
+			return nil, nil, false, err
 		}
-		ra, done := readAhead(zr, readAheadOut)
-		return ra, func() { done(); zr.Close(); inDone() }, nil
+		return zr, func() { zr.Close() }, false, nil
 	case bytes.HasPrefix(magic, []byte("BZh")):
-		ra, done := readAhead(bzip2.NewReader(br), readAheadOut)
-		return ra, func() { done(); inDone() }, nil
+		return bzip2.NewReader(br), func() {}, false, nil
 	case bytes.HasPrefix(magic, []byte{0xfd, '7', 'z', 'X', 'Z', 0x00}):
 		xr, err := xz.NewReader(br)
 		if err != nil {
-			inDone()
-			return nil, nil, err
+			return nil, nil, false, err
 		}
-		ra, done := readAhead(xr, readAheadOut)
-		return ra, func() { done(); inDone() }, nil
+		return xr, func() {}, false, nil
 	case bytes.HasPrefix(magic, []byte{0x28, 0xb5, 0x2f, 0xfd}):
 		zr, err := zstd.NewReader(br)
 		if err != nil {
-			inDone()
-			return nil, nil, err
+			return nil, nil, false, err
 		}
-		return zr, func() { zr.Close(); inDone() }, nil
+		return zr, zr.Close, true, nil
 	}
-	return br, inDone, nil
+	return br, func() {}, false, nil
 }
 
 // readAheadSize is how far ahead a stage of Decompress reads: its
@@ -71,7 +91,7 @@ var (
 // result, so that the stages of unpacking a big layer (receiving and
 // checking its bytes, decompressing them, writing the files) run on
 // cores of their own instead of taking turns: decompressing is one core's
-// work (zstd's decoder has goroutines of its own). done stops the
+// work. done stops the
 // goroutine, waiting for a read of r under way, so r may be released
 // after it.
 func readAhead(r io.Reader, s readAheadSize) (io.Reader, func()) {

@@ -19,7 +19,7 @@ import (
 type slirpNet struct {
 	bin      string
 	resolv   string   // resolv.conf naming slirp4netns's DNS
-	goR, goW *os.File // the init waits on goR until the network is up
+	goR, goW *os.File // the init waits on goR until the network is up (gated)
 	exitW    *os.File // closing it stops slirp4netns
 	cmd      *exec.Cmd
 }
@@ -27,7 +27,10 @@ type slirpNet struct {
 // slirpReadyTimeout bounds how long slirp4netns may take to configure.
 const slirpReadyTimeout = 30 * time.Second
 
-func newSlirp(bin, dir string) (*slirpNet, error) {
+// newSlirp prepares slirp4netns bin, its resolv.conf in dir; gated, it
+// also makes the pipe a sandbox init waits on until start has configured
+// its namespace.
+func newSlirp(bin, dir string, gated bool) (*slirpNet, error) {
 	if bin == "" {
 		return nil, errors.New("RUN network slirp4netns: no slirp4netns binary")
 	}
@@ -35,11 +38,14 @@ func newSlirp(bin, dir string) (*slirpNet, error) {
 	if err := os.WriteFile(resolv, []byte("nameserver 10.0.2.3\n"), 0o644); err != nil {
 		return nil, err
 	}
-	goR, goW, err := os.Pipe()
-	if err != nil {
-		return nil, err
+	s := &slirpNet{bin: bin, resolv: resolv}
+	if gated {
+		var err error
+		if s.goR, s.goW, err = os.Pipe(); err != nil {
+			return nil, err
+		}
 	}
-	return &slirpNet{bin: bin, resolv: resolv, goR: goR, goW: goW}, nil
+	return s, nil
 }
 
 // start runs slirp4netns for the sandbox init pid, waits until it has
@@ -132,10 +138,8 @@ func NewSlirpNet(bin, dir string) (*Net, error) {
 		ns.Close()
 		return nil, err
 	}
-	s, err := newSlirp(bin, d)
+	s, err := newSlirp(bin, d, false)
 	if err == nil {
-		s.goR.Close()
-		s.goW.Close()
 		err = s.run("/proc/self/fd/5", ns)
 	}
 	if err != nil {

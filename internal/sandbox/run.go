@@ -183,7 +183,7 @@ func Run(ctx context.Context, spec Spec, o Options) error {
 			spec.ResolvFile = o.Net.slirp.resolv
 		}
 	case spec.Network == NetworkSlirp:
-		if slirp, err = newSlirp(o.Slirp4netns, dir); err != nil {
+		if slirp, err = newSlirp(o.Slirp4netns, dir, true); err != nil {
 			return err
 		}
 		defer slirp.close()
